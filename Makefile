@@ -1,0 +1,40 @@
+# Two commands: `make demo` runs the pipeline on the demo data, `make test` runs the tests.
+# Both create .venv and install the project on first use (the CPU torch build when there is no GPU).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Prefect runs in a local ephemeral server whose state lives in ./.prefect; no analytics (there may be no internet).
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt infra/install_torch.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	bash infra/install_torch.sh $(BIN)/python 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/alignflow data demo
+	$(BIN)/dvc status data.dvc
+	time $(BIN)/alignflow run --config configs/demo.yaml
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check flows tasks models tests benchmarks
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+clean:
+	rm -rf .alignflow .prefect mlflow.db mlartifacts

@@ -1,0 +1,1 @@
+"""Prefect flows, the `alignflow` CLI and the pipeline config schema."""

@@ -1,0 +1,202 @@
+"""The pipeline config: one typed schema, one YAML per pipeline, `--set a.b=c` overrides.
+
+Every field has a default and a one-line help. An unknown key or a bad value raises `ConfigError`
+naming the key path (for example `sft.learning_rate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flows import paths
+from flows.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dir: Path = Field(paths.DATA_DIR, description="Folder holding the datasets (tracked by data.dvc).")
+    sft_train: str = Field("sft_train.jsonl", description="SFT demonstrations: prompt/completion.")
+    sft_eval: str = Field("sft_eval.jsonl", description="Held-out demonstrations for perplexity.")
+    preferences_train: str = Field("preferences_train.jsonl", description="Preference pairs: prompt/chosen/rejected.")
+    preferences_eval: str = Field("preferences_eval.jsonl", description="Held-out preference pairs.")
+    eval_prompts: str = Field("eval_prompts.jsonl", description="Held-out prompts with a `harmful` label.")
+    red_team_prompts: str = Field("red_team_prompts.jsonl", description="Red-team prompts for Constitutional AI.")
+
+    def path(self, name: str) -> Path:
+        return self.dir / getattr(self, name)
+
+
+class TinyModelConfig(_Section):
+    """Shape of the demo Llama model built from scratch when no pretrained model is named."""
+
+    hidden_size: int = Field(64, gt=0, description="Width of the residual stream.")
+    num_hidden_layers: int = Field(2, gt=0, description="Number of decoder layers.")
+    num_attention_heads: int = Field(4, gt=0, description="Attention heads per layer.")
+    intermediate_size: int = Field(256, gt=0, description="Width of the MLP.")
+    max_position_embeddings: int = Field(256, gt=0, description="Longest sequence the model accepts.")
+    vocab_size: int = Field(1024, ge=300, description="Target size of the byte-level BPE vocabulary.")
+    init_seed: int = Field(0, description="Seed for the random initial weights.")
+
+
+class ModelConfig(_Section):
+    pretrained: str | None = Field(None, description="Hub id or local path of the base model; None builds the tiny model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the pretrained model.")
+    trust_remote_code: bool = Field(False, description="Allow custom model code from the hub. Off unless set.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training.")
+    prompt_format: Literal["plain", "chat_template"] = Field(
+        "plain", description="How a prompt is shown to the model: `plain` template or the tokenizer's chat template."
+    )
+    prompt_template: str = Field("User: {prompt}\nAssistant:", description="Template used when prompt_format=plain.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Tiny model shape (no pretrained).")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="Module names that get adapters.")
+
+
+class ValidationConfig(_Section):
+    max_length: int = Field(128, gt=0, description="Longest allowed prompt+response, in tokens.")
+    on_failure: Literal["fail", "quarantine"] = Field(
+        "fail", description="`fail` stops the flow; `quarantine` moves bad rows aside and continues."
+    )
+    max_quarantine_fraction: float = Field(
+        0.05, ge=0, le=1, description="With quarantine, the flow stops if a file loses more than this share of rows."
+    )
+
+
+class TrainingConfig(_Section):
+    """Optimisation settings shared by the trainer-based stages."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training set.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="Transformers scheduler name.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps used for warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(16, gt=0, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    save_steps: int = Field(20, gt=0, description="Write a checkpoint every N optimizer steps.")
+    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
+    seed: int = Field(0, description="Training seed (data order, dropout).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters via peft.")
+
+
+class SFTConfig(TrainingConfig):
+    completion_only_loss: bool = Field(True, description="Compute the loss on completions only.")
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(48, gt=0, description="Tokens generated per held-out prompt (greedy).")
+    batch_size: int = Field(32, gt=0, description="Prompts generated per batch.")
+    logged_samples: int = Field(16, ge=0, description="Generations logged as an MLflow table.")
+
+
+class RegistryConfig(_Section):
+    policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
+    candidate_alias: str = Field("candidate", description="Alias given to the newest trained policy.")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; None uses $MLFLOW_TRACKING_URI or SQLite.")
+    experiment: str = Field("alignflow", description="MLflow experiment name.")
+
+
+class PipelineConfig(_Section):
+    name: str = Field("demo", description="Pipeline name, used in run names.")
+    work_dir: Path = Field(paths.WORK_DIR, description="Stage work folders: checkpoints, quarantine, caches.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _tiny_model_constraints(self) -> PipelineConfig:
+        if self.model.pretrained is not None:
+            return self
+        if self.validation.max_length > self.model.tiny.max_position_embeddings:
+            raise ValueError(
+                f"validation.max_length ({self.validation.max_length}) exceeds "
+                f"model.tiny.max_position_embeddings ({self.model.tiny.max_position_embeddings})"
+            )
+        if self.model.prompt_format == "chat_template":
+            raise ValueError("model.prompt_format=chat_template needs model.pretrained: the tiny model has no chat template")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections (all of them when none are named), for caching and lineage."""
+        dump = self.model_dump(mode="json")
+        chosen = {name: dump[name] for name in sections} if sections else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved config as dotted keys, for MLflow params."""
+        return {key: str(value) for key, value in _flatten(self.model_dump(mode="json")).items()}
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config, apply `key.path=value` overrides and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "<root>"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"key '{key}': {message}")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{override}': expected key.path=value")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': key '{part}' is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(value) if value else None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,54 @@
+"""Which checkpoints are safe to resume from.
+
+A checkpoint folder counts only once it holds the `COMPLETE` marker, which is written after every file of the
+checkpoint is on disk. A run killed mid-save leaves a folder without the marker; it is never loaded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+COMPLETE_MARKER = "COMPLETE"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def mark_complete(checkpoint_dir: Path) -> None:
+    (checkpoint_dir / COMPLETE_MARKER).write_text("ok\n")
+
+
+def is_complete(checkpoint_dir: Path) -> bool:
+    return (checkpoint_dir / COMPLETE_MARKER).is_file()
+
+
+def _checkpoints_by_step(run_dir: Path) -> list[tuple[int, Path]]:
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_DIR.match(p.name))]
+    return sorted(found)
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-step checkpoint under `run_dir` that was completely written, or None."""
+    complete = [path for _, path in _checkpoints_by_step(run_dir) if is_complete(path)]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete half-written checkpoints so the trainer's own rotation never counts them. Returns what was removed."""
+    removed = [path for _, path in _checkpoints_by_step(run_dir) if not is_complete(path)]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Writes the marker once the Trainer has finished writing a checkpoint (`on_save` runs after the save)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control

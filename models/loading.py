@@ -1,0 +1,44 @@
+"""Load models and tokenizers from a local folder or a hub id: one code path for the tiny model and real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    source: str | Path,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained`, refusing pickled weights: only safetensors are loaded."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return AutoModelForCausalLM.from_pretrained(
+        str(source),
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        dtype=DTYPES[dtype],
+        use_safetensors=True,
+    )
+
+
+def load_model_and_tokenizer(
+    source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = load_causal_lm(source, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype)
+    tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
+    return model, tokenizer

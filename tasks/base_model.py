@@ -1,0 +1,83 @@
+"""Stage: the base model every later stage starts from.
+
+With `model.pretrained` set, the base is that hub id or local path, loaded as is. Without it, the stage
+trains a byte-level BPE tokenizer on the training text and builds the tiny Llama from `model.tiny`, then logs
+both to MLflow in Hugging Face format, so later stages load it exactly as they would load a hub model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+
+from flows.config import PipelineConfig
+from models.prompting import prompt_formatter
+from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
+from tasks.expectations import read_rows
+from tasks.stage import Lineage, StageResult, md5_file, stage_key, stage_run, work_dir
+from tasks.tracking import log_hf_model
+
+STAGE = "base_model"
+SECTIONS = ("model",)
+_TOKENIZER_SOURCES = {"sft_train": ("prompt", "completion"), "preferences_train": ("prompt", "chosen", "rejected")}
+
+
+def base_model_key(cfg: PipelineConfig) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg))
+
+
+def run_base_model(cfg: PipelineConfig, lineage: Lineage) -> StageResult:
+    key = base_model_key(cfg)
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS) as run:
+        if cfg.model.pretrained is not None:
+            mlflow.set_tag("alignflow.base.pretrained", cfg.model.pretrained)
+            model_uri = cfg.model.pretrained
+        else:
+            hf_dir = _build_tiny(cfg, work_dir(cfg, STAGE, key))
+            model_uri = log_hf_model(hf_dir, cfg)
+    return StageResult(
+        stage=STAGE,
+        run_id=run.info.run_id,
+        cache_key=key,
+        model_uri=model_uri,
+        output_hashes={"model": key},
+        input_hashes=_input_hashes(cfg),
+    )
+
+
+def _input_hashes(cfg: PipelineConfig) -> dict[str, str]:
+    if cfg.model.pretrained is not None:
+        return {"pretrained": f"{cfg.model.pretrained}@{cfg.model.revision or 'default'}"}
+    return {name: md5_file(cfg.data.path(name)) for name in _TOKENIZER_SOURCES}
+
+
+def _build_tiny(cfg: PipelineConfig, stage_dir: Path) -> Path:
+    """Tokenizer on the training text, then a randomly initialised Llama sized to it."""
+    tiny = cfg.model.tiny
+    format_prompt = prompt_formatter(None, cfg.model.prompt_format, cfg.model.prompt_template)
+    tokenizer = train_tokenizer(_training_text(cfg, format_prompt), tiny.vocab_size, tiny.max_position_embeddings)
+    model = build_tiny_llama(
+        tokenizer,
+        hidden_size=tiny.hidden_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        intermediate_size=tiny.intermediate_size,
+        max_position_embeddings=tiny.max_position_embeddings,
+        init_seed=tiny.init_seed,
+    )
+    mlflow.log_params({"base.num_parameters": model.num_parameters(), "base.vocab_size": len(tokenizer)})
+    out = stage_dir / "hf_model"
+    shutil.rmtree(out, ignore_errors=True)
+    return save_pretrained(model, tokenizer, out)
+
+
+def _training_text(cfg: PipelineConfig, format_prompt):
+    """Every string the model will be trained on, with prompts formatted as the model will see them."""
+    for name, columns in _TOKENIZER_SOURCES.items():
+        rows = read_rows(cfg.data.path(name))
+        for column in columns:
+            for text in rows[column] if column in rows else []:
+                if isinstance(text, str):
+                    yield format_prompt(text) if column == "prompt" else text

@@ -1,0 +1,92 @@
+"""Stage: supervised fine-tuning on demonstrations with TRL's `SFTTrainer` (loss on completions, optional LoRA).
+
+Checkpoints every `sft.save_steps` go to the stage's work folder, keyed by its inputs; a rerun after a crash
+resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from datasets import Dataset
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from flows.config import PipelineConfig
+from models.loading import load_model_and_tokenizer
+from models.prompting import prompt_formatter
+from tasks.expectations import read_rows
+from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
+from tasks.tracking import log_hf_model, resolve_model_source
+from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments
+
+STAGE = "sft"
+SECTIONS = ("sft", "model", "validation")
+
+
+def _input_hashes(base: StageResult, data: StageResult) -> dict[str, str]:
+    return {"base": base.output_hashes["model"], "sft_train": data.output_hashes["sft_train"]}
+
+
+def sft_key(cfg: PipelineConfig, base: StageResult, data: StageResult) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(base, data))
+
+
+def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: StageResult) -> StageResult:
+    key = sft_key(cfg, base, data)
+    stage_dir = work_dir(cfg, STAGE, key)
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
+        model, tokenizer = _setup_model(cfg, base, stage_dir)
+        trainer = _setup_trainer(cfg, model, tokenizer, Path(data.outputs["sft_train"]), stage_dir / "checkpoints")
+        train_resuming(trainer, stage_dir / "checkpoints")
+        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        model_uri = log_hf_model(hf_dir, cfg)
+        metrics = _final_metrics(trainer)
+        mlflow.log_metrics(metrics)
+    return StageResult(
+        stage=STAGE,
+        run_id=run.info.run_id,
+        cache_key=key,
+        model_uri=model_uri,
+        metrics=metrics,
+        output_hashes={"model": key},
+        input_hashes=_input_hashes(base, data),
+    )
+
+
+def _setup_model(cfg: PipelineConfig, base: StageResult, stage_dir: Path):
+    source = resolve_model_source(base.model_uri, stage_dir / "base")
+    return load_model_and_tokenizer(
+        source, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype
+    )
+
+
+def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path) -> SFTTrainer:
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    rows = read_rows(train_file)
+    dataset = Dataset.from_dict(
+        {"prompt": [format_prompt(p) for p in rows["prompt"]], "completion": list(rows["completion"])}
+    )
+    args = TRLSFTConfig(
+        **training_arguments(cfg.sft, checkpoint_dir),
+        max_length=cfg.validation.max_length,
+        completion_only_loss=cfg.sft.completion_only_loss,
+        packing=False,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.sft.lora),
+        callbacks=callbacks(STAGE),
+    )
+
+
+def _final_metrics(trainer: SFTTrainer) -> dict[str, float]:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "sft/final_loss": float(losses[-1]) if losses else float("nan"),
+        "sft/global_step": float(trainer.state.global_step),
+    }

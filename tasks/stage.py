@@ -1,0 +1,130 @@
+"""The contract every stage keeps: what identifies its inputs, the MLflow child run it logs to, what it returns.
+
+A stage is a plain function `run_<stage>(cfg, ...) -> StageResult`. Its *cache key* hashes everything that
+can change its output: the config sections it reads, the hashes of its data, the keys of the stages whose
+models it starts from, and the code version. The same key names its work folder (checkpoints resume there)
+and is the Prefect cache key, so unchanged inputs are never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import mlflow
+from pydantic import BaseModel, ConfigDict
+
+from flows.config import PipelineConfig
+
+TAG_PREFIX = "alignflow."
+_CODE_PACKAGES = ("tasks", "models")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a run comes from. Computed once per pipeline run and handed to every stage."""
+
+    git_sha: str
+    config_hash: str
+    data_md5: str
+    flow_run_id: str | None = None
+    parent_run_id: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            f"{TAG_PREFIX}git_sha": self.git_sha,
+            "mlflow.source.git.commit": self.git_sha,
+            f"{TAG_PREFIX}config_hash": self.config_hash,
+            f"{TAG_PREFIX}dvc_data_md5": self.data_md5,
+        }
+        if self.flow_run_id:
+            tags[f"{TAG_PREFIX}prefect_flow_run_id"] = self.flow_run_id
+        return tags
+
+
+class StageResult(BaseModel):
+    """What a stage hands on: small, JSON-serialisable, and enough for the next stage to run on another worker.
+
+    `outputs` names the files a stage produced (validated datasets, reports); `output_hashes` identifies them
+    for the stages downstream (a model stage's output hash is its own cache key).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    run_id: str
+    cache_key: str
+    model_uri: str | None = None
+    metrics: dict[str, float] = {}
+    outputs: dict[str, str] = {}
+    output_hashes: dict[str, str] = {}
+    input_hashes: dict[str, str] = {}
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the stage and model source code: a code change invalidates cached stage results."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in _CODE_PACKAGES:
+        for source in sorted((root / package).rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(stage: str, cfg: PipelineConfig, sections: tuple[str, ...], input_hashes: Mapping[str, str]) -> str:
+    """The stage's cache key: config sections it reads + input hashes + code version."""
+    payload = {
+        "stage": stage,
+        "config": cfg.section_hash(*sections),
+        "inputs": dict(sorted(input_hashes.items())),
+        "code": code_version(),
+        "tracking_uri": mlflow.get_tracking_uri(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def work_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
+    """The stage's own folder, keyed by its inputs: a rerun with the same inputs finds its checkpoints."""
+    path = cfg.work_dir / stage / key[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    cfg: PipelineConfig,
+    lineage: Lineage,
+    *,
+    cache_key: str,
+    sections: tuple[str, ...],
+    parents: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags."""
+    tags = {
+        **lineage.tags(),
+        f"{TAG_PREFIX}stage": stage,
+        f"{TAG_PREFIX}cache_key": cache_key,
+        f"{TAG_PREFIX}code_version": code_version(),
+    }
+    for name, uri in (parents or {}).items():
+        tags[f"{TAG_PREFIX}parent.{name}"] = uri
+    with mlflow.start_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id, tags=tags) as run:
+        params = cfg.flat_params()
+        mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
+        yield run

@@ -1,0 +1,89 @@
+"""What the trainer-based stages (SFT, reward, DPO) share: arguments, LoRA, resume and the final save."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from peft import LoraConfig as PeftLoraConfig
+
+from flows.config import LoraConfig, TrainingConfig
+from models.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint, remove_incomplete_checkpoints
+from tasks.tracking import MlflowMetricsCallback
+
+log = logging.getLogger(__name__)
+
+
+def training_arguments(train: TrainingConfig, output_dir: Path) -> dict[str, Any]:
+    """Keyword arguments common to every TRL config class, from our `TrainingConfig` section."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": train.epochs,
+        "max_steps": train.max_steps,
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": train.warmup_ratio,  # a float below 1 is read as a share of the total steps
+        "weight_decay": train.weight_decay,
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "max_grad_norm": train.max_grad_norm,
+        "save_strategy": "steps",
+        "save_steps": train.save_steps,
+        "save_total_limit": 2,  # keep the previous checkpoint while the newest one is being written
+        "logging_steps": train.logging_steps,
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "report_to": "none",  # MLflow logging is ours: metrics go to the stage's child run
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+def peft_config(lora: LoraConfig) -> PeftLoraConfig | None:
+    if not lora.enabled:
+        return None
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def callbacks(metric_prefix: str) -> list:
+    return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix)]
+
+
+def train_resuming(trainer, checkpoint_dir: Path) -> int | None:
+    """Train, resuming from the last *complete* checkpoint if an earlier attempt died. Returns the resumed step."""
+    for removed in remove_incomplete_checkpoints(checkpoint_dir):
+        log.warning("Ignoring half-written checkpoint %s", removed)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    resumed_step = int(resume_from.name.split("-")[-1]) if resume_from else None
+    if resume_from is not None:
+        log.info("Resuming from complete checkpoint %s", resume_from)
+        mlflow.set_tag("alignflow.resumed_from_step", str(resumed_step))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return resumed_step
+
+
+def save_final_model(trainer, tokenizer, out_dir: Path) -> Path:
+    """Save the trained model (LoRA merged into the weights) as safetensors. Written aside, then renamed."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

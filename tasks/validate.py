@@ -1,0 +1,75 @@
+"""Stage: validate every dataset with Great Expectations before anything trains on it.
+
+The report (JSON and HTML) and any quarantined rows are logged to MLflow, also when validation fails.
+Downstream stages read the files named in the result's `outputs` (the cleaned copies when rows were
+quarantined) and key their caches on `output_hashes`.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from flows.config import PipelineConfig
+from flows.errors import DataValidationError
+from models.loading import load_tokenizer
+from models.prompting import prompt_formatter
+from tasks.expectations import DATASET_KINDS, validate_files
+from tasks.stage import Lineage, StageResult, md5_file, stage_key, stage_run, work_dir
+from tasks.tracking import resolve_model_source
+
+STAGE = "validate"
+SECTIONS = ("validation",)
+
+
+def _input_hashes(cfg: PipelineConfig, base: StageResult) -> dict[str, str]:
+    hashes = {name: md5_file(cfg.data.path(name)) for name in DATASET_KINDS if cfg.data.path(name).exists()}
+    return {**hashes, "tokenizer": base.output_hashes["model"]}
+
+
+def validate_key(cfg: PipelineConfig, base: StageResult) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg, base))
+
+
+def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) -> StageResult:
+    key = validate_key(cfg, base)
+    stage_dir = work_dir(cfg, STAGE, key)
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
+        tokenizer = load_tokenizer(
+            resolve_model_source(base.model_uri, stage_dir / "base"),
+            revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        files = {name: cfg.data.path(name) for name in DATASET_KINDS}
+        try:
+            report = validate_files(
+                files,
+                tokenizer=tokenizer,
+                format_prompt=prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template),
+                max_length=cfg.validation.max_length,
+                on_failure=cfg.validation.on_failure,
+                max_quarantine_fraction=cfg.validation.max_quarantine_fraction,
+                out_dir=stage_dir / "report",
+            )
+        except DataValidationError:
+            _log_report(stage_dir / "report")
+            raise
+        _log_report(stage_dir / "report")
+        metrics = {}
+        for file in report.files:
+            metrics[f"validate/{file.name}/rows"] = float(file.rows)
+            metrics[f"validate/{file.name}/quarantined"] = float(len(file.quarantined_rows))
+        mlflow.log_metrics(metrics)
+    return StageResult(
+        stage=STAGE,
+        run_id=run.info.run_id,
+        cache_key=key,
+        metrics=metrics,
+        outputs={file.name: str(file.clean_path) for file in report.files},
+        output_hashes={file.name: md5_file(file.clean_path) for file in report.files},
+        input_hashes=_input_hashes(cfg, base),
+    )
+
+
+def _log_report(report_dir) -> None:
+    if report_dir.is_dir():
+        mlflow.log_artifacts(str(report_dir), artifact_path="validation")

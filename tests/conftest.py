@@ -1,0 +1,62 @@
+"""Shared fixtures: offline-safe environment, a temporary MLflow store, a reduced demo config, Prefect harness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect or MLflow: no analytics or telemetry calls (there is no internet here).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory) -> Path:
+    from tasks.demo_data import write_demo_data
+
+    out = tmp_path_factory.mktemp("data")
+    write_demo_data(out)
+    return out
+
+
+def reduced_config(tmp_path: Path, data_dir: Path, *overrides: str):
+    """The demo config, shrunk to run in seconds, writing everything under tmp_path."""
+    from flows import paths
+    from flows.config import load_config
+
+    return load_config(
+        paths.DEMO_CONFIG,
+        [
+            f"data.dir={data_dir}",
+            f"work_dir={tmp_path / 'work'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "sft.epochs=2",
+            "eval.max_new_tokens=12",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture
+def tracked(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store whose artifacts stay under tmp_path."""
+    import mlflow
+
+    from flows import paths
+
+    monkeypatch.setattr(paths, "DEFAULT_ARTIFACT_ROOT", tmp_path / "mlartifacts")
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from flows import paths
+from flows.config import PipelineConfig, load_config
+from flows.errors import ConfigError
+
+
+def test_demo_config_loads_with_its_values():
+    cfg = load_config(paths.DEMO_CONFIG)
+    assert cfg.model.pretrained is None
+    assert cfg.validation.max_length == 128
+    assert cfg.sft.lora.enabled is False
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(paths.DEMO_CONFIG, ["sft.learning_rate=0.01", "sft.lora.enabled=true", "name=x"])
+    assert cfg.sft.learning_rate == 0.01
+    assert cfg.sft.lora.enabled is True
+    assert cfg.name == "x"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("sft.lerning_rate=1", "sft.lerning_rate"), ("sft.lora.rank=4", "sft.lora.rank"), ("bogus=1", "bogus")],
+)
+def test_unknown_key_names_its_path(override, key):
+    with pytest.raises(ConfigError, match=rf"key '{key}': unknown key"):
+        load_config(paths.DEMO_CONFIG, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("sft.learning_rate=fast", "sft.learning_rate"), ("sft.batch_size=0", "sft.batch_size"),
+     ("validation.on_failure=ignore", "validation.on_failure")],
+)
+def test_bad_value_names_its_path(override, key):
+    with pytest.raises(ConfigError, match=rf"key '{key}'"):
+        load_config(paths.DEMO_CONFIG, [override])
+
+
+def test_unknown_key_in_yaml_file_names_file_and_path(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  epochs: 2\n  optimizer: sgd\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'sft.optimizer': unknown key"):
+        load_config(bad)
+
+
+def test_override_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(paths.DEMO_CONFIG, ["sft.epochs"])
+
+
+def test_max_length_cannot_exceed_tiny_model_positions():
+    with pytest.raises(ConfigError, match="exceeds model.tiny.max_position_embeddings"):
+        load_config(paths.DEMO_CONFIG, ["validation.max_length=512"])
+
+
+def test_section_hash_tracks_only_the_named_sections():
+    base = PipelineConfig()
+    changed = PipelineConfig.model_validate({"sft": {"epochs": 9}})
+    assert base.section_hash("eval") == changed.section_hash("eval")
+    assert base.section_hash("sft") != changed.section_hash("sft")
+    assert base.section_hash() != changed.section_hash()
+
+
+def test_flat_params_use_dotted_keys():
+    params = PipelineConfig().flat_params()
+    assert params["sft.lora.r"] == "8"
+    assert params["model.tiny.hidden_size"] == "64"
