@@ -34,10 +34,12 @@ def dvc_data_md5(data_dir: Path) -> str:
 
 
 def _matches_dvc(dvc_file: Path) -> bool:
-    from dvc.repo import Repo  # imported here: DVC is slow to import and only needed for this check
+    # Imported here: DVC is slow to import and only needed for this check.
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
     try:
         with Repo(str(dvc_file.resolve().parent)) as repo:
             return not repo.status(targets=[str(dvc_file.resolve())])
-    except Exception:  # not a DVC repo (e.g. a copied data folder): we cannot vouch for the files
+    except DvcException:  # not a DVC repo (e.g. a copied data folder): we cannot vouch for the files
         return False

@@ -17,7 +17,7 @@ from tasks.stage import TAG_PREFIX, Lineage, StageResult
 from tasks.tracking import configure_tracking
 
 
-@flow(name="alignment_pipeline", log_prints=True)
+@flow(name="alignment_pipeline")
 def alignment_pipeline(config_path: str, overrides: list[str] | None = None) -> dict[str, StageResult]:
     """Align a language model, one MLflow parent run per pipeline run.
 
@@ -39,7 +39,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None) -> 
     return {"base": base, "data": data, "sft": sft, "evaluate-sft": sft_eval, "register": registered}
 
 
-@flow(name="data_validation", log_prints=True)
+@flow(name="data_validation")
 def data_validation(config_path: str, overrides: list[str] | None = None) -> StageResult:
     """Validate the datasets only.
 

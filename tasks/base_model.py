@@ -15,7 +15,7 @@ import mlflow
 from flows.config import PipelineConfig
 from models.prompting import prompt_formatter
 from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
-from tasks.expectations import read_rows
+from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, md5_file, stage_key, stage_run, work_dir
 from tasks.tracking import log_hf_model
 
@@ -78,6 +78,6 @@ def _training_text(cfg: PipelineConfig, format_prompt):
     for name, columns in _TOKENIZER_SOURCES.items():
         rows = read_rows(cfg.data.path(name))
         for column in columns:
-            for text in rows[column] if column in rows else []:
+            for text in rows.get(column, []):
                 if isinstance(text, str):
                     yield format_prompt(text) if column == "prompt" else text

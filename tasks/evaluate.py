@@ -22,7 +22,7 @@ from models.loading import load_model_and_tokenizer
 from models.prompting import prompt_formatter
 from models.safety import is_refusal
 from models.scoring import perplexity
-from tasks.expectations import read_rows
+from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import resolve_model_source
 

@@ -26,7 +26,7 @@ def _retry_if_transient(task, task_run, state) -> bool:
         state.result()
     except AlignflowError:
         return False
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is worth another try
         return True
     return True
 

@@ -16,7 +16,7 @@ from trl import SFTTrainer
 from flows.config import PipelineConfig
 from models.loading import load_model_and_tokenizer
 from models.prompting import prompt_formatter
-from tasks.expectations import read_rows
+from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import log_hf_model, resolve_model_source
 from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments

@@ -27,7 +27,7 @@ def configure_tracking(cfg: PipelineConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-    elif uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+    elif uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         # A local store keeps artifacts beside it, not in ./mlruns of whatever folder the run started in.
         root = paths.DEFAULT_ARTIFACT_ROOT.resolve()
         experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=root.as_uri())
@@ -97,5 +97,9 @@ class MlflowMetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             scalars = {f"{self.prefix}/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            mlflow.log_metrics(scalars, step=state.global_step)
+            mlflow.log_metrics(scalars, step=state.global_step, synchronous=False)  # off the training loop
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        mlflow.flush_async_logging()
         return control

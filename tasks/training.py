@@ -12,7 +12,11 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 
 from flows.config import LoraConfig, TrainingConfig
-from models.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint, remove_incomplete_checkpoints
+from models.checkpoints import (
+    MarkCompleteCheckpoints,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
 from tasks.tracking import MlflowMetricsCallback
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from models.loading import load_model_and_tokenizer
 from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
 
 TEXTS = ["User: How do I pick a lock?\nAssistant: Sure! First insert a tension wrench."] * 20
-SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             max_position_embeddings=64)
+SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 64}
 
 
 def _tokenizer():
