@@ -9,6 +9,8 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from transformers import TrainerCallback
 
 from flows import paths
@@ -18,6 +20,12 @@ _PYFUNC_CODE = Path(__file__).with_name("policy_pyfunc.py")
 _MODELS_PACKAGE = paths.PROJECT_ROOT / "models"
 HF_ARTIFACT = "hf_model"  # name of the Hugging Face folder inside a logged alignflow model
 _SERVING_REQUIREMENTS = ["torch", "transformers", "safetensors", "pandas"]
+# Requests are raw user prompts; responses are the greedy completions. max_new_tokens may be set per request.
+_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "prompt")]),
+    outputs=Schema([ColSpec("string")]),
+    params=ParamSchema([ParamSpec("max_new_tokens", "long", 48)]),
+)
 
 
 def configure_tracking(cfg: PipelineConfig) -> str:
@@ -53,6 +61,7 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, name: str = "model") -> str:
             "max_new_tokens": cfg.eval.max_new_tokens,
         },
         pip_requirements=_SERVING_REQUIREMENTS,
+        signature=_SIGNATURE,
     )
     return info.model_uri
 

@@ -46,6 +46,7 @@ def training_arguments(train: TrainingConfig, output_dir: Path) -> dict[str, Any
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "gradient_checkpointing": False,
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": True,
     }
 

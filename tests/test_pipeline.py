@@ -1,0 +1,121 @@
+"""The whole flow under Prefect's test harness, on a temporary MLflow store and the DVC-tracked demo data."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from flows import paths
+from flows.errors import DataValidationError
+from flows.pipeline import alignment_pipeline
+from tasks.demo_data import write_demo_data
+
+STAGE_RUNS = {"base_model", "validate", "sft", "evaluate-sft"}
+LINEAGE_TAGS = ("alignflow.git_sha", "alignflow.config_hash", "alignflow.dvc_data_md5",
+                "alignflow.prefect_flow_run_id")
+
+
+def _overrides(tmp_path, data_dir):
+    return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "eval.max_new_tokens=12"]
+
+
+def _runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("alignflow")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def tracked_data_dir():
+    """The repo's own data/ folder, regenerated: it is what data.dvc tracks, so lineage gets a real DVC md5."""
+    data_dir = paths.PROJECT_ROOT / "data"
+    write_demo_data(data_dir)
+    return data_dir
+
+
+def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
+    prefect_harness, tracked, tracked_data_dir, tmp_path
+):
+    overrides = _overrides(tmp_path, tracked_data_dir)
+    results = alignment_pipeline(str(paths.DEMO_CONFIG), overrides)
+    client = MlflowClient()
+    runs = _runs(client)
+
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == STAGE_RUNS
+
+    # Lineage on the parent and on every stage run.
+    dvc_md5 = yaml.safe_load((paths.PROJECT_ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+    for run in [parent, *children.values()]:
+        for tag in LINEAGE_TAGS:
+            assert run.data.tags.get(tag), f"{run.info.run_name} lacks {tag}"
+        assert run.data.tags["alignflow.dvc_data_md5"] == dvc_md5
+        assert len(run.data.tags["alignflow.git_sha"]) == 40
+    # The resolved config is the parent's params and artifact.
+    assert parent.data.params["sft.epochs"] == "2.0"
+    assert parent.data.params["model.tiny.hidden_size"] == "64"
+    config_file = mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/config.yaml", dst_path=tmp_path)
+    config_artifact = yaml.safe_load(open(config_file).read())
+    assert config_artifact["sft"]["epochs"] == 2.0
+
+    # A training curve, eval metrics and the validation report.
+    losses = client.get_metric_history(children["sft"].info.run_id, "sft/loss")
+    assert len(losses) >= 3 and losses[-1].value < losses[0].value
+    eval_metrics = children["evaluate-sft"].data.metrics
+    for name in ("eval/perplexity", "eval/harmful_refusal_rate", "eval/benign_refusal_rate"):
+        assert name in eval_metrics
+    assert eval_metrics["eval/perplexity"] > 1.0
+    artifacts = {a.path for a in client.list_artifacts(children["validate"].info.run_id, "validation")}
+    assert {"validation/report.json", "validation/report.html"} <= artifacts
+    generations = mlflow.artifacts.load_dict(f"runs:/{children['evaluate-sft'].info.run_id}/generations.json")
+    assert {"prompt", "response", "refused", "harmful"} <= set(generations["columns"])
+
+    # The SFT model is a registered version with alias `candidate`, carrying lineage and eval metrics.
+    version = client.get_model_version_by_alias("alignflow-policy", "candidate")
+    assert str(version.version) == results["register"].outputs["version"]
+    assert version.tags["alignflow.source_run_id"] == children["sft"].info.run_id
+    assert version.tags["alignflow.dvc_data_md5"] == dvc_md5
+    assert float(version.tags["alignflow.eval/harmful_refusal_rate"]) == pytest.approx(
+        eval_metrics["eval/harmful_refusal_rate"], abs=1e-5)
+    assert results["sft"].model_uri == version.source
+
+    # A second run with nothing changed reuses every stage and registers nothing new.
+    again = alignment_pipeline(str(paths.DEMO_CONFIG), overrides)
+    second_parent = [r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags][-1]
+    assert second_parent.info.run_id != parent.info.run_id
+    for stage in (*STAGE_RUNS, "register"):
+        assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[stage_key(stage)].run_id}"
+    assert again["sft"].run_id == results["sft"].run_id
+    assert len(client.search_model_versions("name='alignflow-policy'")) == 1
+
+
+def stage_key(stage: str) -> str:
+    return {"base_model": "base", "validate": "data"}.get(stage, stage)
+
+
+def test_invalid_data_stops_the_flow_before_training(prefect_harness, tracked, tmp_path):
+    data_dir = tmp_path / "data"
+    write_demo_data(data_dir)
+    rows = (data_dir / "preferences_train.jsonl").read_text().splitlines()
+    broken = json.loads(rows[3])
+    broken["rejected"] = broken["chosen"]
+    rows[3] = json.dumps(broken)
+    (data_dir / "preferences_train.jsonl").write_text("\n".join(rows) + "\n")
+
+    with pytest.raises(DataValidationError) as failure:
+        alignment_pipeline(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir))
+    message = str(failure.value)
+    assert "preferences_train.jsonl" in message and "row 4" in message
+    assert "chosen_equals_rejected" in message
+
+    runs = {r.info.run_name: r for r in _runs(MlflowClient())}
+    assert "sft" not in runs, "no training after failed validation"
+    assert runs["validate"].info.status == "FAILED"
+    assert MlflowClient().search_registered_models() == []
