@@ -17,6 +17,7 @@ app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set sft.epochs=2.")]
+OutOption = Annotated[Path | None, typer.Option(help="Also write the stage results as JSON here (for DVC).")]
 
 
 def _prepare_environment() -> None:
@@ -27,6 +28,10 @@ def _prepare_environment() -> None:
         os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Progress bars of downloads and shard writes drown the stage logs; training metrics still print.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.callback()
@@ -35,23 +40,31 @@ def main() -> None:
 
 
 @app.command()
-def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None) -> None:
+def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
     from flows.pipeline import alignment_pipeline
 
     results = alignment_pipeline(str(config), overrides or [])
     for name, result in results.items():
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("validate/"))
         typer.echo(f"{name:14s} run {result.run_id}  {result.model_uri or ''}  {metrics}")
+    _write_json(out, {name: result.model_dump() for name, result in results.items()})
 
 
 @app.command()
-def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None) -> None:
+def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
     """Validate the datasets with Great Expectations, without training."""
     from flows.pipeline import data_validation
 
     result = data_validation(str(config), overrides or [])
     typer.echo(json.dumps(result.metrics, indent=2))
+    _write_json(out, result.model_dump())
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 @data_app.command("demo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -62,7 +63,7 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     assert parent.data.params["sft.epochs"] == "2.0"
     assert parent.data.params["model.tiny.hidden_size"] == "64"
     config_file = mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/config.yaml", dst_path=tmp_path)
-    config_artifact = yaml.safe_load(open(config_file).read())
+    config_artifact = yaml.safe_load(Path(config_file).read_text())
     assert config_artifact["sft"]["epochs"] == 2.0
 
     # A training curve, eval metrics and the validation report.

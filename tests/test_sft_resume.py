@@ -12,12 +12,12 @@ from pathlib import Path
 
 import mlflow
 import yaml
-
 from conftest import reduced_config
+
 from models.checkpoints import is_complete
 from tasks.base_model import run_base_model
 from tasks.sft import run_sft, sft_key
-from tasks.stage import Lineage, StageResult
+from tasks.stage import Lineage
 from tasks.tracking import configure_tracking
 from tasks.validate import run_validate
 

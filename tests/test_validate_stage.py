@@ -7,8 +7,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import reduced_config
+
 from flows.errors import DataValidationError
 from tasks.base_model import run_base_model
 from tasks.datasets import read_rows
@@ -42,7 +42,8 @@ def test_quarantine_moves_bad_rows_aside_and_logs_them(tmp_path, tracked):
     clean = read_rows(Path(result.outputs["sft_train"]))
     assert len(clean) == 480 and (clean["completion"].str.strip() != "").all()
     logged = mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/validation", dst_path=tmp_path / "dl")
-    quarantined = [json.loads(line) for line in open(Path(logged) / "quarantine" / "sft_train.jsonl")]
+    lines = (Path(logged) / "quarantine" / "sft_train.jsonl").read_text().splitlines()
+    quarantined = [json.loads(line) for line in lines]
     assert [row["row"] for row in quarantined] == [10]
     assert quarantined[0]["_failed_expectations"]
 
