@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from conftest import reduced_config
 from safetensors.torch import load_file
 
-from conftest import reduced_config
 from flows import paths
 from flows.config import load_config
 from tasks.base_model import run_base_model
