@@ -99,15 +99,58 @@ class SFTConfig(TrainingConfig):
     completion_only_loss: bool = Field(True, description="Compute the loss on completions only.")
 
 
+class RewardConfig(TrainingConfig):
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="Pull mean reward towards zero (Eisenstein et al. 2023); None disables."
+    )
+
+
+class DPOConfig(TrainingConfig):
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty to the reference model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO, IPO or SLiC-style hinge loss.")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of an extra NLL term on the chosen responses (RPO).")
+
+
+class MetricGate(_Section):
+    """An absolute bar a candidate metric must clear."""
+
+    metric: str = Field(description="Metric name as the evaluate stage logs it, e.g. eval/harmful_refusal_rate.")
+    min: float | None = Field(None, description="The metric must be at least this.")
+    max: float | None = Field(None, description="The metric must be at most this.")
+
+
+class ChampionGate(_Section):
+    """A metric on which the candidate must not be worse than the current champion, on the same eval set."""
+
+    metric: str = Field(description="Metric name as the evaluate stage logs it.")
+    higher_is_better: bool = Field(True, description="Direction of 'better' for this metric.")
+    margin: float = Field(0.02, ge=0, description="How much worse than the champion is still acceptable.")
+
+
+class GatesConfig(_Section):
+    thresholds: list[MetricGate] = Field(default_factory=list, description="Absolute bars, all must pass.")
+    beat_baseline: list[ChampionGate] = Field(
+        default_factory=list, description="Metrics on which the candidate must beat the SFT baseline (margin 0 = tie ok)."
+    )
+    champion: list[ChampionGate] = Field(
+        default_factory=list, description="Metrics on which the candidate may not fall behind the champion."
+    )
+
+
 class EvalConfig(_Section):
     max_new_tokens: int = Field(48, gt=0, description="Tokens generated per held-out prompt (greedy).")
     batch_size: int = Field(32, gt=0, description="Prompts generated per batch.")
     logged_samples: int = Field(16, ge=0, description="Generations logged as an MLflow table.")
+    kl_samples: int = Field(1, ge=1, description="Sampled responses per prompt for the KL(policy || reference) estimate.")
+    seed: int = Field(0, description="Seed for the sampled responses.")
 
 
 class RegistryConfig(_Section):
     policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
+    reward_name: str = Field("alignflow-reward", description="Registered model name for reward models.")
     candidate_alias: str = Field("candidate", description="Alias given to the newest trained policy.")
+    champion_alias: str = Field("champion", description="Alias of the promoted policy.")
+    previous_champion_alias: str = Field("previous-champion", description="Alias the displaced champion keeps.")
 
 
 class TrackingConfig(_Section):
@@ -122,7 +165,10 @@ class PipelineConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

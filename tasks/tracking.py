@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 import yaml
@@ -16,16 +17,25 @@ from transformers import TrainerCallback
 from flows import paths
 from flows.config import PipelineConfig
 
-_PYFUNC_CODE = Path(__file__).with_name("policy_pyfunc.py")
+# The pyfunc wrapper each kind of model is served with (logged "from code").
+_PYFUNC_CODE = {"policy": Path(__file__).with_name("policy_pyfunc.py"),
+                "reward": Path(__file__).with_name("reward_pyfunc.py")}
 _MODELS_PACKAGE = paths.PROJECT_ROOT / "models"
 HF_ARTIFACT = "hf_model"  # name of the Hugging Face folder inside a logged alignflow model
 _SERVING_REQUIREMENTS = ["torch", "transformers", "safetensors", "pandas"]
-# Requests are raw user prompts; responses are the greedy completions. max_new_tokens may be set per request.
-_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prompt")]),
-    outputs=Schema([ColSpec("string")]),
-    params=ParamSchema([ParamSpec("max_new_tokens", "long", 48)]),
-)
+_SIGNATURES = {
+    # A policy takes raw user prompts and answers with greedy completions; max_new_tokens may be set per request.
+    "policy": ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 48)]),
+    ),
+    # A reward model scores (prompt, response) pairs.
+    "reward": ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "response")]),
+        outputs=Schema([ColSpec("double")]),
+    ),
+}
 
 
 def configure_tracking(cfg: PipelineConfig) -> str:
@@ -45,14 +55,16 @@ def configure_tracking(cfg: PipelineConfig) -> str:
     return experiment_id
 
 
-def log_hf_model(hf_dir: Path, cfg: PipelineConfig, name: str = "model") -> str:
+def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "reward"] = "policy") -> str:
     """Log a Hugging Face folder as an MLflow pyfunc model (servable with `mlflow models serve`); returns its URI.
 
     The model's prompt format travels with it, so a served model formats requests exactly as training did.
     """
+    if kind not in _PYFUNC_CODE:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_PYFUNC_CODE)}")
     info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(_PYFUNC_CODE),
+        name="model",
+        python_model=str(_PYFUNC_CODE[kind]),
         artifacts={HF_ARTIFACT: str(hf_dir)},
         code_paths=[str(_MODELS_PACKAGE)],
         model_config={
@@ -61,7 +73,7 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, name: str = "model") -> str:
             "max_new_tokens": cfg.eval.max_new_tokens,
         },
         pip_requirements=_SERVING_REQUIREMENTS,
-        signature=_SIGNATURE,
+        signature=_SIGNATURES[kind],
     )
     return info.model_uri
 
