@@ -135,6 +135,8 @@ class GatesConfig(_Section):
     champion: list[ChampionGate] = Field(
         default_factory=list, description="Metrics on which the candidate may not fall behind the champion."
     )
+    rank_metric: str = Field("eval/reward_mean", description="Among candidates that pass, the best on this wins.")
+    rank_higher_is_better: bool = Field(True, description="Direction of 'best' for rank_metric.")
 
 
 class EvalConfig(_Section):
