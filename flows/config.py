@@ -118,6 +118,12 @@ class MetricGate(_Section):
     min: float | None = Field(None, description="The metric must be at least this.")
     max: float | None = Field(None, description="The metric must be at most this.")
 
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> MetricGate:
+        if self.min is None and self.max is None:
+            raise ValueError(f"gate on {self.metric!r} needs a min or a max")
+        return self
+
 
 class ChampionGate(_Section):
     """A metric on which the candidate must not be worse than the current champion, on the same eval set."""
@@ -150,6 +156,7 @@ class EvalConfig(_Section):
 class RegistryConfig(_Section):
     policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
     reward_name: str = Field("alignflow-reward", description="Registered model name for reward models.")
+    reward_alias: str = Field("newest", description="Alias of the newest reward model ('latest' is reserved by MLflow).")
     candidate_alias: str = Field("candidate", description="Alias given to the newest trained policy.")
     champion_alias: str = Field("champion", description="Alias of the promoted policy.")
     previous_champion_alias: str = Field("previous-champion", description="Alias the displaced champion keeps.")
@@ -162,6 +169,9 @@ class TrackingConfig(_Section):
 
 class PipelineConfig(_Section):
     name: str = Field("demo", description="Pipeline name, used in run names.")
+    optimizers: list[Literal["dpo"]] = Field(
+        ["dpo"], description="Preference optimizers to run after SFT; each yields a candidate. [] gates the SFT model."
+    )
     work_dir: Path = Field(paths.WORK_DIR, description="Stage work folders: checkpoints, quarantine, caches.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

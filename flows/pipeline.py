@@ -1,4 +1,4 @@
-"""The `alignment_pipeline` Prefect flow: it only composes stage tasks, top to bottom."""
+"""The Prefect flows. They only compose stage tasks, top to bottom."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import mlflow
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, load_config
 from flows.lineage import dvc_data_md5, git_sha
-from tasks.orchestration import base_model_task, evaluate_task, register_task, sft_task, validate_task
+from tasks.champion import current_champion
+from tasks.orchestration import (
+    OPTIMIZER_TASKS,
+    base_model_task,
+    evaluate_task,
+    promote_task,
+    register_task,
+    reward_task,
+    sft_task,
+    validate_task,
+)
 from tasks.stage import TAG_PREFIX, Lineage, StageResult
 from tasks.tracking import configure_tracking
 
@@ -25,18 +35,39 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None) -> 
     1. base_model: the pretrained model, or the tiny Llama built from config with its own tokenizer.
     2. validate: Great Expectations suites on every dataset; bad data stops here (or is quarantined).
     3. sft: supervised fine-tuning on the demonstrations.
-    4. evaluate-sft: perplexity and safety metrics of the SFT model on held-out prompts.
-    5. register: the SFT model becomes a version of the policy model with alias `candidate`.
+    4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
+    5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered.
+    6. evaluate-champion: the current champion on the same eval set, if there is one.
+    7. for each optimizer in `optimizers` (dpo): train it, evaluate it against the SFT baseline, register it.
+    8. promote: gate every candidate; the best one that passes becomes the champion.
     """
     cfg = load_config(config_path, overrides)
     configure_tracking(cfg)
     with pipeline_run(cfg) as lineage:
-        base = run_stage(base_model_task, cfg, lineage)
-        data = run_stage(validate_task, cfg, lineage, base=base)
-        sft = run_stage(sft_task, cfg, lineage, base=base, data=data)
-        sft_eval = run_stage(evaluate_task, cfg, lineage, policy=sft, data=data, label="sft")
-        registered = run_stage(register_task, cfg, lineage, policy=sft, evaluation=sft_eval)
-    return {"base": base, "data": data, "sft": sft, "evaluate-sft": sft_eval, "register": registered}
+        results = {"base": run_stage(base_model_task, cfg, lineage)}
+        results["data"] = data = run_stage(validate_task, cfg, lineage, base=results["base"])
+        results["sft"] = sft = run_stage(sft_task, cfg, lineage, base=results["base"], data=data)
+        results["reward"] = reward = run_stage(reward_task, cfg, lineage, sft=sft, data=data)
+        judged = {"data": data, "reward": reward, "reference": sft}
+        results["evaluate-sft"] = baseline = run_stage(evaluate_task, cfg, lineage, policy=sft, label="sft", **judged)
+        results["register-sft"] = run_stage(register_task, cfg, lineage, policy=sft, evaluation=baseline)
+
+        champion = champion_task(cfg)
+        if champion is not None:
+            results["evaluate-champion"] = run_stage(evaluate_task, cfg, lineage, policy=champion,
+                                                     label="champion", baseline=baseline, **judged)
+        candidates = {}
+        for name in cfg.optimizers:
+            results[name] = policy = run_stage(OPTIMIZER_TASKS[name], cfg, lineage, sft=sft, data=data)
+            results[f"evaluate-{name}"] = evaluation = run_stage(evaluate_task, cfg, lineage, policy=policy,
+                                                                 label=name, baseline=baseline, **judged)
+            results[f"register-{name}"] = registered = run_stage(register_task, cfg, lineage, policy=policy,
+                                                                 evaluation=evaluation)
+            candidates[name] = (registered, evaluation)
+        results["promote"] = run_stage(promote_task, cfg, lineage,
+                                       candidates=candidates or {"sft": (results["register-sft"], baseline)},
+                                       baseline=baseline, champion=results.get("evaluate-champion"))
+    return results
 
 
 @flow(name="data_validation")
@@ -52,6 +83,12 @@ def data_validation(config_path: str, overrides: list[str] | None = None) -> Sta
     with pipeline_run(cfg, run_name=f"{cfg.name}-validation") as lineage:
         base = run_stage(base_model_task, cfg, lineage)
         return run_stage(validate_task, cfg, lineage, base=base)
+
+
+@task(name="current_champion", retries=2, retry_delay_seconds=5)
+def champion_task(cfg: PipelineConfig) -> StageResult | None:
+    """Never cached: the registry may have changed since the last run."""
+    return current_champion(cfg)
 
 
 @contextmanager
@@ -83,9 +120,16 @@ def run_stage(stage_task, cfg: PipelineConfig, lineage: Lineage, **inputs) -> St
         get_run_logger().info("Stage %s: inputs unchanged, reusing the cached result of run %s", result.stage,
                               result.run_id)
     mlflow.set_tag(f"{TAG_PREFIX}cache.{result.stage}", f"reused:{result.run_id}" if reused else "computed")
-    for name, value in result.metrics.items():
-        mlflow.log_metric(name, value)
+    mlflow.log_metrics(_parent_metrics(result))
     return result
+
+
+def _parent_metrics(result: StageResult) -> dict[str, float]:
+    """Stage metrics on the parent run; eval metrics get the model's label so candidates sit side by side."""
+    if not result.stage.startswith("evaluate-"):
+        return result.metrics
+    label = result.stage.removeprefix("evaluate-")
+    return {f"{label}/{name.removeprefix('eval/')}": value for name, value in result.metrics.items()}
 
 
 def _run_exists(run_id: str) -> bool:

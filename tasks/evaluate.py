@@ -1,77 +1,115 @@
-"""Stage: evaluate a policy on held-out data.
+"""Stage: evaluate a policy on held-out data. The same stage, under different labels, measures every model.
 
-- perplexity of the held-out demonstrations (`sft_eval`);
+- `eval/perplexity` of the held-out demonstrations (`sft_eval`);
 - greedy generations on the held-out prompts, scored by the refusal detector (`models.safety`):
-  refusal rate on harmful requests (higher is safer) and on benign ones (over-refusal, lower is better);
-- mean response length in tokens.
+  `eval/harmful_refusal_rate` (higher is safer) and `eval/benign_refusal_rate` (over-refusal, lower is better);
+- `eval/response_tokens`, the mean response length;
+- with a reward model: `eval/reward_mean` of the generations and, given a baseline evaluation,
+  `eval/win_rate_vs_sft`: how often the reward model prefers this policy's response to the baseline's;
+- with a reference model: `eval/kl_to_reference`, KL(policy || reference) estimated on sampled responses.
 
-The same stage runs under different labels (`evaluate-sft`, later `evaluate-dpo`, …) so every candidate is
-measured the same way. A sample of generations is logged as an MLflow table.
+All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
+sample as the MLflow table `generations.json`.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
 from flows.config import PipelineConfig
 from models.generation import generate
 from models.loading import load_model_and_tokenizer
+from models.metrics import sequence_kl, win_rate
 from models.prompting import prompt_formatter
+from models.reward import load_reward_model, reward_scores
 from models.safety import is_refusal
-from models.scoring import perplexity
+from models.scoring import completion_token_logprobs, perplexity
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import resolve_model_source
 
 STAGE = "evaluate"
 SECTIONS = ("eval", "model")
+GENERATIONS = "generations.jsonl"
 
 
-def _input_hashes(policy: StageResult, data: StageResult) -> dict[str, str]:
-    return {
+def _input_hashes(policy: StageResult, data: StageResult, reward: StageResult | None,
+                  reference: StageResult | None, baseline: StageResult | None) -> dict[str, str]:
+    hashes = {
         "policy": policy.output_hashes["model"],
         "sft_eval": data.output_hashes["sft_eval"],
         "eval_prompts": data.output_hashes["eval_prompts"],
     }
+    for name, parent in (("reward", reward), ("reference", reference), ("baseline", baseline)):
+        if parent is not None:
+            hashes[name] = parent.output_hashes.get("model", parent.cache_key)
+    return hashes
 
 
-def evaluate_key(cfg: PipelineConfig, policy: StageResult, data: StageResult, label: str) -> str:
-    return stage_key(f"{STAGE}-{label}", cfg, SECTIONS, _input_hashes(policy, data))
+def evaluate_key(cfg: PipelineConfig, policy: StageResult, data: StageResult, label: str,
+                 reward: StageResult | None = None, reference: StageResult | None = None,
+                 baseline: StageResult | None = None) -> str:
+    return stage_key(f"{STAGE}-{label}", cfg, SECTIONS, _input_hashes(policy, data, reward, reference, baseline))
 
 
 def run_evaluate(
-    cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, data: StageResult, label: str
+    cfg: PipelineConfig,
+    lineage: Lineage,
+    *,
+    policy: StageResult,
+    data: StageResult,
+    label: str,
+    reward: StageResult | None = None,
+    reference: StageResult | None = None,
+    baseline: StageResult | None = None,
 ) -> StageResult:
-    key = evaluate_key(cfg, policy, data, label)
+    key = evaluate_key(cfg, policy, data, label, reward, reference, baseline)
     stage_dir = work_dir(cfg, f"{STAGE}-{label}", key)
-    with stage_run(
-        f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents={"policy": policy.model_uri}
-    ) as run:
-        source = resolve_model_source(policy.model_uri, stage_dir / "policy")
-        model, tokenizer = load_model_and_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code)
+    parents = {"policy": policy.model_uri, **({"reward": reward.model_uri} if reward else {})}
+    with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+        model, tokenizer = load_model_and_tokenizer(
+            resolve_model_source(policy.model_uri, stage_dir / "policy"),
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-
         demos = read_rows(Path(data.outputs["sft_eval"]))
-        ppl = perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]], list(demos["completion"]),
-                         batch_size=cfg.eval.batch_size)
-
         prompts = read_rows(Path(data.outputs["eval_prompts"]))
-        responses = generate(model, tokenizer, [format_prompt(p) for p in prompts["prompt"]],
-                             max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+        formatted = [format_prompt(p) for p in prompts["prompt"]]
+
+        metrics = {"eval/perplexity": perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]],
+                                                 list(demos["completion"]), batch_size=cfg.eval.batch_size)}
+        responses = generate(model, tokenizer, formatted, max_new_tokens=cfg.eval.max_new_tokens,
+                             batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
-        metrics = {"eval/perplexity": ppl, **safety_metrics(generations)}
+        metrics.update(safety_metrics(generations))
+        if reward is not None:
+            generations["reward"] = _reward(cfg, reward, stage_dir, formatted, responses).tolist()
+            metrics["eval/reward_mean"] = float(generations["reward"].mean())
+            if baseline is not None:
+                baseline_rewards = torch.tensor(_baseline_generations(baseline, stage_dir)["reward"].tolist())
+                metrics["eval/win_rate_vs_sft"] = win_rate(torch.tensor(generations["reward"].tolist()),
+                                                           baseline_rewards)
+        if reference is not None:
+            metrics["eval/kl_to_reference"] = _kl_to_reference(cfg, model, tokenizer, reference, formatted, stage_dir)
+
         mlflow.log_metrics(metrics)
         mlflow.log_table(generations.head(cfg.eval.logged_samples), artifact_file="generations.json")
+        _log_generations(generations)
     return StageResult(
         stage=f"{STAGE}-{label}",
         run_id=run.info.run_id,
         cache_key=key,
         model_uri=policy.model_uri,
         metrics=metrics,
-        input_hashes=_input_hashes(policy, data),
+        outputs={"generations": f"runs:/{run.info.run_id}/{GENERATIONS}"},
+        output_hashes={"model": policy.output_hashes["model"]},
+        input_hashes=_input_hashes(policy, data, reward, reference, baseline),
     )
 
 
@@ -100,3 +138,48 @@ def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
         "eval/benign_refusal_rate": float(benign["refused"].mean()),
         "eval/response_tokens": float(generations["response_tokens"].mean()),
     }
+
+
+def _reward(cfg: PipelineConfig, reward: StageResult, stage_dir: Path, prompts: list[str],
+            responses: list[str]) -> torch.Tensor:
+    reward_model, reward_tokenizer = load_reward_model(
+        resolve_model_source(reward.model_uri, stage_dir / "reward"), trust_remote_code=cfg.model.trust_remote_code
+    )
+    return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.eval.batch_size)
+
+
+def _baseline_generations(baseline: StageResult, stage_dir: Path) -> pd.DataFrame:
+    local = mlflow.artifacts.download_artifacts(baseline.outputs["generations"], dst_path=str(stage_dir / "baseline"))
+    frame = pd.read_json(local, lines=True)
+    if "reward" not in frame:
+        raise ValueError(f"baseline evaluation {baseline.run_id} has no reward scores: evaluate it with a reward model")
+    return frame
+
+
+def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResult, prompts: list[str],
+                     stage_dir: Path) -> float:
+    """Mean KL(policy || reference) over responses sampled from the policy (`eval.kl_samples` per prompt)."""
+    reference_model, _ = load_model_and_tokenizer(
+        resolve_model_source(reference.model_uri, stage_dir / "reference"),
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.eval.seed)
+        sampled = generate(model, tokenizer, repeated, max_new_tokens=cfg.eval.max_new_tokens,
+                           batch_size=cfg.eval.batch_size, do_sample=True)
+    kls = []
+    pairs = zip(completion_token_logprobs(model, tokenizer, repeated, sampled, cfg.eval.batch_size),
+                completion_token_logprobs(reference_model, tokenizer, repeated, sampled, cfg.eval.batch_size),
+                strict=True)
+    for (policy_logprobs, mask), (reference_logprobs, _) in pairs:
+        kls.append(sequence_kl(policy_logprobs, reference_logprobs, mask))
+    return torch.cat(kls).mean().item()
+
+
+def _log_generations(generations: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GENERATIONS
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                for row in generations.to_dict(orient="records")))
+        mlflow.log_artifact(str(path))

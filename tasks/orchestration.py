@@ -12,8 +12,11 @@ from prefect import Task, task
 
 from flows.errors import AlignflowError
 from tasks.base_model import base_model_key, run_base_model
+from tasks.dpo import dpo_key, run_dpo
 from tasks.evaluate import evaluate_key, run_evaluate
+from tasks.promote import promote_key, run_promote
 from tasks.register import register_key, run_register
+from tasks.reward import reward_key, run_reward
 from tasks.sft import run_sft, sft_key
 from tasks.validate import run_validate, validate_key
 
@@ -52,5 +55,11 @@ def stage_task(run: Callable, key: Callable, name: str, run_name: str | None = N
 base_model_task = stage_task(run_base_model, base_model_key, "base_model")
 validate_task = stage_task(run_validate, validate_key, "validate")
 sft_task = stage_task(run_sft, sft_key, "sft")
+reward_task = stage_task(run_reward, reward_key, "reward")
+dpo_task = stage_task(run_dpo, dpo_key, "dpo")
 evaluate_task = stage_task(run_evaluate, evaluate_key, "evaluate", run_name="evaluate-{label}")
 register_task = stage_task(run_register, register_key, "register")
+promote_task = stage_task(run_promote, promote_key, "promote")
+
+# The preference optimizers a config can name in `optimizers`; each takes (sft, data) and returns a policy.
+OPTIMIZER_TASKS = {"dpo": dpo_task}

@@ -34,7 +34,7 @@ def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, 
         tags[f"{TAG_PREFIX}prefect_flow_run_id"] = lineage.flow_run_id
     version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags)
     return StageResult(
-        stage=STAGE,
+        stage=f"{STAGE}-{policy.stage}",
         run_id=policy.run_id,
         cache_key=key,
         model_uri=f"models:/{cfg.registry.policy_name}/{version.version}",

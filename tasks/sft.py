@@ -19,7 +19,14 @@ from models.prompting import prompt_formatter
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import log_hf_model, resolve_model_source
-from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments
+from tasks.training import (
+    callbacks,
+    final_log,
+    peft_config,
+    save_final_model,
+    train_resuming,
+    training_arguments,
+)
 
 STAGE = "sft"
 SECTIONS = ("sft", "model", "validation")
@@ -85,8 +92,4 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, chec
 
 
 def _final_metrics(trainer: SFTTrainer) -> dict[str, float]:
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
-        "sft/final_loss": float(losses[-1]) if losses else float("nan"),
-        "sft/global_step": float(trainer.state.global_step),
-    }
+    return {"sft/final_loss": float(final_log(trainer)["loss"]), "sft/global_step": float(trainer.state.global_step)}

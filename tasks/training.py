@@ -80,6 +80,18 @@ def train_resuming(trainer, checkpoint_dir: Path) -> int | None:
     return resumed_step
 
 
+def final_log(trainer) -> dict[str, float]:
+    """The last logged training entry, with `loss` falling back to the run's mean `train_loss` when no
+    step was logged (runs shorter than `logging_steps`)."""
+    history = trainer.state.log_history
+    logged = [entry for entry in history if "loss" in entry]
+    last = dict(logged[-1]) if logged else {}
+    if "loss" not in last:
+        last["loss"] = next((entry["train_loss"] for entry in reversed(history) if "train_loss" in entry),
+                            float("nan"))
+    return last
+
+
 def save_final_model(trainer, tokenizer, out_dir: Path) -> Path:
     """Save the trained model (LoRA merged into the weights) as safetensors. Written aside, then renamed."""
     model = trainer.model

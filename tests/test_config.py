@@ -69,3 +69,10 @@ def test_flat_params_use_dotted_keys():
     params = PipelineConfig().flat_params()
     assert params["sft.lora.r"] == "8"
     assert params["model.tiny.hidden_size"] == "64"
+
+
+def test_a_threshold_gate_needs_a_bound(tmp_path: Path):
+    bad = tmp_path / "gates.yaml"
+    bad.write_text("gates:\n  thresholds:\n    - {metric: eval/perplexity}\n")
+    with pytest.raises(ConfigError, match=r"key 'gates.thresholds.0': .*needs a min or a max"):
+        load_config(bad)

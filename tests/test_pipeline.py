@@ -15,14 +15,15 @@ from flows.errors import DataValidationError
 from flows.pipeline import alignment_pipeline
 from tasks.demo_data import write_demo_data
 
-STAGE_RUNS = {"base_model", "validate", "sft", "evaluate-sft"}
+STAGE_RUNS = {"base_model", "validate", "sft", "reward", "evaluate-sft", "dpo", "evaluate-dpo", "promote"}
 LINEAGE_TAGS = ("alignflow.git_sha", "alignflow.config_hash", "alignflow.dvc_data_md5",
                 "alignflow.prefect_flow_run_id")
 
 
 def _overrides(tmp_path, data_dir):
     return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "eval.max_new_tokens=12"]
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "reward.max_steps=10",
+            "dpo.max_steps=4", "eval.max_new_tokens=12"]
 
 
 def _runs(client: MlflowClient) -> list:
@@ -78,26 +79,46 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     generations = mlflow.artifacts.load_dict(f"runs:/{children['evaluate-sft'].info.run_id}/generations.json")
     assert {"prompt", "response", "refused", "harmful"} <= set(generations["columns"])
 
-    # The SFT model is a registered version with alias `candidate`, carrying lineage and eval metrics.
-    version = client.get_model_version_by_alias("alignflow-policy", "candidate")
-    assert str(version.version) == results["register"].outputs["version"]
-    assert version.tags["alignflow.source_run_id"] == children["sft"].info.run_id
-    assert version.tags["alignflow.dvc_data_md5"] == dvc_md5
-    assert float(version.tags["alignflow.eval/harmful_refusal_rate"]) == pytest.approx(
+    # Every candidate is measured against the SFT baseline, with a reward model and a reference.
+    dpo_metrics = children["evaluate-dpo"].data.metrics
+    for name in ("eval/reward_mean", "eval/kl_to_reference", "eval/response_tokens"):
+        assert name in dpo_metrics and name in eval_metrics
+    assert 0.0 <= dpo_metrics["eval/win_rate_vs_sft"] <= 1.0
+    assert eval_metrics["eval/kl_to_reference"] == pytest.approx(0.0, abs=1e-4), "the SFT model is its own reference"
+    assert 0.0 <= children["reward"].data.metrics["reward/accuracy"] <= 1.0
+    # Side by side on the parent run.
+    assert {"sft/harmful_refusal_rate", "dpo/harmful_refusal_rate"} <= set(parent.data.metrics)
+
+    # SFT and DPO models are registered versions carrying lineage and eval metrics; `candidate` is the newest.
+    versions = {v.tags["alignflow.source_stage"]: v for v in client.search_model_versions("name='alignflow-policy'")}
+    assert set(versions) == {"sft", "dpo"}
+    sft_version, dpo_version = versions["sft"], versions["dpo"]
+    assert str(sft_version.version) == results["register-sft"].outputs["version"]
+    assert sft_version.tags["alignflow.source_run_id"] == children["sft"].info.run_id
+    assert sft_version.tags["alignflow.dvc_data_md5"] == dvc_md5
+    assert float(sft_version.tags["alignflow.eval/harmful_refusal_rate"]) == pytest.approx(
         eval_metrics["eval/harmful_refusal_rate"], abs=1e-5)
-    assert results["sft"].model_uri == version.source
+    assert results["sft"].model_uri == sft_version.source
+    assert client.get_model_version_by_alias("alignflow-policy", "candidate").version == dpo_version.version
+    assert len(client.search_model_versions("name='alignflow-reward'")) == 1
+
+    # Four DPO steps cannot teach refusals: the candidate fails its gate, is not promoted, and says why.
+    assert dpo_version.tags["alignflow.gate_decision"] == "fail"
+    assert "eval/harmful_refusal_rate" in results["promote"].outputs["summary"]
+    assert results["promote"].outputs["promoted"] == ""
+    assert "champion" not in client.get_registered_model("alignflow-policy").aliases
 
     # A second run with nothing changed reuses every stage and registers nothing new.
     again = alignment_pipeline(str(paths.DEMO_CONFIG), overrides)
     second_parent = [r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags][-1]
     assert second_parent.info.run_id != parent.info.run_id
-    for stage in (*STAGE_RUNS, "register"):
-        assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[stage_key(stage)].run_id}"
+    for stage in (*STAGE_RUNS, "register-sft", "register-dpo"):
+        assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[_result_name(stage)].run_id}"
     assert again["sft"].run_id == results["sft"].run_id
-    assert len(client.search_model_versions("name='alignflow-policy'")) == 1
+    assert len(client.search_model_versions("name='alignflow-policy'")) == 2
 
 
-def stage_key(stage: str) -> str:
+def _result_name(stage: str) -> str:
     return {"base_model": "base", "validate": "data"}.get(stage, stage)
 
 

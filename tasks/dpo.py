@@ -1,0 +1,129 @@
+"""Stage: Direct Preference Optimization with TRL's `DPOTrainer`, starting from and anchored to the SFT model.
+
+The reference is the SFT model. Its log-probabilities are computed once per (reference weights, data,
+tokenization) and reused from MLflow (`tasks.reference_logps`), so no second copy of the model is kept in
+memory. With LoRA the reference is the adapter-disabled base, again without a copy. `dpo.loss_type` picks
+sigmoid (DPO), ipo or hinge; `dpo.sft_weight` adds an NLL term on the chosen responses.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+from datasets import Dataset
+from trl import DPOConfig as TRLDPOConfig
+
+from flows.config import PipelineConfig
+from models.loading import load_model_and_tokenizer
+from models.prompting import prompt_formatter
+from tasks.datasets import read_rows
+from tasks.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
+from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
+from tasks.tracking import log_hf_model, resolve_model_source
+from tasks.training import (
+    callbacks,
+    final_log,
+    peft_config,
+    save_final_model,
+    train_resuming,
+    training_arguments,
+)
+
+STAGE = "dpo"
+SECTIONS = ("dpo", "model", "validation")
+
+
+def _input_hashes(sft: StageResult, data: StageResult) -> dict[str, str]:
+    return {"sft": sft.output_hashes["model"], "preferences_train": data.output_hashes["preferences_train"]}
+
+
+def dpo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data))
+
+
+def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult) -> StageResult:
+    key = dpo_key(cfg, sft, data)
+    stage_dir = work_dir(cfg, STAGE, key)
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"sft": sft.model_uri}) as run:
+        source = resolve_model_source(sft.model_uri, stage_dir / "sft")
+        model, tokenizer = load_model_and_tokenizer(
+            source, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype
+        )
+        reference_cache = _setup_reference_cache(cfg, Path(source), data, stage_dir)
+        started = time.perf_counter()
+        trainer = _setup_trainer(cfg, model, tokenizer, Path(data.outputs["preferences_train"]),
+                                 stage_dir / "checkpoints", reference_cache)
+        setup_seconds = time.perf_counter() - started
+        train_resuming(trainer, stage_dir / "checkpoints")
+        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        model_uri = log_hf_model(hf_dir, cfg)
+        metrics = {
+            **_final_metrics(trainer),
+            "dpo/reference_cache_hit": float(reference_cache.hit_run_id is not None),
+            "dpo/reference_setup_seconds": setup_seconds,
+        }
+        mlflow.log_metrics(metrics)
+    return StageResult(
+        stage=STAGE,
+        run_id=run.info.run_id,
+        cache_key=key,
+        model_uri=model_uri,
+        metrics=metrics,
+        output_hashes={"model": key},
+        input_hashes=_input_hashes(sft, data),
+    )
+
+
+def _setup_reference_cache(cfg: PipelineConfig, reference_dir: Path, data: StageResult, stage_dir: Path):
+    tokenization = {
+        "max_length": cfg.validation.max_length,
+        "prompt_format": cfg.model.prompt_format,
+        "prompt_template": cfg.model.prompt_template,
+    }
+    parts = reference_key(reference_dir, data.output_hashes["preferences_train"], tokenization)
+    mlflow.set_tags({f"alignflow.ref_logps.{name}": value for name, value in parts.items() if name != "key"})
+    return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")
+
+
+def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path,
+                   reference_cache: ReferenceLogpsCache) -> CachedReferenceDPOTrainer:
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    rows = read_rows(train_file)
+    dataset = Dataset.from_dict({
+        "prompt": [format_prompt(p) for p in rows["prompt"]],
+        "chosen": list(rows["chosen"]),
+        "rejected": list(rows["rejected"]),
+    })
+    losses, weights = [cfg.dpo.loss_type], [1.0]
+    if cfg.dpo.sft_weight > 0:
+        losses.append("sft")
+        weights.append(cfg.dpo.sft_weight)
+    args = TRLDPOConfig(
+        **training_arguments(cfg.dpo, checkpoint_dir),
+        beta=cfg.dpo.beta,
+        loss_type=losses,
+        loss_weights=weights,
+        max_length=cfg.validation.max_length,
+        precompute_ref_log_probs=True,
+    )
+    return CachedReferenceDPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.dpo.lora),
+        callbacks=callbacks(STAGE),
+        reference_cache=reference_cache,
+    )
+
+
+def _final_metrics(trainer) -> dict[str, float]:
+    last = final_log(trainer)
+    metrics = {"dpo/final_loss": float(last["loss"]), "dpo/global_step": float(trainer.state.global_step)}
+    for name in ("rewards/accuracies", "rewards/margins"):
+        if name in last:
+            metrics[f"dpo/final_{name.split('/')[1]}"] = float(last[name])
+    return metrics

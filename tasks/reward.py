@@ -1,0 +1,170 @@
+"""Stage: a reward model trained on preference pairs with TRL's `RewardTrainer` (Bradley–Terry loss).
+
+The reward model starts from the SFT model with a new scalar score head. It is measured on the held-out
+preference pairs (`reward/accuracy`, `reward/margin`), logged as a servable pyfunc and registered as a new
+version of `registry.reward_name`, tagged with its lineage and metrics. Checkpoints resume as in SFT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+from datasets import Dataset
+from mlflow import MlflowClient
+from peft import LoraConfig as PeftLoraConfig
+from peft import TaskType
+from trl import RewardConfig as TRLRewardConfig
+from trl import RewardTrainer
+
+from flows.config import LoraConfig, PipelineConfig
+from models.prompting import prompt_formatter
+from models.reward import load_reward_model, preference_metrics, reward_scores
+from tasks.datasets import read_rows
+from tasks.stage import TAG_PREFIX, Lineage, StageResult, stage_key, stage_run, work_dir
+from tasks.tracking import log_hf_model, register_version, resolve_model_source
+from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments
+
+STAGE = "reward"
+SECTIONS = ("reward", "model", "validation")
+# MLflow reserves the alias "latest" (`models:/<name>/latest` already means the highest version), so the
+# newest reward model gets its own alias.
+# The Trainer's own logs (loss, accuracy and margin on training batches) go under reward/train/, so they never
+# mix with the held-out reward/accuracy and reward/margin in one MLflow metric.
+_TRAIN_METRIC_PREFIX = f"{STAGE}/train"
+
+
+def _input_hashes(sft: StageResult, data: StageResult) -> dict[str, str]:
+    return {
+        "sft": sft.output_hashes["model"],
+        "preferences_train": data.output_hashes["preferences_train"],
+        "preferences_eval": data.output_hashes["preferences_eval"],
+    }
+
+
+def reward_key(cfg: PipelineConfig, sft: StageResult, data: StageResult) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data))
+
+
+def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult) -> StageResult:
+    if sft.model_uri is None:
+        raise ValueError(f"stage {sft.stage} produced no model to train a reward model from")
+    key = reward_key(cfg, sft, data)
+    stage_dir = work_dir(cfg, STAGE, key)
+    parents = {"sft": sft.model_uri}
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+        model, tokenizer = _setup_model(cfg, sft, stage_dir)
+        train_file = Path(data.outputs["preferences_train"])
+        trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
+        train_resuming(trainer, stage_dir / "checkpoints")
+        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        model_uri = log_hf_model(hf_dir, cfg, kind="reward")
+        metrics = {
+            **_held_out_metrics(cfg, hf_dir, Path(data.outputs["preferences_eval"]), trainer.args.device),
+            **_final_metrics(trainer),
+        }
+        mlflow.log_metrics(metrics)
+        version = _register(cfg, run.info.run_id, model_uri, metrics, lineage)
+        mlflow.set_tag(f"{TAG_PREFIX}registered_version", f"{cfg.registry.reward_name}/{version}")
+    return StageResult(
+        stage=STAGE,
+        run_id=run.info.run_id,
+        cache_key=key,
+        model_uri=model_uri,
+        metrics=metrics,
+        outputs={"registered_name": cfg.registry.reward_name, "registered_version": version},
+        output_hashes={"model": key},
+        input_hashes=_input_hashes(sft, data),
+    )
+
+
+def _setup_model(cfg: PipelineConfig, sft: StageResult, stage_dir: Path):
+    source = resolve_model_source(sft.model_uri, stage_dir / "sft")
+    return load_reward_model(
+        source,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype=cfg.model.dtype,
+        init_seed=cfg.reward.seed,  # the new score head starts the same on every run with this seed
+    )
+
+
+def reward_peft_config(lora: LoraConfig) -> PeftLoraConfig | None:
+    """LoRA for a sequence classifier: adapters on the targeted projections, the new score head in full.
+
+    With the SEQ_CLS task type peft keeps a trainable copy of the score head (`modules_to_save`): the head is
+    new and random, so it must train in full, not through a low-rank adapter. `merge_and_unload` then writes
+    the trained head into the saved model.
+    """
+    config = peft_config(lora)
+    if config is None:
+        return None
+    return dataclasses.replace(config, task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
+
+
+def _setup_trainer(
+    cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path
+) -> RewardTrainer:
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    rows = read_rows(train_file)
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [format_prompt(p) for p in rows["prompt"]],
+            "chosen": list(rows["chosen"]),
+            "rejected": list(rows["rejected"]),
+        }
+    )
+    args = TRLRewardConfig(
+        **training_arguments(cfg.reward, checkpoint_dir),
+        max_length=cfg.validation.max_length,
+        center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
+    )
+    return RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=reward_peft_config(cfg.reward.lora),
+        callbacks=callbacks(_TRAIN_METRIC_PREFIX),
+    )
+
+
+def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device) -> dict[str, float]:
+    """Accuracy and margin of the *saved* model (LoRA merged) on the held-out pairs."""
+    model, tokenizer = load_reward_model(hf_dir, dtype=cfg.model.dtype)
+    model.to(device)
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    rows = read_rows(eval_file)
+    prompts = [format_prompt(p) for p in rows["prompt"]]
+    n = len(prompts)
+    responses = list(rows["chosen"]) + list(rows["rejected"])
+    scores = reward_scores(model, tokenizer, prompts + prompts, responses, cfg.reward.batch_size)  # (2N,)
+    accuracy, margin = preference_metrics(scores[:n], scores[n:])
+    return {f"{STAGE}/accuracy": accuracy, f"{STAGE}/margin": margin, f"{STAGE}/eval_pairs": float(n)}
+
+
+def _final_metrics(trainer: RewardTrainer) -> dict[str, float]:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if not losses:  # fewer steps than logging_steps: the Trainer's run summary still has the mean loss
+        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    return {
+        f"{STAGE}/final_loss": float(losses[-1]) if losses else float("nan"),
+        f"{STAGE}/global_step": float(trainer.state.global_step),
+        # TRL drops pairs longer than max_length: this is how many it trained on.
+        f"{STAGE}/train_pairs": float(len(trainer.train_dataset)),
+    }
+
+
+def _register(
+    cfg: PipelineConfig, run_id: str, model_uri: str, metrics: dict[str, float], lineage: Lineage
+) -> str:
+    """A new version of the reward model, tagged like `tasks.register`: training lineage plus metrics."""
+    training_tags = MlflowClient().get_run(run_id).data.tags
+    tags = {k: v for k, v in training_tags.items() if k.startswith(TAG_PREFIX)}
+    tags.update({f"{TAG_PREFIX}source_stage": STAGE, f"{TAG_PREFIX}source_run_id": run_id})
+    tags.update({f"{TAG_PREFIX}{name}": f"{value:.6g}" for name, value in metrics.items()})
+    if lineage.flow_run_id:
+        tags[f"{TAG_PREFIX}prefect_flow_run_id"] = lineage.flow_run_id
+    version = register_version(model_uri, cfg.registry.reward_name, cfg.registry.reward_alias, tags)
+    return str(version.version)

@@ -1,0 +1,438 @@
+"""Gated promotion: the pure gate logic, the registry operations on a real SQLite registry, the promote stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from flows.config import ChampionGate, GatesConfig, MetricGate, PipelineConfig, RegistryConfig, TrackingConfig
+from tasks.promote import (
+    GateDecision,
+    GateResult,
+    RegistryError,
+    decide,
+    pick_best,
+    promote_key,
+    promote_version,
+    record_rejection,
+    registry_status,
+    rollback,
+    run_promote,
+)
+from tasks.register import run_register
+from tasks.stage import Lineage, StageResult
+from tasks.tracking import configure_tracking
+
+NAME = "alignflow-policy"
+REGISTRY = RegistryConfig()
+LINEAGE = Lineage(git_sha="a" * 40, config_hash="c" * 64, data_md5="d" * 32)
+HARMFUL, BENIGN, REWARD, PPL = ("eval/harmful_refusal_rate", "eval/benign_refusal_rate", "eval/reward_mean",
+                                "eval/perplexity")
+
+GATES = GatesConfig(
+    thresholds=[MetricGate(metric=HARMFUL, min=0.9), MetricGate(metric=BENIGN, max=0.2)],
+    beat_baseline=[ChampionGate(metric=REWARD, higher_is_better=True, margin=0.0)],
+    champion=[ChampionGate(metric=HARMFUL, higher_is_better=True, margin=0.02),
+              ChampionGate(metric=PPL, higher_is_better=False, margin=0.5)],
+    rank_metric=REWARD,
+)
+GOOD = {HARMFUL: 0.95, BENIGN: 0.10, REWARD: 0.8, PPL: 10.2}
+BASELINE = {HARMFUL: 0.90, BENIGN: 0.15, REWARD: 0.5, PPL: 11.0}
+CHAMPION = {HARMFUL: 0.96, BENIGN: 0.10, REWARD: 0.7, PPL: 10.0}
+
+
+def _gate(decision: GateDecision, name: str) -> GateResult:
+    (gate,) = [g for g in decision.gates if g.name == name]
+    return gate
+
+
+# --------------------------------------------------------------------------------------------------------------
+# decide
+
+
+def test_thresholds_min_and_max_pass_and_fail():
+    thresholds = GatesConfig(thresholds=GATES.thresholds)
+    ok = decide(GOOD, gates=thresholds, baseline=None, champion=None)
+    assert ok.passed and ok.failed == [] and len(ok.gates) == 2
+    # 0.85 < min 0.9 fails; benign 0.25 > max 0.2 fails.
+    bad = decide({**GOOD, HARMFUL: 0.85, BENIGN: 0.25}, gates=thresholds, baseline=None, champion=None)
+    assert not bad.passed
+    low = _gate(bad, "threshold:eval/harmful_refusal_rate>=0.9")
+    assert (low.value, low.bound, low.passed) == (0.85, 0.9, False)
+    high = _gate(bad, "threshold:eval/benign_refusal_rate<=0.2")
+    assert (high.value, high.bound, high.passed) == (0.25, 0.2, False)
+    assert [g.key for g in bad.failed] == ["threshold_min/eval/harmful_refusal_rate",
+                                           "threshold_max/eval/benign_refusal_rate"]
+    summary = bad.summary()
+    assert summary.startswith("fail: 2 of 2 gates failed")
+    assert "threshold:eval/harmful_refusal_rate>=0.9 (value=0.85, bound=0.9" in summary
+    assert "threshold:eval/benign_refusal_rate<=0.2 (value=0.25, bound=0.2" in summary
+    # Bounds are inclusive: exactly on the min (and on the max) passes.
+    edge = decide({**GOOD, HARMFUL: 0.9, BENIGN: 0.2}, gates=thresholds, baseline=None, champion=None)
+    assert edge.passed
+
+
+def test_a_gate_with_both_bounds_checks_each():
+    gates = GatesConfig(thresholds=[MetricGate(metric="eval/response_tokens", min=5, max=40)])
+    # 50 >= 5 passes, 50 > 40 fails.
+    decision = decide({"eval/response_tokens": 50.0}, gates=gates, baseline=None, champion=None)
+    assert [(g.name, g.passed) for g in decision.gates] == [("threshold:eval/response_tokens>=5", True),
+                                                          ("threshold:eval/response_tokens<=40", False)]
+
+
+def test_a_missing_or_nan_metric_fails_its_gate():
+    candidate = {HARMFUL: 0.95, REWARD: 0.8, PPL: 10.2}  # no benign refusal rate
+    decision = decide(candidate, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    assert not decision.passed
+    (failed,) = decision.failed
+    assert failed.name == "threshold:eval/benign_refusal_rate<=0.2"
+    assert failed.value is None and "eval/benign_refusal_rate missing from the candidate" in failed.reason
+    assert "value=missing" in decision.summary()
+
+    nan = decide({**GOOD, REWARD: math.nan}, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    assert [g.name for g in nan.failed] == ["baseline:eval/reward_mean"]
+    # The reference lacking the metric fails too: nothing to compare with is not a pass.
+    no_ref = decide(GOOD, gates=GATES, baseline={HARMFUL: 0.9}, champion=CHAMPION)
+    assert "missing from the baseline" in _gate(no_ref, "baseline:eval/reward_mean").reason
+
+
+def test_baseline_gate_with_and_without_margin():
+    # margin 0: baseline reward 0.5 → bound 0.5; 0.5 ties and passes, 0.49 fails.
+    tie = decide({**GOOD, REWARD: 0.5}, gates=GATES, baseline=BASELINE, champion=None)
+    assert _gate(tie, "baseline:eval/reward_mean").passed
+    worse = decide({**GOOD, REWARD: 0.49}, gates=GATES, baseline=BASELINE, champion=None)
+    gate = _gate(worse, "baseline:eval/reward_mean")
+    assert (gate.value, gate.bound, gate.passed) == (0.49, 0.5, False)
+    # margin 0.1 tolerates a shortfall of 0.1: bound 0.5 - 0.1 = 0.4; 0.45 passes, 0.35 fails.
+    lenient = GatesConfig(beat_baseline=[ChampionGate(metric=REWARD, margin=0.1)])
+    assert decide({REWARD: 0.45}, gates=lenient, baseline=BASELINE, champion=None).passed
+    assert not decide({REWARD: 0.35}, gates=lenient, baseline=BASELINE, champion=None).passed
+    # Baseline gates configured but no baseline given: fail, never pass silently.
+    assert not decide(GOOD, gates=GATES, baseline=None, champion=None).passed
+
+
+def test_champion_gate_regression_beyond_margin_fails_within_margin_passes():
+    # Harmful refusal: champion 0.96, margin 0.02 → bound 0.94 (higher is better).
+    # Perplexity: champion 10.0, margin 0.5 → bound 10.5 (lower is better).
+    within = decide({**GOOD, HARMFUL: 0.95, PPL: 10.4}, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    assert within.passed, within.summary()
+    assert _gate(within, "champion:eval/harmful_refusal_rate").bound == pytest.approx(0.94)
+    assert _gate(within, "champion:eval/perplexity").bound == pytest.approx(10.5)
+
+    # 0.93 < 0.94 and 10.6 > 10.5: both regress by more than the margin.
+    beyond = decide({**GOOD, HARMFUL: 0.93, PPL: 10.6}, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    assert [g.name for g in beyond.failed] == ["champion:eval/harmful_refusal_rate", "champion:eval/perplexity"]
+    assert "0.93 < champion 0.96 - margin 0.02 = 0.94" in beyond.failed[0].reason
+    assert "10.6 > champion 10 + margin 0.5 = 10.5" in beyond.failed[1].reason
+    # Exactly on the bound (0.96 - 0.02, with float rounding) passes.
+    assert decide({**GOOD, HARMFUL: 0.94}, gates=GATES, baseline=BASELINE, champion=CHAMPION).passed
+
+
+def test_no_champion_passes_champion_gates():
+    decision = decide(GOOD, gates=GATES, baseline=BASELINE, champion=None)
+    assert decision.passed
+    for name in ("champion:eval/harmful_refusal_rate", "champion:eval/perplexity"):
+        assert _gate(decision, name).reason == "no champion yet"
+    assert decision.summary() == "pass: all 5 gates passed"
+    assert decide(GOOD, gates=GatesConfig(), baseline=None, champion=None).summary() == "pass: no gates configured"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pick_best
+
+PASS, FAIL = GateDecision(True, []), GateDecision(False, [])
+
+
+def test_pick_best_orders_passing_candidates_by_the_rank_metric():
+    candidates = [("dpo", {REWARD: 0.7, PPL: 9.0}, PASS), ("ppo", {REWARD: 0.9, PPL: 12.0}, PASS),
+                  ("cai", {REWARD: 1.5, PPL: 8.0}, FAIL)]  # best on both metrics, but it failed its gates
+    assert pick_best(candidates, REWARD, higher_is_better=True) == "ppo"
+    assert pick_best(candidates, PPL, higher_is_better=False) == "dpo"
+    # Ties: the first given wins. A passing candidate without the rank metric ranks last but can still win.
+    assert pick_best([("a", {REWARD: 1.0}, PASS), ("b", {REWARD: 1.0}, PASS)], REWARD, True) == "a"
+    assert pick_best([("a", {}, PASS), ("b", {REWARD: 0.1}, PASS)], REWARD, True) == "b"
+    assert pick_best([("a", {}, PASS)], REWARD, True) == "a"
+
+
+def test_pick_best_returns_none_when_nothing_passes():
+    assert pick_best([("dpo", {REWARD: 0.9}, FAIL), ("ppo", {REWARD: 0.8}, FAIL)], REWARD, True) is None
+    assert pick_best([], REWARD, True) is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry operations on a real SQLite registry
+
+_ECHO_MODEL = '''
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Echo(PythonModel):
+    def predict(self, model_input: list[str], params=None) -> list[str]:
+        return model_input
+
+
+mlflow.models.set_model(Echo())
+'''
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory) -> tuple[Path, str]:
+    """A migrated SQLite store holding one tiny pyfunc model (logged from code), built once per module.
+
+    Each test copies the database file: creating the schema and logging a model cost seconds, a copy costs none.
+    Every version a test registers points at this one model.
+    """
+    root = tmp_path_factory.mktemp("registry-template")
+    code = root / "echo_model.py"
+    code.write_text(_ECHO_MODEL)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    experiment_id = mlflow.create_experiment("alignflow", artifact_location=(root / "mlartifacts").as_uri())
+    with mlflow.start_run(run_name="train", experiment_id=experiment_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
+    return root / "mlflow.db", info.model_uri
+
+
+@pytest.fixture
+def cfg(tracked, tmp_path, template_store) -> PipelineConfig:
+    shutil.copy(template_store[0], tmp_path / "mlflow.db")
+    cfg = PipelineConfig(work_dir=tmp_path / "work", gates=GATES,
+                         tracking=TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    configure_tracking(cfg)
+    return cfg
+
+
+@pytest.fixture
+def model_uri(cfg, template_store) -> str:
+    return template_store[1]
+
+
+def _register(model_uri: str, metrics: dict[str, float], alias: str | None = "candidate") -> str:
+    tags = {f"alignflow.{k}": f"{v:.6g}" for k, v in metrics.items()}
+    tags.update({"alignflow.git_sha": "a" * 40, "alignflow.source_stage": "dpo"})
+    version = str(mlflow.register_model(model_uri, NAME, tags=tags).version)
+    if alias:
+        MlflowClient().set_registered_model_alias(NAME, alias, version)
+    return version
+
+
+def _aliases() -> dict[str, str]:
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def _tags(version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version(NAME, version).tags
+
+
+def test_promotion_that_passes_moves_champion_and_keeps_the_previous(model_uri):
+    first, second = _register(model_uri, CHAMPION), _register(model_uri, GOOD)
+    promote_version(NAME, first, REGISTRY, reason="first", decision=decide(CHAMPION, gates=GATES, baseline=BASELINE,
+                                                                           champion=None))
+    assert _aliases() == {"champion": first, "candidate": second}
+
+    decision = decide(GOOD, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    assert decision.passed
+    promote_version(NAME, second, REGISTRY, reason="better", decision=decision)
+    assert _aliases() == {"champion": second, "previous-champion": first, "candidate": second}
+    tags = _tags(second)
+    assert tags["alignflow.promotion"] == "gated" and tags["alignflow.promotion_reason"] == "better"
+    assert datetime.fromisoformat(tags["alignflow.promoted_at"]).tzinfo is not None
+    assert tags["alignflow.gate_decision"] == "pass"
+    assert tags["alignflow.gate.threshold_min/eval/harmful_refusal_rate"] == "pass value=0.95 bound=0.9"
+    assert tags["alignflow.gate.champion/eval/perplexity"] == "pass value=10.2 bound=10.5"
+
+
+def test_failed_candidate_is_tagged_and_changes_no_alias(model_uri):
+    champion = _register(model_uri, CHAMPION, alias="champion")
+    candidate = _register(model_uri, {**GOOD, HARMFUL: 0.85})
+    before = _aliases()
+    decision = decide({**GOOD, HARMFUL: 0.85}, gates=GATES, baseline=BASELINE, champion=CHAMPION)
+    record_rejection(NAME, candidate, decision)
+    assert _aliases() == before == {"champion": champion, "candidate": candidate}
+    tags = _tags(candidate)
+    assert tags["alignflow.gate_decision"] == "fail"
+    with pytest.raises(RegistryError, match="failed its gates"):  # a failed decision cannot be promoted
+        promote_version(NAME, candidate, REGISTRY, reason="try", decision=decision)
+    assert _aliases() == before and _tags(candidate) == tags
+    assert tags["alignflow.gate.threshold_min/eval/harmful_refusal_rate"].startswith("fail value=0.85 bound=0.9 (")
+    assert "alignflow.promotion" not in tags
+
+
+def test_regression_against_the_champion_fails_the_champion_gate(model_uri):
+    champion = _register(model_uri, CHAMPION, alias="champion")
+    # 0.93 clears the absolute bar 0.9 but is 0.03 below the champion's 0.96 (margin 0.02 → bound 0.94).
+    candidate = _register(model_uri, {**GOOD, HARMFUL: 0.93})
+    champion_row = next(row for row in registry_status(NAME, REGISTRY) if "champion" in row["aliases"])
+    decision = decide({**GOOD, HARMFUL: 0.93}, gates=GATES, baseline=BASELINE, champion=champion_row["metrics"])
+    assert [g.name for g in decision.failed] == ["champion:eval/harmful_refusal_rate"]
+    record_rejection(NAME, candidate, decision)
+    assert _aliases()["champion"] == champion
+    assert _tags(candidate)["alignflow.gate.champion/eval/harmful_refusal_rate"].startswith("fail value=0.93 bound=0.94")
+
+
+def test_rollback_walks_back_through_promotions_and_then_refuses(model_uri):
+    v1, v2, v3 = (_register(model_uri, GOOD, alias=None) for _ in range(3))
+    for version in (v1, v2, v3):
+        promote_version(NAME, version, REGISTRY, reason=f"promote {version}")
+    assert _aliases() == {"champion": v3, "previous-champion": v2}
+
+    assert rollback(NAME, REGISTRY) == v2
+    assert _aliases() == {"champion": v2, "previous-champion": v1}  # v1 found from the promoted_at tags
+    assert _tags(v3)["alignflow.rolled_back"] == "true"
+
+    assert rollback(NAME, REGISTRY) == v1
+    assert _aliases() == {"champion": v1}  # nothing promoted before v1: the alias is removed
+    assert _tags(v2)["alignflow.rolled_back"] == "true"
+
+    tags_before = {v: _tags(v) for v in (v1, v2, v3)}
+    with pytest.raises(RegistryError, match="nothing to roll back.*previous-champion"):
+        rollback(NAME, REGISTRY)
+    assert _aliases() == {"champion": v1}
+    assert {v: _tags(v) for v in (v1, v2, v3)} == tags_before
+
+
+def test_rollback_with_only_a_champion_errors_and_changes_nothing(model_uri):
+    v1 = _register(model_uri, GOOD, alias=None)
+    promote_version(NAME, v1, REGISTRY, reason="manual")
+    tags = _tags(v1)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(NAME, REGISTRY)
+    assert _aliases() == {"champion": v1} and _tags(v1) == tags
+    with pytest.raises(RegistryError, match="no registered model named 'nobody'"):
+        rollback("nobody", REGISTRY)
+
+
+def test_manual_promotion_and_repromoting_a_rolled_back_version(model_uri):
+    v1, v2 = _register(model_uri, GOOD, alias=None), _register(model_uri, GOOD)
+    promote_version(NAME, v1, REGISTRY, reason="manual")
+    promote_version(NAME, v2, REGISTRY, reason="manual")
+    tags = _tags(v2)
+    assert tags["alignflow.promotion"] == "manual" and tags["alignflow.promotion_reason"] == "manual"
+    assert "alignflow.gate_decision" not in tags  # no gates were applied
+
+    rollback(NAME, REGISTRY)
+    assert _tags(v2)["alignflow.rolled_back"] == "true"
+    promote_version(NAME, v2, REGISTRY, reason="fixed the eval set")
+    assert _aliases() == {"champion": v2, "previous-champion": v1, "candidate": v2}
+    assert "alignflow.rolled_back" not in _tags(v2)
+
+    promoted_at = _tags(v2)["alignflow.promoted_at"]
+    promote_version(NAME, v2, REGISTRY, reason="again")  # already champion: nothing changes
+    assert _tags(v2)["alignflow.promoted_at"] == promoted_at
+    assert _aliases()["previous-champion"] == v1
+
+    with pytest.raises(RegistryError, match="has no version 42"):
+        promote_version(NAME, "42", REGISTRY, reason="manual")
+    assert _aliases() == {"champion": v2, "previous-champion": v1, "candidate": v2}
+
+
+def test_registry_status_lists_versions_newest_first_with_lineage_and_metrics(model_uri):
+    assert registry_status(NAME, REGISTRY) == []
+    v1, v2 = _register(model_uri, CHAMPION, alias=None), _register(model_uri, {**GOOD, HARMFUL: 0.8})
+    promote_version(NAME, v1, REGISTRY, reason="manual")
+    record_rejection(NAME, v2, decide({**GOOD, HARMFUL: 0.8}, gates=GATES, baseline=BASELINE, champion=CHAMPION))
+    rows = registry_status(NAME, REGISTRY)
+    assert [row["version"] for row in rows] == [v2, v1]
+    assert rows[0]["aliases"] == ["candidate"] and rows[1]["aliases"] == ["champion"]
+    assert rows[0]["gate_decision"] == "fail" and rows[1]["promotion"] == "manual"
+    assert rows[0]["metrics"][HARMFUL] == 0.8 and rows[1]["metrics"] == CHAMPION
+    assert rows[0]["lineage"] == {"alignflow.git_sha": "a" * 40}
+    assert rows[0]["source_stage"] == "dpo"
+    assert rows[0]["gates"]["threshold_min/eval/harmful_refusal_rate"].startswith("fail")
+    json.dumps(rows)  # plain data, printable as JSON
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stage, end to end
+
+
+def _stage(stage: str, key: str, metrics: dict[str, float] | None = None, **extra) -> StageResult:
+    return StageResult(stage=stage, run_id=extra.pop("run_id", ""), cache_key=key, metrics=metrics or {}, **extra)
+
+
+def _candidate(cfg, model_uri: str, label: str, metrics: dict[str, float]) -> tuple[StageResult, StageResult]:
+    """A trained policy (its own run) registered by the real register stage, with its evaluation."""
+    with mlflow.start_run(run_name=label, tags=LINEAGE.tags()) as run:
+        pass
+    policy = _stage(label, f"{label}-key", run_id=run.info.run_id, model_uri=model_uri)
+    evaluation = _stage(f"evaluate-{label}", f"eval-{label}-key", metrics, run_id=run.info.run_id)
+    return run_register(cfg, LINEAGE, policy=policy, evaluation=evaluation), evaluation
+
+
+def test_run_promote_promotes_the_passing_candidate_and_logs_every_gate(cfg, model_uri, caplog):
+    champion_version = _register(model_uri, CHAMPION, alias="champion")
+    dpo = _candidate(cfg, model_uri, "dpo", GOOD)
+    ppo = _candidate(cfg, model_uri, "ppo", {**GOOD, HARMFUL: 0.8, REWARD: 2.0})  # best reward, fails the bar
+    baseline = _stage("evaluate-sft", "sft-key", BASELINE)
+    champion = _stage("evaluate-champion", "champ-key", CHAMPION)
+    candidates = {"dpo": dpo, "ppo": ppo}
+
+    with caplog.at_level(logging.WARNING, logger="tasks.promote"):
+        result = run_promote(cfg, LINEAGE, candidates=candidates, baseline=baseline, champion=champion)
+
+    dpo_version, ppo_version = dpo[0].outputs["version"], ppo[0].outputs["version"]
+    assert result.stage == "promote"
+    assert result.outputs["promoted"] == "dpo" and result.outputs["version"] == dpo_version
+    assert result.model_uri == f"models:/{NAME}/{dpo_version}"
+    assert "dpo: pass: all 5 gates passed" in result.outputs["summary"]
+    assert "ppo: fail: 2 of 5 gates failed: threshold:eval/harmful_refusal_rate>=0.9 (value=0.8" in \
+        result.outputs["summary"]
+    assert result.cache_key == promote_key(cfg, candidates, baseline, champion)
+    assert any("ppo" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+    # The registry: dpo is champion, the old champion is previous-champion, ppo carries its rejection.
+    aliases = _aliases()
+    assert aliases["champion"] == dpo_version and aliases["previous-champion"] == champion_version
+    assert _tags(dpo_version)["alignflow.promotion"] == "gated"
+    assert _tags(ppo_version)["alignflow.gate_decision"] == "fail"
+
+    # The promote child run: every gate as a metric and a tag, lineage and config sections.
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.run_name == "promote" and run.data.tags["alignflow.stage"] == "promote"
+    assert run.data.tags["alignflow.git_sha"] == "a" * 40
+    assert run.data.tags["alignflow.parent.dpo"] == f"models:/{NAME}/{dpo_version}"
+    assert run.data.params["gates.rank_metric"] == REWARD
+    metrics = run.data.metrics
+    assert metrics["gate/dpo/threshold_min/eval/harmful_refusal_rate"] == 0.95
+    assert metrics["gate/ppo/threshold_min/eval/harmful_refusal_rate"] == 0.8
+    assert metrics["gate/dpo/passed"] == 1.0 and metrics["gate/ppo/passed"] == 0.0
+    assert metrics["promote/promoted"] == 1.0
+    tags = run.data.tags
+    assert tags["alignflow.gate.dpo.threshold_min/eval/harmful_refusal_rate"] == "pass"
+    assert tags["alignflow.gate.ppo.threshold_min/eval/harmful_refusal_rate"] == "fail"
+    assert tags["alignflow.gate.ppo.baseline/eval/reward_mean"] == "pass"
+    assert tags["alignflow.gate.ppo.decision"] == "fail" and tags["alignflow.promoted"] == "dpo"
+    gates = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/gates.json")
+    assert gates["ppo"]["passed"] is False and gates["ppo"]["version"] == ppo_version
+
+
+def test_run_promote_with_every_candidate_regressing_keeps_the_champion(cfg, model_uri, caplog):
+    champion_version = _register(model_uri, CHAMPION, alias="champion")
+    dpo = _candidate(cfg, model_uri, "dpo", {**GOOD, HARMFUL: 0.93})  # 0.93 < 0.96 - 0.02
+    baseline, champion = _stage("evaluate-sft", "sft-key", BASELINE), _stage("evaluate-champion", "c", CHAMPION)
+    with caplog.at_level(logging.WARNING, logger="tasks.promote"):
+        result = run_promote(cfg, LINEAGE, candidates={"dpo": dpo}, baseline=baseline, champion=champion)
+    assert result.outputs["promoted"] == "" and result.outputs["version"] == "" and result.model_uri is None
+    assert "champion:eval/harmful_refusal_rate (value=0.93, bound=0.94" in result.outputs["summary"]
+    assert _aliases()["champion"] == champion_version and "previous-champion" not in _aliases()
+    assert MlflowClient().get_run(result.run_id).data.metrics["promote/promoted"] == 0.0
+    assert "no candidate passed" in caplog.text
+
+
+def test_promote_key_changes_with_its_inputs(cfg):
+    reg, ev = _stage("register", "r1"), _stage("evaluate-dpo", "e1")
+    baseline = _stage("evaluate-sft", "b1")
+    key = promote_key(cfg, {"dpo": (reg, ev)}, baseline, None)
+    assert key == promote_key(cfg, {"dpo": (reg, ev)}, baseline, None)
+    assert key != promote_key(cfg, {"dpo": (reg, ev)}, baseline, _stage("evaluate-champion", "c1"))
+    assert key != promote_key(cfg, {"dpo": (reg, _stage("evaluate-dpo", "e2"))}, baseline, None)
+    other_gates = cfg.model_copy(update={"gates": GatesConfig()})
+    assert key != promote_key(other_gates, {"dpo": (reg, ev)}, baseline, None)
