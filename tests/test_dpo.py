@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import reduced_config
 from safetensors.torch import load_file
 
-from conftest import reduced_config
 from tasks.base_model import run_base_model
 from tasks.dpo import _setup_trainer, run_dpo
 from tasks.reference_logps import KEY_TAG, ReferenceLogpsCache
@@ -84,7 +84,7 @@ def test_reference_logps_hit_on_same_key_and_miss_when_model_or_data_change(stag
     row["chosen"] = " I can't help with that at all."
     rows[0] = json.dumps(row)
     (edited_dir / "preferences_train.jsonl").write_text("\n".join(rows) + "\n")
-    edited_cfg, edited_data, edited_sft = stages(edited_dir)
+    edited_cfg, edited_data, _ = stages(edited_dir)
     assert run_dpo(edited_cfg, LINEAGE, sft=sft, data=edited_data).metrics["dpo/reference_cache_hit"] == 0.0
 
 

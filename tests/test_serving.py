@@ -13,14 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+from conftest import reduced_config
 from mlflow import MlflowClient
 
-from conftest import reduced_config
 from tasks.base_model import run_base_model
+from tasks.sft import run_sft
 from tasks.stage import Lineage
 from tasks.tracking import configure_tracking, register_version
 from tasks.validate import run_validate
-from tasks.sft import run_sft
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 
