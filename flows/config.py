@@ -111,6 +111,49 @@ class DPOConfig(TrainingConfig):
     sft_weight: float = Field(0.0, ge=0, description="Weight of an extra NLL term on the chosen responses (RPO).")
 
 
+class PPOConfig(_Section):
+    """Our PPO (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022) on a policy with a value head."""
+
+    steps: int = Field(60, gt=0, description="PPO iterations: one rollout batch and its updates each.")
+    rollout_batch_size: int = Field(32, gt=0, description="Prompts sampled per iteration.")
+    mini_batch_size: int = Field(16, gt=0, description="Rollouts per gradient step.")
+    ppo_epochs: int = Field(4, gt=0, description="Passes over each rollout batch (K epochs).")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate for policy and value head.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_range_value: float = Field(0.2, gt=0, description="Value prediction clip epsilon.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages per batch.")
+    target_approx_kl: float | None = Field(0.1, gt=0, description="Stop the epochs early once approx KL exceeds this.")
+    kl_controller: Literal["fixed", "adaptive"] = Field("adaptive", description="KL coefficient schedule.")
+    init_kl_coef: float = Field(0.05, ge=0, description="Initial per-token KL penalty coefficient.")
+    kl_target: float | None = Field(6.0, gt=0, description="Target sequence KL for the adaptive controller.")
+    kl_horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in samples.")
+    max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
+    missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of responses with no EOS.")
+    length_penalty: float = Field(0.0, ge=0, description="Subtracted from the score per response token.")
+    critic: Literal["value_head", "separate"] = Field(
+        "value_head", description="Value head on the policy trunk, or a separate critic from the reward model."
+    )
+    save_steps: int = Field(20, gt=0, description="Checkpoint every N iterations.")
+    sample_table_steps: int = Field(20, gt=0, description="Log a table of sample completions every N iterations.")
+    seed: int = Field(0, description="Seed for sampling and prompt order.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters; the reference is then the base.")
+
+    @model_validator(mode="after")
+    def _minibatch_divides_batch(self) -> PPOConfig:
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"mini_batch_size ({self.mini_batch_size})")
+        if self.kl_controller == "adaptive" and self.kl_target is None:
+            raise ValueError("kl_controller=adaptive needs kl_target")
+        return self
+
+
 class MetricGate(_Section):
     """An absolute bar a candidate metric must clear."""
 
@@ -169,7 +212,7 @@ class TrackingConfig(_Section):
 
 class PipelineConfig(_Section):
     name: str = Field("demo", description="Pipeline name, used in run names.")
-    optimizers: list[Literal["dpo"]] = Field(
+    optimizers: list[Literal["dpo", "ppo"]] = Field(
         ["dpo"], description="Preference optimizers to run after SFT; each yields a candidate. [] gates the SFT model."
     )
     work_dir: Path = Field(paths.WORK_DIR, description="Stage work folders: checkpoints, quarantine, caches.")
@@ -179,6 +222,7 @@ class PipelineConfig(_Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

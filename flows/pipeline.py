@@ -14,9 +14,10 @@ from flows.config import PipelineConfig, load_config
 from flows.lineage import dvc_data_md5, git_sha
 from tasks.champion import current_champion
 from tasks.orchestration import (
-    OPTIMIZER_TASKS,
     base_model_task,
+    dpo_task,
     evaluate_task,
+    ppo_task,
     promote_task,
     register_task,
     reward_task,
@@ -38,7 +39,8 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None) -> 
     4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
     5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered.
     6. evaluate-champion: the current champion on the same eval set, if there is one.
-    7. for each optimizer in `optimizers` (dpo): train it, evaluate it against the SFT baseline, register it.
+    7. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo: against the reward model),
+       evaluate it against the SFT baseline on the same eval, register it.
     8. promote: gate every candidate; the best one that passes becomes the champion.
     """
     cfg = load_config(config_path, overrides)
@@ -56,9 +58,11 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None) -> 
         if champion is not None:
             results["evaluate-champion"] = run_stage(evaluate_task, cfg, lineage, policy=champion,
                                                      label="champion", baseline=baseline, **judged)
+        optimizers = {"dpo": lambda: run_stage(dpo_task, cfg, lineage, sft=sft, data=data),
+                      "ppo": lambda: run_stage(ppo_task, cfg, lineage, sft=sft, data=data, reward=reward)}
         candidates = {}
         for name in cfg.optimizers:
-            results[name] = policy = run_stage(OPTIMIZER_TASKS[name], cfg, lineage, sft=sft, data=data)
+            results[name] = policy = optimizers[name]()
             results[f"evaluate-{name}"] = evaluation = run_stage(evaluate_task, cfg, lineage, policy=policy,
                                                                  label=name, baseline=baseline, **judged)
             results[f"register-{name}"] = registered = run_stage(register_task, cfg, lineage, policy=policy,

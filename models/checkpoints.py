@@ -52,3 +52,27 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
+
+
+def save_complete_checkpoint(run_dir: Path, step: int, save) -> Path:
+    """Write a checkpoint through `save(folder)` into a temporary folder, mark it complete, then rename it.
+
+    A crash at any point leaves either no `checkpoint-<step>` folder or a complete one.
+    """
+    final = run_dir / f"checkpoint-{step}"
+    partial = run_dir / f"checkpoint-{step}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save(partial)
+    mark_complete(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints, and any `.partial` leftovers."""
+    for leftover in run_dir.glob("checkpoint-*.partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    complete = [path for _, path in _checkpoints_by_step(run_dir) if is_complete(path)]
+    for path in complete[:-keep]:
+        shutil.rmtree(path)

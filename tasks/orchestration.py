@@ -14,6 +14,7 @@ from flows.errors import AlignflowError
 from tasks.base_model import base_model_key, run_base_model
 from tasks.dpo import dpo_key, run_dpo
 from tasks.evaluate import evaluate_key, run_evaluate
+from tasks.ppo import ppo_key, run_ppo
 from tasks.promote import promote_key, run_promote
 from tasks.register import register_key, run_register
 from tasks.reward import reward_key, run_reward
@@ -59,7 +60,5 @@ reward_task = stage_task(run_reward, reward_key, "reward")
 dpo_task = stage_task(run_dpo, dpo_key, "dpo")
 evaluate_task = stage_task(run_evaluate, evaluate_key, "evaluate", run_name="evaluate-{label}")
 register_task = stage_task(run_register, register_key, "register")
+ppo_task = stage_task(run_ppo, ppo_key, "ppo")
 promote_task = stage_task(run_promote, promote_key, "promote")
-
-# The preference optimizers a config can name in `optimizers`; each takes (sft, data) and returns a policy.
-OPTIMIZER_TASKS = {"dpo": dpo_task}

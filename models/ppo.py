@@ -1,0 +1,298 @@
+"""PPO for language models: rollout, KL-penalised rewards, GAE, clipped updates. No Prefect, no MLflow.
+
+One iteration (`PPOTrainer.step`) follows Ziegler et al. (2019) and Stiennon et al. (2020):
+
+1. rollout: sample a response to each prompt from the policy (batched, KV cache), score it with the reward
+   function, take log-probs under the policy and the frozen reference, and values from the critic;
+2. rewards: a per-token KL penalty -beta * (log pi - log pi_ref), plus the score on the last response token;
+3. GAE(gamma, lambda) advantages (whitened) and returns;
+4. K epochs over shuffled minibatches of the clipped policy loss, clipped value loss and entropy bonus, with
+   gradient clipping, stopping early once the approximate KL to the rollout policy passes a target;
+5. the KL controller (fixed or adaptive) updates beta from the batch's KL.
+
+Checkpoints go through `accelerate` (`save_state`): policy, value head, optimizer, RNG, step and KL controller.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from models.kl_control import build_kl_controller
+from models.losses import (
+    entropy_from_logits,
+    explained_variance,
+    gae_advantages,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+
+RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, responses) -> scores (B,)
+
+
+@dataclass(frozen=True)
+class PPOHyperparams:
+    rollout_batch_size: int
+    mini_batch_size: int
+    ppo_epochs: int
+    learning_rate: float
+    max_grad_norm: float
+    clip_range: float
+    clip_range_value: float
+    vf_coef: float
+    ent_coef: float
+    gamma: float
+    lam: float
+    whiten_advantages: bool
+    target_approx_kl: float | None
+    kl_controller: str
+    init_kl_coef: float
+    kl_target: float | None
+    kl_horizon: int
+    max_new_tokens: int
+    temperature: float
+    missing_eos_penalty: float | None
+    length_penalty: float
+    seed: int
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. Response tensors are (B, T), right-padded, `mask` marks response tokens."""
+
+    prompts: list[str]
+    responses: list[str]
+    input_ids: torch.Tensor  # (B, P + T) prompt (left-padded) followed by the response
+    attention_mask: torch.Tensor  # (B, P + T)
+    prompt_length: int  # P
+    mask: torch.Tensor  # (B, T)
+    logprobs: torch.Tensor  # (B, T)
+    ref_logprobs: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T)
+    scores: torch.Tensor  # (B,)
+    rewards: torch.Tensor  # (B, T)
+    kl: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B, T)
+    returns: torch.Tensor  # (B, T)
+
+
+class StepCounter:
+    """The iteration count, as an object accelerate can checkpoint."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it. (B, T) -> (B, T).
+
+    Loop form: for each row, mask[j] = 1 while no EOS occurred strictly before position j.
+    """
+    is_eos = (response_ids == eos_token_id).long()  # (B, T)
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before each position
+    return (eos_before == 0).long()
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, matching what `generate` used. (B, L) -> (B, L)."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+
+
+def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None):
+    """Log-probs of the response tokens, the critic's values before each, and the logits. All (B, T[, V]).
+
+    `model` is a `PolicyWithValueHead`; with a separate `critic`, values come from it instead.
+    """
+    logits, values = model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_for(attention_mask))
+    if critic is not None:
+        values = critic(input_ids=input_ids, attention_mask=attention_mask)
+    # The token at position i is predicted from position i - 1: responses start at prompt_length.
+    logits = logits[:, prompt_length - 1 : -1].float()  # (B, T, V)
+    values = values[:, prompt_length - 1 : -1]  # (B, T): the value of the state each response token is chosen in
+    targets = input_ids[:, prompt_length:]  # (B, T)
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logprobs, values, logits
+
+
+class PPOTrainer:
+    """Owns the policy (+ value head), the optimizer and the KL controller; the caller owns the loop."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        reward_fn: RewardFn,
+        hp: PPOHyperparams,
+        *,
+        reference=None,
+        critic=None,
+        accelerator: Accelerator | None = None,
+    ):
+        """`reference=None` means LoRA: the reference is the policy with its adapters disabled."""
+        self.accelerator = accelerator or Accelerator()
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        self.hp = hp
+        self.kl_controller = build_kl_controller(hp.kl_controller, hp.init_kl_coef, hp.kl_target, hp.kl_horizon)
+        self.counter = StepCounter()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if critic is not None:
+            parameters += [p for p in critic.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate)
+        if critic is not None:
+            model, critic, optimizer = self.accelerator.prepare(model, critic, optimizer)
+        else:
+            model, optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.critic, self.optimizer = model, critic, optimizer
+        self.reference = reference.to(self.accelerator.device).eval() if reference is not None else None
+        self.accelerator.register_for_checkpointing(self.kl_controller, self.counter)
+
+    # ----------------------------------------------------------------------------------------------- rollout
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> Rollout:
+        device = self.accelerator.device
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        unwrapped.eval()
+        sequences = unwrapped.generate(
+            **batch, do_sample=True, temperature=self.hp.temperature, top_k=0, top_p=1.0,
+            max_new_tokens=self.hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, use_cache=True,
+        )
+        prompt_length = batch["input_ids"].shape[1]
+        response_ids = sequences[:, prompt_length:]  # (B, T)
+        mask = response_mask(response_ids, self.tokenizer.eos_token_id)  # (B, T)
+        attention_mask = torch.cat([batch["attention_mask"], mask], dim=1)  # (B, P + T)
+        responses = self.tokenizer.batch_decode(response_ids * mask + self.tokenizer.pad_token_id * (1 - mask),
+                                                skip_special_tokens=True)
+
+        logprobs, values, _ = response_logprobs_and_values(unwrapped, sequences, attention_mask, prompt_length,
+                                                           self._critic())
+        ref_logprobs = self._reference_logprobs(sequences, attention_mask, prompt_length)
+        scores = self._scores(prompts, responses, response_ids, mask)
+
+        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, self.kl_controller.value)
+        advantages, returns = gae_advantages(rewards, values, mask, self.hp.gamma, self.hp.lam)
+        if self.hp.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, logprobs, ref_logprobs,
+                       values, scores, rewards, kl, advantages, returns)
+
+    def _critic(self):
+        return self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
+
+    def _reference_logprobs(self, sequences, attention_mask, prompt_length) -> torch.Tensor:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.reference is not None:
+            reference, context = self.reference, nullcontext()
+        else:
+            reference, context = unwrapped.policy, unwrapped.policy.disable_adapter()
+        with context:
+            logits = reference(input_ids=sequences, attention_mask=attention_mask,
+                               position_ids=position_ids_for(attention_mask)).logits
+        logits = logits[:, prompt_length - 1 : -1].float()
+        targets = sequences[:, prompt_length:]
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+    def _scores(self, prompts, responses, response_ids, mask) -> torch.Tensor:
+        """Reward-model scores, minus the optional missing-EOS and length penalties."""
+        scores = self.reward_fn(prompts, responses).to(self.accelerator.device).float()  # (B,)
+        if self.hp.missing_eos_penalty is not None:
+            has_eos = ((response_ids == self.tokenizer.eos_token_id) & mask.bool()).any(dim=1)
+            scores = scores - self.hp.missing_eos_penalty * (~has_eos).float()
+        if self.hp.length_penalty:
+            scores = scores - self.hp.length_penalty * mask.sum(dim=1).float()
+        return scores
+
+    # ------------------------------------------------------------------------------------------------ update
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.hp.seed + self.counter.step)
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_fraction",
+                                                           "value_clip_fraction", "approx_kl")}
+        size = rollout.mask.shape[0]
+        for _epoch in range(self.hp.ppo_epochs):
+            epoch_kls = []
+            for indices in torch.randperm(size, generator=generator).split(self.hp.mini_batch_size):
+                metrics = self._minibatch_step(rollout, indices.to(rollout.mask.device))
+                for name, value in metrics.items():
+                    stats[name].append(value)
+                epoch_kls.append(metrics["approx_kl"])
+            if self.hp.target_approx_kl is not None and sum(epoch_kls) / len(epoch_kls) > self.hp.target_approx_kl:
+                break  # the policy has moved far enough from the one that collected the batch
+        return {name: sum(values) / len(values) for name, values in stats.items()}
+
+    def _minibatch_step(self, rollout: Rollout, indices: torch.Tensor) -> dict[str, float]:
+        mask = rollout.mask[indices]
+        with self.accelerator.accumulate(self.model):
+            logprobs, values, logits = response_logprobs_and_values(
+                self.model, rollout.input_ids[indices], rollout.attention_mask[indices], rollout.prompt_length,
+                self.critic,
+            )
+            policy_loss, clip_fraction, approx_kl = ppo_policy_loss(
+                logprobs, rollout.logprobs[indices], rollout.advantages[indices], mask, self.hp.clip_range)
+            value_loss, value_clip_fraction = ppo_value_loss(
+                values, rollout.values[indices], rollout.returns[indices], mask, self.hp.clip_range_value)
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            loss = policy_loss + self.hp.vf_coef * value_loss - self.hp.ent_coef * entropy
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.hp.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                "clip_fraction": float(clip_fraction), "value_clip_fraction": float(value_clip_fraction),
+                "approx_kl": float(approx_kl)}
+
+    # -------------------------------------------------------------------------------------------------- step
+
+    def step(self, prompts: list[str]) -> tuple[dict[str, float], Rollout]:
+        """One PPO iteration on `prompts`; returns its metrics and the rollout (for sample tables)."""
+        started = time.perf_counter()
+        rollout = self.rollout(prompts)
+        generated = time.perf_counter()
+        update = self.update(rollout)
+        trained = time.perf_counter()
+        sequence_kl = (rollout.kl * rollout.mask).sum(dim=1)  # (B,)
+        self.kl_controller.update(sequence_kl.mean().item(), n_steps=len(prompts))
+        self.counter.step += 1
+        lengths = rollout.mask.sum(dim=1).float()
+        return {
+            "reward_mean": rollout.scores.mean().item(),
+            "reward_std": rollout.scores.std().item() if len(prompts) > 1 else 0.0,
+            "kl": sequence_kl.mean().item(),
+            "kl_coef": self.kl_controller.value,
+            "response_length": lengths.mean().item(),
+            "explained_variance": explained_variance(rollout.values, rollout.returns, rollout.mask),
+            **update,
+            "rollout_seconds": generated - started,
+            "update_seconds": trained - generated,
+            "generated_tokens": lengths.sum().item(),
+        }, rollout
+
+
+def sample_prompts(prompts: list[str], batch_size: int, seed: int, step: int) -> list[str]:
+    """The batch for iteration `step`: a pure function of (seed, step), so a resumed run draws the same ones."""
+    if not prompts:
+        raise ValueError("PPO needs at least one training prompt")
+    rng = random.Random(f"{seed}-{step}")
+    return [prompts[rng.randrange(len(prompts))] for _ in range(batch_size)]

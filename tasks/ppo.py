@@ -1,0 +1,160 @@
+"""Stage: RLHF with our own PPO (`models.ppo`): the SFT model plus a value head, rewarded by the reward model,
+penalised per token by its KL to the frozen SFT reference.
+
+Every iteration logs reward mean/std, KL, entropy, clip fraction, approximate KL, value loss, explained
+variance and response length; every `ppo.sample_table_steps` a table of sample completions with their rewards.
+Checkpoints (policy, value head, optimizer, RNG, step, KL controller) go through accelerate every
+`ppo.save_steps`; a rerun resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from accelerate import Accelerator
+from peft import get_peft_model
+
+from flows.config import PipelineConfig
+from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_checkpoint
+from models.loading import load_model_and_tokenizer
+from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
+from models.prompting import prompt_formatter
+from models.reward import load_reward_model, reward_scores
+from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_head
+from tasks.datasets import read_rows
+from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
+from tasks.tracking import log_hf_model, resolve_model_source
+from tasks.training import peft_config
+
+log = logging.getLogger(__name__)
+
+STAGE = "ppo"
+SECTIONS = ("ppo", "model", "validation")
+_HYPERPARAMS = tuple(PPOHyperparams.__dataclass_fields__)
+
+
+def _input_hashes(sft: StageResult, reward: StageResult, data: StageResult) -> dict[str, str]:
+    return {"sft": sft.output_hashes["model"], "reward": reward.output_hashes["model"],
+            "preferences_train": data.output_hashes["preferences_train"]}
+
+
+def ppo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult, reward: StageResult) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, reward, data))
+
+
+def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult,
+            reward: StageResult) -> StageResult:
+    key = ppo_key(cfg, sft, data, reward)
+    stage_dir = work_dir(cfg, STAGE, key)
+    parents = {"sft": sft.model_uri, "reward": reward.model_uri}
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+        prompts = _setup_prompts(cfg, Path(data.outputs["preferences_train"]), stage_dir)
+        trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
+        metrics = _train(cfg, trainer, prompts, stage_dir / "checkpoints")
+        hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model")
+        model_uri = log_hf_model(hf_dir, cfg)
+        mlflow.log_metrics(metrics)
+    return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
+                       output_hashes={"model": key}, input_hashes=_input_hashes(sft, reward, data))
+
+
+def _setup_prompts(cfg: PipelineConfig, prompt_file: Path, stage_dir: Path) -> list[str]:
+    rows = read_rows(prompt_file)
+    if rows.empty or "prompt" not in rows:
+        raise ValueError(f"PPO needs training prompts: {prompt_file} has no rows with a 'prompt'")
+    return sorted(set(rows["prompt"]))  # raw requests; formatted with the policy's tokenizer in _train
+
+
+def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path):
+    sft_dir = resolve_model_source(sft.model_uri, stage_dir / "sft")
+    reward_dir = resolve_model_source(reward.model_uri, stage_dir / "reward")
+    policy, tokenizer = load_model_and_tokenizer(sft_dir, trust_remote_code=cfg.model.trust_remote_code,
+                                                 dtype=cfg.model.dtype)
+    reward_model, reward_tokenizer = load_reward_model(reward_dir, trust_remote_code=cfg.model.trust_remote_code)
+    check_same_tokenizer(tokenizer, reward_tokenizer, sft_dir, reward_dir)
+    reward_model.eval()
+
+    lora = peft_config(cfg.ppo.lora)
+    reference = None  # with LoRA the reference is the policy with its adapters disabled: no second copy
+    if lora is not None:
+        policy = get_peft_model(policy, lora)
+    else:
+        reference, _ = load_model_and_tokenizer(sft_dir, trust_remote_code=cfg.model.trust_remote_code,
+                                                dtype=cfg.model.dtype)
+        reference.requires_grad_(False)
+    critic = SeparateCritic.from_reward_model(reward_dir) if cfg.ppo.critic == "separate" else None
+
+    def score(prompts: list[str], responses: list[str]):
+        return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.ppo.rollout_batch_size)
+
+    hyperparams = PPOHyperparams(**{name: getattr(cfg.ppo, name) for name in _HYPERPARAMS})
+    trainer = PPOTrainer(PolicyWithValueHead(policy), tokenizer, score, hyperparams, reference=reference,
+                         critic=critic, accelerator=Accelerator(cpu=False))
+    reward_model.to(trainer.accelerator.device)
+    return trainer, tokenizer
+
+
+def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_source, reward_source) -> None:
+    """The reward model must read text the way the policy writes it; a different vocabulary is a wrong pairing."""
+    if policy_tokenizer.get_vocab() != reward_tokenizer.get_vocab():
+        raise ValueError(
+            f"the reward model's tokenizer ({reward_source}, {len(reward_tokenizer)} tokens) does not match the "
+            f"policy's ({policy_source}, {len(policy_tokenizer)} tokens): train the reward model from the same "
+            "SFT model as the policy"
+        )
+
+
+def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpoint_dir: Path) -> dict[str, float]:
+    format_prompt = prompt_formatter(trainer.tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    if resume_from is not None:
+        trainer.accelerator.load_state(str(resume_from))
+        log.info("Resuming PPO from complete checkpoint %s (step %d)", resume_from, trainer.counter.step)
+        mlflow.set_tag("alignflow.resumed_from_step", str(trainer.counter.step))
+    started, totals, metrics = time.perf_counter(), {"rollout": 0.0, "update": 0.0, "tokens": 0.0}, {}
+    while trainer.counter.step < cfg.ppo.steps:
+        step = trainer.counter.step
+        batch = [format_prompt(p) for p in sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step)]
+        metrics, rollout = trainer.step(batch)
+        mlflow.log_metrics({f"ppo/{name}": value for name, value in metrics.items()}, step=step + 1,
+                           synchronous=False)
+        totals["rollout"] += metrics["rollout_seconds"]
+        totals["update"] += metrics["update_seconds"]
+        totals["tokens"] += metrics["generated_tokens"]
+        if (step + 1) % cfg.ppo.sample_table_steps == 0:
+            mlflow.log_table(pd.DataFrame({"prompt": rollout.prompts, "response": rollout.responses,
+                                           "reward": rollout.scores.tolist()}).head(16),
+                             artifact_file=f"samples/step_{step + 1:05d}.json")
+        if (step + 1) % cfg.ppo.save_steps == 0 or step + 1 == cfg.ppo.steps:
+            save_complete_checkpoint(checkpoint_dir, step + 1, lambda folder: trainer.accelerator.save_state(
+                str(folder)))
+            prune_checkpoints(checkpoint_dir, keep=2)
+    mlflow.flush_async_logging()
+    elapsed = time.perf_counter() - started
+    return {
+        "ppo/final_reward_mean": metrics.get("reward_mean", float("nan")),
+        "ppo/final_kl": metrics.get("kl", float("nan")),
+        "ppo/steps": float(trainer.counter.step),
+        "ppo/rollout_share": totals["rollout"] / max(totals["rollout"] + totals["update"], 1e-9),
+        "ppo/generated_tokens_per_second": totals["tokens"] / max(totals["rollout"], 1e-9),
+        "ppo/seconds": elapsed,
+    }
+
+
+def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path) -> Path:
+    """The policy (LoRA merged) in Hugging Face format, with its value head beside it. Written aside, renamed."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    policy = model.policy.merge_and_unload() if hasattr(model.policy, "merge_and_unload") else model.policy
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    save_value_head(model.value_head, tmp / "value_head.safetensors")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,177 @@
+"""Our PPO on tiny models: it raises a reward, resumes after kill -9, and rejects bad input clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from conftest import reduced_config
+from safetensors.torch import load_file
+
+from models.checkpoints import is_complete
+from models.ppo import PPOHyperparams, PPOTrainer, response_mask, sample_prompts
+from models.tiny import build_tiny_llama, train_tokenizer
+from models.value_head import PolicyWithValueHead
+from tasks.base_model import run_base_model
+from tasks.ppo import check_same_tokenizer, ppo_key, run_ppo
+from tasks.reward import run_reward
+from tasks.sft import run_sft
+from tasks.stage import Lineage
+from tasks.tracking import configure_tracking, resolve_model_source
+from tasks.validate import run_validate
+
+LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
+HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
+                    clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95,
+                    whiten_advantages=True, target_approx_kl=None, kl_controller="fixed", init_kl_coef=0.01,
+                    kl_target=None, kl_horizon=10000, max_new_tokens=8, temperature=1.0, missing_eos_penalty=None,
+                    length_penalty=0.0, seed=0)
+
+
+def test_response_mask_stops_after_the_first_eos():
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9]])
+    # row 0: tokens up to and including the first EOS (index 2); row 1: up to index 1; row 2: no EOS, all kept
+    assert response_mask(ids, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_prompt_sampling_is_a_function_of_seed_and_step():
+    prompts = [f"p{i}" for i in range(10)]
+    assert sample_prompts(prompts, 4, seed=0, step=3) == sample_prompts(prompts, 4, seed=0, step=3)
+    assert sample_prompts(prompts, 4, seed=0, step=3) != sample_prompts(prompts, 4, seed=0, step=4)
+    with pytest.raises(ValueError, match="at least one training prompt"):
+        sample_prompts([], 4, seed=0, step=0)
+
+
+def test_ppo_raises_the_mean_reward_of_a_tiny_model():
+    """Reward: the share of response tokens from the lower half of the vocabulary (about 0.5 for a random model).
+    PPO must learn to prefer those tokens."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["User: say something\nAssistant: yes no maybe yes"] * 50, 300, 64)
+    half = len(tokenizer) // 2
+    policy = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=64, init_seed=0)
+    reference = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64, init_seed=0)
+
+    def share_of_lower_half(prompts, responses):
+        ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+        return torch.tensor([sum(t < half for t in row) / max(len(row), 1) for row in ids])
+
+    trainer = PPOTrainer(PolicyWithValueHead(policy), tokenizer, share_of_lower_half, HP, reference=reference)
+    rewards = [trainer.step(["User: say something\nAssistant:"] * HP.rollout_batch_size)[0]["reward_mean"]
+               for _ in range(20)]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1, rewards
+
+
+@pytest.fixture
+def stages(tmp_path, demo_data_dir, tracked):
+    def build(*overrides):
+        cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=30", "reward.max_steps=10", "ppo.steps=4",
+                             "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
+                             "ppo.save_steps=2", "ppo.sample_table_steps=2", *overrides)
+        configure_tracking(cfg)
+        base = run_base_model(cfg, LINEAGE)
+        data = run_validate(cfg, LINEAGE, base=base)
+        sft = run_sft(cfg, LINEAGE, base=base, data=data)
+        return cfg, data, sft, run_reward(cfg, LINEAGE, sft=sft, data=data)
+    return build
+
+
+def test_ppo_stage_logs_every_metric_and_sample_tables(stages):
+    cfg, data, sft, reward = stages()
+    result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    client = mlflow.MlflowClient()
+    for name in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
+                 "explained_variance", "response_length"):
+        assert len(client.get_metric_history(result.run_id, f"ppo/{name}")) == 4, name
+    tables = {a.path for a in client.list_artifacts(result.run_id, "samples")}
+    assert tables == {"samples/step_00002.json", "samples/step_00004.json"}
+    assert result.metrics["ppo/steps"] == 4
+    assert result.model_uri.startswith("models:/")
+
+
+def test_ppo_with_lora_keeps_no_reference_copy_and_merges(stages, tmp_path):
+    cfg, data, sft, reward = stages("ppo.lora.enabled=true", "ppo.steps=2")
+    result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    folder = Path(resolve_model_source(result.model_uri, tmp_path / "ppo"))
+    weights = load_file(folder / "model.safetensors")
+    assert not any("lora" in name for name in weights)
+    assert (folder / "value_head.safetensors").is_file()
+
+
+def test_empty_prompt_set_is_a_clear_error(stages, tmp_path):
+    cfg, data, sft, reward = stages()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    data = data.model_copy(update={"outputs": {**data.outputs, "preferences_train": str(empty)}})
+    with pytest.raises(ValueError, match=r"PPO needs training prompts: .*empty\.jsonl"):
+        run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+
+
+def test_a_reward_model_with_another_tokenizer_is_rejected():
+    ours = train_tokenizer(["User: hello\nAssistant: hi there"] * 20, 300, 64)
+    theirs = train_tokenizer(["completely different text for another vocabulary"] * 20, 300, 64)
+    with pytest.raises(ValueError, match=r"reward model's tokenizer \(rm/, 299 tokens\) does not match the policy's \(sft/"):
+        check_same_tokenizer(ours, theirs, "sft/", "rm/")
+    check_same_tokenizer(ours, ours, "sft/", "sft/")
+
+
+CHILD = """
+import sys, time, yaml
+import models.ppo as ppo
+from flows.config import parse_config
+from tasks.ppo import run_ppo
+from tasks.stage import Lineage, StageResult
+from tasks.tracking import configure_tracking
+
+step = ppo.PPOTrainer.step
+def slow_step(self, prompts):
+    time.sleep(0.5)
+    return step(self, prompts)
+ppo.PPOTrainer.step = slow_step
+cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
+configure_tracking(cfg)
+sft, data, reward = (StageResult.model_validate_json(open(p).read()) for p in sys.argv[2:5])
+run_ppo(cfg, Lineage("test", "test", "untracked"), sft=sft, data=data, reward=reward)
+"""
+
+
+def test_ppo_resumes_after_kill_and_ends_like_an_uninterrupted_run(stages, tmp_path):
+    cfg, data, sft, reward = stages("ppo.steps=6")
+    files = [tmp_path / name for name in ("cfg.yaml", "sft.json", "data.json", "reward.json")]
+    files[0].write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    for path, result in zip(files[1:], (sft, data, reward), strict=True):
+        path.write_text(result.model_dump_json())
+    checkpoints = cfg.work_dir / "ppo" / ppo_key(cfg, sft, data, reward)[:16] / "checkpoints"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, files)], env=env, stderr=subprocess.PIPE,
+                             cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 300
+        while not is_complete(checkpoints / "checkpoint-2"):
+            assert child.poll() is None, child.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    (checkpoints / "checkpoint-6.partial").mkdir(exist_ok=True)  # a write cut short: never loaded
+
+    resumed = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    resumed_from = int(mlflow.get_run(resumed.run_id).data.tags["alignflow.resumed_from_step"])
+    assert resumed_from in (2, 4)
+    fresh = run_ppo(cfg.model_copy(update={"work_dir": tmp_path / "fresh"}), LINEAGE, sft=sft, data=data,
+                    reward=reward)
+    a = load_file(Path(resolve_model_source(resumed.model_uri, tmp_path / "a")) / "model.safetensors")
+    b = load_file(Path(resolve_model_source(fresh.model_uri, tmp_path / "b")) / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    assert resumed.metrics["ppo/final_reward_mean"] == pytest.approx(fresh.metrics["ppo/final_reward_mean"], abs=1e-4)
