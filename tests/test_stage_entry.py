@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from conftest import reduced_config
 from typer.testing import CliRunner
 
-from conftest import reduced_config
 from flows import paths
 from flows.stage_entry import app
 from tasks.base_model import run_base_model
