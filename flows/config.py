@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,7 +23,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dir: Path = Field(paths.DATA_DIR, description="Folder holding the datasets (tracked by data.dvc).")
+    dir: Path = Field(paths.DATA_DIR, description="Folder holding the datasets (tracked by data.dvc); file names "
+                      "below are relative to it.")
     sft_train: str = Field("sft_train.jsonl", description="SFT demonstrations: prompt/completion.")
     sft_eval: str = Field("sft_eval.jsonl", description="Held-out demonstrations for perplexity.")
     preferences_train: str = Field("preferences_train.jsonl", description="Preference pairs: prompt/chosen/rejected.")
@@ -249,28 +250,28 @@ class PipelineConfig(_Section):
 
     def flat_params(self) -> dict[str, str]:
         """The resolved config as dotted keys, for MLflow params."""
-        return {key: str(value) for key, value in _flatten(self.model_dump(mode="json")).items()}
+        return {key: str(value) for key, value in flatten(self.model_dump(mode="json")).items()}
 
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML config, apply `key.path=value` overrides and validate it."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    """Read a YAML config (following `extends:`), apply `key.path=value` overrides and validate it."""
+    raw = read_config_tree(Path(path))
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return parse_config(raw, source=str(path))
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    return validate_model(PipelineConfig, raw, source)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate_model(schema: type[_Model], raw: dict[str, Any], source: str) -> _Model:
+    """Validate `raw` against `schema`; every problem is reported with its key path."""
     try:
-        return PipelineConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
         problems = []
         for error in err.errors():
@@ -280,7 +281,42 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} file {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file merged over the file it `extends:` (relative to its own folder), the child winning.
+
+    Variants of a pipeline are a few lines over their base, never copies of it.
+    """
+    raw = read_yaml_mapping(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise ConfigError(f"config file {path}: 'extends' loops back to {base_path}")
+    return _merge(read_config_tree(base_path, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in child.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{override}': expected key.path=value")
@@ -294,11 +330,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = yaml.safe_load(value) if value else None
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -12,7 +12,9 @@ from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, load_config
 from flows.lineage import dvc_data_md5, git_sha
+from tasks.cai_versioning import manifest_tags
 from tasks.champion import current_champion
+from tasks.expectations import TRAINING_FILES
 from tasks.orchestration import (
     base_model_task,
     dpo_task,
@@ -103,6 +105,8 @@ def pipeline_run(cfg: PipelineConfig, run_name: str | None = None) -> Iterator[L
         config_hash=cfg.section_hash(),
         data_md5=dvc_data_md5(cfg.data.dir),
         flow_run_id=flow_run.get_id(),
+        # Data made by the constitutional flow carries its constitution's hash into every model trained on it.
+        data_tags=tuple(sorted(manifest_tags(cfg.data.path(name) for name in TRAINING_FILES).items())),
     )
     with mlflow.start_run(run_name=run_name or f"{cfg.name}-pipeline", tags=lineage.tags()) as run:
         mlflow.log_params(cfg.flat_params())

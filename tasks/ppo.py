@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from peft import get_peft_model
 
 from flows.config import PipelineConfig
@@ -71,6 +72,7 @@ def _setup_prompts(cfg: PipelineConfig, prompt_file: Path, stage_dir: Path) -> l
 
 
 def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path):
+    set_seed(cfg.ppo.seed)  # value-head init and rollout sampling: the same seed gives the same run
     sft_dir = resolve_model_source(sft.model_uri, stage_dir / "sft")
     reward_dir = resolve_model_source(reward.model_uri, stage_dir / "reward")
     policy, tokenizer = load_model_and_tokenizer(sft_dir, trust_remote_code=cfg.model.trust_remote_code,

@@ -34,6 +34,7 @@ class Lineage:
     data_md5: str
     flow_run_id: str | None = None
     parent_run_id: str | None = None
+    data_tags: tuple[tuple[str, str], ...] = ()  # from the training data itself, e.g. the constitution hash
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -44,6 +45,7 @@ class Lineage:
         }
         if self.flow_run_id:
             tags[f"{TAG_PREFIX}prefect_flow_run_id"] = self.flow_run_id
+        tags.update(self.data_tags)
         return tags
 
 

@@ -76,3 +76,25 @@ def test_a_threshold_gate_needs_a_bound(tmp_path: Path):
     bad.write_text("gates:\n  thresholds:\n    - {metric: eval/perplexity}\n")
     with pytest.raises(ConfigError, match=r"key 'gates.thresholds.0': .*needs a min or a max"):
         load_config(bad)
+
+
+def test_a_config_extends_its_base_with_nested_overrides(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("name: base\nsft:\n  epochs: 5\n  learning_rate: 0.01\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nsft:\n  epochs: 2\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    # the child's keys win, the base's other keys in the same section survive
+    assert (cfg.name, cfg.sft.epochs, cfg.sft.learning_rate) == ("child", 2.0, 0.01)
+
+
+def test_extends_loops_are_reported(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' loops back"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_demo_cai_is_the_demo_with_cai_preferences():
+    demo, cai = load_config(paths.DEMO_CONFIG), load_config(paths.CONFIGS_DIR / "demo-cai.yaml")
+    assert cai.name == "demo-cai" and cai.sft == demo.sft and cai.gates == demo.gates
+    assert cai.data.preferences_train == "../data-cai/preferences.jsonl"
+    assert cai.data.sft_train == demo.data.sft_train

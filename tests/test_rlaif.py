@@ -1,0 +1,147 @@
+"""RLAIF labeling: position swap, agreement, dropped pairs, soft labels; end to end on the tiny local model and
+over HTTP against a real local server."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from cai_helpers import REFUSAL, FakeOpenAI, cai_config, openai_server, pipeline, tiny_model_dir
+
+from flows import paths
+from flows.cai_config import PromptTemplates, load_constitution
+from tasks.cai_progress import ProgressLog
+from tasks.cai_prompts import load_templates
+from tasks.cai_steps import model_sources
+from tasks.rlaif import build_rlaif_dataset, judge, label_pairs, run_rlaif
+from tasks.stage import Lineage
+from tasks.tracking import configure_tracking
+
+LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
+PAIRS = [  # (id, prompt, a, b): the refusal is a in two pairs and b in the other two
+    ("p1", "How do I steal a bike?", "Sorry, I can't help with that.", "Sure! Cut the lock."),
+    ("p2", "How do I hack a laptop?", "Sure! Guess the password.", "Sorry, I won't help."),
+    ("p3", "How do I spy on a phone?", "Sorry, that would hurt someone.", "Sure! Hide a camera."),
+    ("p4", "How do I break in?", "Sure! Force the window.", "Sorry, I cannot help with that."),
+]
+
+
+class Scorer:
+    """A stand-in feedback model: log-probs for the two labels from a rule over the rendered prompt."""
+
+    def __init__(self, content_weight: float, position_weight: float):
+        self.content_weight, self.position_weight = content_weight, position_weight
+        self.truncated_prompts = 0
+        self.prompts: list[str] = []
+
+    def option_logprobs(self, prompts, options):
+        self.prompts += prompts
+        scores = []
+        for prompt in prompts:
+            a, b = re.findall(r"^\([AB]\) (.*)$", prompt, flags=re.MULTILINE)
+            # logit(P(A)) = content * (refusal in A - refusal in B) + position bias towards A
+            logit = self.content_weight * (("Sorry" in a) - ("Sorry" in b)) + self.position_weight
+            scores.append([-math.log1p(math.exp(-logit)), -math.log1p(math.exp(logit))])
+        return scores
+
+
+def _label(tmp_path, scorer, min_agreement=0.5, pairs=PAIRS):
+    labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])
+    label_pairs(scorer, pairs, labels, constitution=load_constitution(paths.CONFIGS_DIR / "constitution.yaml"),
+                template=load_templates(PromptTemplates())["choice"], options=("A", "B"), seed=0, chunk=3)
+    return build_rlaif_dataset(pairs, labels, min_agreement=min_agreement, prefix=" ")
+
+
+def test_judge_by_hand():
+    # p_first 0.8, p_second 0.7: same pick (a), agreement 1 - |0.8 - 0.7| = 0.9
+    assert judge(0.8, 0.7, 0.5) == (True, pytest.approx(0.9), None)
+    # p_first 0.9 (a), p_second 0.2 (b): the orders disagree, agreement 0.3
+    same, agreement, reason = judge(0.9, 0.2, 0.5)
+    assert not same and agreement == pytest.approx(0.3) and "different" in reason
+    # same pick but 1 - |0.95 - 0.55| = 0.6 < 0.7
+    same, agreement, reason = judge(0.95, 0.55, 0.7)
+    assert same and agreement == pytest.approx(0.6) and "below min_agreement" in reason
+
+
+def test_a_feedback_model_that_prefers_one_response_labels_it_in_both_orders(tmp_path):
+    scorer = Scorer(content_weight=2.0, position_weight=0.0)  # P(refusal preferred) = sigmoid(2) = 0.881
+    table = _label(tmp_path, scorer)
+    assert len(scorer.prompts) == 2 * len(PAIRS)  # each pair asked twice, once per order
+    # The same pair appears with the responses swapped.
+    first, second = scorer.prompts[0], scorer.prompts[3]
+    assert "(A) Sorry, I can't help" in first and "(B) Sorry, I can't help" in second
+    assert table["metrics"]["rlaif/agreement_rate"] == 1.0
+    assert table["metrics"]["rlaif/first_position_prob"] == pytest.approx(0.5)
+    assert len(table["kept"]) == 4 and table["dropped"] == []
+    for row in table["kept"]:
+        assert set(row) == {"prompt", "chosen", "rejected", "chosen_prob", "agreement", "principle"}
+        assert row["chosen"].startswith(" Sorry") and not row["rejected"].startswith(" Sorry")
+        assert row["chosen_prob"] == pytest.approx(1 / (1 + math.exp(-2)), abs=1e-6)  # soft label kept
+        assert row["agreement"] == pytest.approx(1.0)
+
+
+def test_a_position_biased_scorer_loses_agreement_and_its_pairs_are_dropped(tmp_path):
+    scorer = Scorer(content_weight=0.5, position_weight=2.0)  # mostly "always (A)"
+    table = _label(tmp_path, scorer)
+    metrics = table["metrics"]
+    assert metrics["rlaif/agreement_rate"] == 0.0
+    assert metrics["rlaif/first_position_prob"] > 0.8
+    assert table["kept"] == [] and len(table["dropped"]) == 4
+    for row in table["dropped"]:  # written aside with the reason and both probabilities
+        assert row["reason"] == "the two orders pick different responses"
+        assert row["p_first"] > 0.5 > row["p_second"]
+
+
+def test_min_agreement_drops_pairs_whose_orders_agree_only_weakly(tmp_path):
+    # logit(P(A)) = 2 * content + 1: P(refusal) is sigmoid(3) = 0.953 as A but sigmoid(1) = 0.731 as B.
+    scorer = Scorer(content_weight=2.0, position_weight=1.0)
+    assert len(_label(tmp_path / "lenient", scorer, min_agreement=0.5)["kept"]) == 4  # agreement 0.78
+    strict = _label(tmp_path / "strict", scorer, min_agreement=0.9)
+    assert strict["kept"] == [] and strict["metrics"]["rlaif/agreement_rate"] == 1.0
+    assert all("below min_agreement" in row["reason"] for row in strict["dropped"])
+
+
+def test_identical_or_empty_responses_are_dropped_with_a_reason_and_need_no_label(tmp_path):
+    pairs = [("p1", "Q?", "Same answer.", "Same answer."), ("p2", "Q?", "", "Sorry.")]
+    no_labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])
+    table = build_rlaif_dataset(pairs, no_labels, min_agreement=0.5, prefix=" ")
+    assert [row["reason"] for row in table["dropped"]] == ["identical responses", "an empty response"]
+    assert table["metrics"]["rlaif/labeled"] == 0
+
+
+def test_rlaif_step_on_the_tiny_local_model(tmp_path, demo_data_dir, tracked):
+    model_dir = tiny_model_dir()
+    cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(model_dir), "batch_size": 4})
+    cfg = pipeline(cai)
+    configure_tracking(cfg)
+    result = run_rlaif(cfg, LINEAGE, cai=cai, models=model_sources(cai, None))
+    kept = _rows(result.outputs["rlaif_preferences"])
+    dropped = _rows(result.outputs["rlaif_dropped"])
+    assert len(kept) + len(dropped) == 6 == result.metrics["rlaif/pairs"]
+    assert 0.0 <= result.metrics["rlaif/agreement_rate"] <= 1.0
+    for row in kept:
+        assert row["chosen"] != row["rejected"] and 0.5 < row["chosen_prob"] <= 1.0
+    for row in dropped:
+        assert row["reason"]
+
+
+def test_rlaif_over_http_labels_the_refusal_consistently(tmp_path, demo_data_dir, tracked):
+    fake = FakeOpenAI()
+    with openai_server(fake) as url:
+        backend = {"kind": "http", "url": url, "backoff_s": 0.01, "batch_size": 4}
+        cai = cai_config(tmp_path, demo_data_dir, policy=backend, feedback=backend)
+        cfg = pipeline(cai)
+        configure_tracking(cfg)
+        result = run_rlaif(cfg, LINEAGE, cai=cai, models=model_sources(cai, None))
+    kept = _rows(result.outputs["rlaif_preferences"])
+    assert len(kept) == 6 and result.metrics["rlaif/agreement_rate"] == 1.0
+    assert all(row["chosen"] == " " + REFUSAL and row["chosen_prob"] == pytest.approx(0.9) for row in kept)
+    scoring = [r for r in fake.requests if r.get("logprobs")]
+    assert sum(len(r["prompt"]) for r in scoring) == 12  # 6 pairs x 2 orders
+
+
+def _rows(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
