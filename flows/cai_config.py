@@ -9,14 +9,13 @@ principles and their fields are required, and a missing one is named the same wa
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows import paths
-from flows.config import apply_override, flatten, read_yaml_mapping, validate_model
+from flows.config import HashableConfig, apply_override, read_yaml_mapping, validate_model
 
 PROMPTS_DIR = paths.CONFIGS_DIR / "prompts"
 
@@ -121,7 +120,9 @@ class RlaifConfig(_Section):
         return options
 
 
-class CAIConfig(_Section):
+class CAIConfig(HashableConfig):
+    _param_prefix: ClassVar[str] = "cai."
+
     name: str = Field("cai", description="Run name prefix in MLflow.")
     pipeline_config: Path = Field(paths.DEMO_CONFIG, description="Pipeline YAML: data, model format, tracking, SFT.")
     pipeline_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides for that pipeline.")
@@ -149,13 +150,6 @@ class CAIConfig(_Section):
                              "policy model to reuse")
         return self
 
-    def section_hash(self, *sections: str) -> str:
-        dump = self.model_dump(mode="json")
-        chosen = {name: dump[name] for name in sections} if sections else dump
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
-
-    def flat_params(self) -> dict[str, str]:
-        return {f"cai.{key}": str(value) for key, value in flatten(self.model_dump(mode="json")).items()}
 
 
 # ------------------------------------------------------------------------------------------------- loading

@@ -77,6 +77,12 @@ def data_demo(
 
     for name, path in write_demo_data(out, seed).items():
         typer.echo(f"{name:18s} {path}")
+    if seed == 0:
+        from flows.lineage import check_in_regenerated_data
+
+        md5 = check_in_regenerated_data(out)
+        if md5 is not None:
+            typer.echo(f"matches {out}.dvc (md5 {md5}); stored in the DVC cache")
 
 
 # --- Model registry: promotion, rollback, status -------------------------------------------------------------

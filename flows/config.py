@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -211,7 +211,24 @@ class TrackingConfig(_Section):
     experiment: str = Field("alignflow", description="MLflow experiment name.")
 
 
-class PipelineConfig(_Section):
+class HashableConfig(_Section):
+    """A top-level config that can hash its sections and flatten itself into MLflow params."""
+
+    _param_prefix: ClassVar[str] = ""
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections (all of them when none are named), for caching and lineage."""
+        dump = self.model_dump(mode="json")
+        chosen = {name: dump[name] for name in sections} if sections else dump
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved config as dotted keys, for MLflow params."""
+        return {f"{self._param_prefix}{key}": str(value)
+                for key, value in flatten(self.model_dump(mode="json")).items()}
+
+
+class PipelineConfig(HashableConfig):
     name: str = Field("demo", description="Pipeline name, used in run names.")
     optimizers: list[Literal["dpo", "ppo"]] = Field(
         ["dpo"], description="Preference optimizers to run after SFT; each yields a candidate. [] gates the SFT model."
@@ -242,15 +259,6 @@ class PipelineConfig(_Section):
             raise ValueError("model.prompt_format=chat_template needs model.pretrained: the tiny model has no chat template")
         return self
 
-    def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections (all of them when none are named), for caching and lineage."""
-        dump = self.model_dump(mode="json")
-        chosen = {name: dump[name] for name in sections} if sections else dump
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
-
-    def flat_params(self) -> dict[str, str]:
-        """The resolved config as dotted keys, for MLflow params."""
-        return {key: str(value) for key, value in flatten(self.model_dump(mode="json")).items()}
 
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from flows import paths
+from flows.errors import AlignflowError
 
 
 def git_sha() -> str:
@@ -31,6 +32,30 @@ def dvc_data_md5(data_dir: Path) -> str:
     outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
     recorded = str(outs[0].get("md5", "unknown"))
     return recorded if _matches_dvc(dvc_file) else f"{recorded}+modified"
+
+
+def check_in_regenerated_data(data_dir: Path) -> str | None:
+    """After regenerating DVC-tracked data: confirm it is the recorded version and put it in DVC's cache.
+
+    A fresh clone has the .dvc file but an empty cache, so `dvc status` says "not in cache" even when the files
+    are right. `dvc commit` hashes the files and stores them; if that would change the recorded md5, the .dvc file
+    is restored and the mismatch is an error. Returns the md5, or None when no .dvc file covers `data_dir`.
+    """
+    from dvc.repo import Repo  # imported here: DVC is slow to import
+
+    dvc_file = data_dir.with_name(data_dir.name + ".dvc")
+    if not dvc_file.is_file():
+        return None
+    recorded = dvc_file.read_text()
+    with Repo(str(dvc_file.resolve().parent)) as repo:
+        repo.commit(str(dvc_file.resolve()), force=True)
+    if dvc_file.read_text() != recorded:
+        computed = (yaml.safe_load(dvc_file.read_text())["outs"][0]).get("md5")
+        dvc_file.write_text(recorded)
+        expected = (yaml.safe_load(recorded)["outs"][0]).get("md5")
+        raise AlignflowError(f"{data_dir}: the regenerated files hash to {computed}, but {dvc_file} records "
+                             f"{expected}; {dvc_file} was left unchanged")
+    return (yaml.safe_load(recorded)["outs"][0]).get("md5")
 
 
 def _matches_dvc(dvc_file: Path) -> bool:

@@ -56,19 +56,24 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _head_for(model: nn.Module, value_head: ValueHead | None, owner: str) -> ValueHead:
+    """A fresh head sized to `model`, or the given one after checking that its size fits."""
+    hidden_size = _hidden_size(model)
+    if value_head is None:
+        return ValueHead(hidden_size).to(_device(model))
+    if value_head.hidden_size != hidden_size:
+        raise ValueError(f"value head is sized for hidden_size={value_head.hidden_size}, "
+                         f"the {owner}'s is {hidden_size}")
+    return value_head
+
+
 class PolicyWithValueHead(nn.Module):
     """The policy (a causal LM, or a peft model around one) with a value head on its last hidden state."""
 
     def __init__(self, policy: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
-        hidden_size = _hidden_size(policy)
-        if value_head is None:
-            value_head = ValueHead(hidden_size).to(_device(policy))
-        elif value_head.hidden_size != hidden_size:
-            raise ValueError(f"value head is sized for hidden_size={value_head.hidden_size}, "
-                             f"the policy's is {hidden_size}")
+        self.value_head = _head_for(policy, value_head, "policy")
         self.policy = policy
-        self.value_head = value_head
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs
@@ -89,14 +94,8 @@ class SeparateCritic(nn.Module):
 
     def __init__(self, trunk: PreTrainedModel, value_head: ValueHead | None = None) -> None:
         super().__init__()
-        hidden_size = _hidden_size(trunk)
-        if value_head is None:
-            value_head = ValueHead(hidden_size).to(_device(trunk))
-        elif value_head.hidden_size != hidden_size:
-            raise ValueError(f"value head is sized for hidden_size={value_head.hidden_size}, "
-                             f"the trunk's is {hidden_size}")
+        self.value_head = _head_for(trunk, value_head, "trunk")
         self.trunk = trunk
-        self.value_head = value_head
 
     @classmethod
     def from_reward_model(

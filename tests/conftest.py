@@ -60,3 +60,36 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+_ECHO_MODEL = """
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Echo(PythonModel):
+    def predict(self, model_input: list[str], params=None) -> list[str]:
+        return model_input
+
+
+mlflow.models.set_model(Echo())
+"""
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory) -> tuple[Path, str]:
+    """A migrated SQLite store holding one tiny logged model, built once per module.
+
+    Registry tests copy the database file: creating the schema and logging a model cost seconds, a copy none.
+    Every version a test registers points at this one model.
+    """
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry-template")
+    code = root / "echo_model.py"
+    code.write_text(_ECHO_MODEL)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    experiment_id = mlflow.create_experiment("alignflow", artifact_location=(root / "mlartifacts").as_uri())
+    with mlflow.start_run(run_name="train", experiment_id=experiment_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
+    return root / "mlflow.db", info.model_uri

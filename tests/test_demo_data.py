@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flows import paths
 from models.safety import is_refusal
 from tasks import demo_data
@@ -91,3 +93,22 @@ def test_cli_regenerates_the_data_tracked_by_dvc():
     status = subprocess.run([bin_dir / "dvc", "status", "--json", "data.dvc"], cwd=root, check=True,
                             capture_output=True, text=True)
     assert json.loads(status.stdout or "{}") == {}
+
+
+def test_regenerated_data_that_differs_from_data_dvc_is_an_error_and_leaves_it_alone(tmp_path: Path):
+    from flows.errors import AlignflowError
+    from flows.lineage import check_in_regenerated_data
+
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([bin_dir / "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    write_demo_data(tmp_path / "data")
+    subprocess.run([bin_dir / "dvc", "add", "-q", "data"], cwd=tmp_path, check=True)
+    recorded = (tmp_path / "data.dvc").read_text()
+    assert check_in_regenerated_data(tmp_path / "data") in recorded
+
+    with (tmp_path / "data" / "sft_eval.jsonl").open("a") as extra:
+        extra.write('{"prompt": "x", "completion": " y"}\n')
+    with pytest.raises(AlignflowError, match=r"data: the regenerated files hash to \w+\.dir, but .*data\.dvc records"):
+        check_in_regenerated_data(tmp_path / "data")
+    assert (tmp_path / "data.dvc").read_text() == recorded

@@ -7,7 +7,6 @@ import logging
 import math
 import shutil
 from datetime import datetime
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -169,37 +168,6 @@ def test_pick_best_returns_none_when_nothing_passes():
 
 # --------------------------------------------------------------------------------------------------------------
 # Registry operations on a real SQLite registry
-
-_ECHO_MODEL = '''
-import mlflow
-from mlflow.pyfunc import PythonModel
-
-
-class Echo(PythonModel):
-    def predict(self, model_input: list[str], params=None) -> list[str]:
-        return model_input
-
-
-mlflow.models.set_model(Echo())
-'''
-
-
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory) -> tuple[Path, str]:
-    """A migrated SQLite store holding one tiny pyfunc model (logged from code), built once per module.
-
-    Each test copies the database file: creating the schema and logging a model cost seconds, a copy costs none.
-    Every version a test registers points at this one model.
-    """
-    root = tmp_path_factory.mktemp("registry-template")
-    code = root / "echo_model.py"
-    code.write_text(_ECHO_MODEL)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    experiment_id = mlflow.create_experiment("alignflow", artifact_location=(root / "mlartifacts").as_uri())
-    with mlflow.start_run(run_name="train", experiment_id=experiment_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
-    return root / "mlflow.db", info.model_uri
-
 
 @pytest.fixture
 def cfg(tracked, tmp_path, template_store) -> PipelineConfig:

@@ -20,20 +20,6 @@ from flows.config import load_config
 NAME = "alignflow-policy"
 METRICS = {"eval/harmful_refusal_rate": 0.95, "eval/perplexity": 10.25}
 
-_ECHO_MODEL = '''
-import mlflow
-from mlflow.pyfunc import PythonModel
-
-
-class Echo(PythonModel):
-    def predict(self, model_input: list[str], params=None) -> list[str]:
-        return model_input
-
-
-mlflow.models.set_model(Echo())
-'''
-
-
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """The CLI callback sets environment defaults (PREFECT_HOME, …); keep them out of the other tests."""
@@ -41,19 +27,6 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory) -> tuple[Path, str]:
-    """A migrated SQLite store with one tiny logged model, built once; each test copies the database file."""
-    root = tmp_path_factory.mktemp("cli-registry-template")
-    code = root / "echo_model.py"
-    code.write_text(_ECHO_MODEL)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    experiment_id = mlflow.create_experiment("alignflow", artifact_location=(root / "mlartifacts").as_uri())
-    with mlflow.start_run(run_name="train", experiment_id=experiment_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
-    return root / "mlflow.db", info.model_uri
 
 
 @pytest.fixture
