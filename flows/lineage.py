@@ -31,7 +31,8 @@ def dvc_data_md5(data_dir: Path) -> str:
         return "untracked"
     outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
     recorded = str(outs[0].get("md5", "unknown"))
-    return recorded if _matches_dvc(dvc_file) else f"{recorded}+modified"
+    problem = _dvc_status(dvc_file)
+    return recorded if problem is None else f"{recorded}+{problem}"
 
 
 def check_in_regenerated_data(data_dir: Path) -> str | None:
@@ -58,13 +59,19 @@ def check_in_regenerated_data(data_dir: Path) -> str | None:
     return (yaml.safe_load(recorded)["outs"][0]).get("md5")
 
 
-def _matches_dvc(dvc_file: Path) -> bool:
+def _dvc_status(dvc_file: Path) -> str | None:
+    """None when DVC vouches for the files; else why not ('modified', 'unverified': files not in DVC's cache)."""
     # Imported here: DVC is slow to import and only needed for this check.
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with Repo(str(dvc_file.resolve().parent)) as repo:
-            return not repo.status(targets=[str(dvc_file.resolve())])
+            status = repo.status(targets=[str(dvc_file.resolve())])
     except DvcException:  # not a DVC repo (e.g. a copied data folder): we cannot vouch for the files
-        return False
+        return "unverified"
+    if not status:
+        return None
+    # A fresh clone's cache is empty: DVC cannot tell the files are right until `alignflow data demo` stores them.
+    changes = str(status)
+    return "unverified" if "not in cache" in changes and "modified" not in changes else "modified"

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from flows import paths
 from flows.errors import DataValidationError
+from flows.lineage import check_in_regenerated_data
 from flows.pipeline import alignment_pipeline
 from tasks.demo_data import write_demo_data
 
@@ -38,6 +39,7 @@ def tracked_data_dir():
     """The repo's own data/ folder, regenerated: it is what data.dvc tracks, so lineage gets a real DVC md5."""
     data_dir = paths.PROJECT_ROOT / "data"
     write_demo_data(data_dir)
+    check_in_regenerated_data(data_dir)  # what `alignflow data demo` does: a fresh clone's DVC cache is empty
     return data_dir
 
 
