@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from models.losses import masked_sum
-
 
 def win_rate(policy_scores: torch.Tensor, baseline_scores: torch.Tensor) -> float:
     """Share of prompts where the policy's response outscores the baseline's; a tie counts half.
@@ -19,11 +17,13 @@ def win_rate(policy_scores: torch.Tensor, baseline_scores: torch.Tensor) -> floa
     return wins.mean().item()
 
 
-def sequence_kl(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence KL(policy || reference) estimate from responses sampled from the policy.
+def sequence_kl(policy_sequence_logprobs: torch.Tensor, reference_sequence_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL(policy || reference) estimate from responses y sampled from the policy.
 
-    The k1 estimator of Schulman (2020), "Approximating KL divergence": for y ~ policy,
-    KL = E[ sum_t log pi(y_t | y_<t) - log pi_ref(y_t | y_<t) ]. Inputs are (B, T) token log-probs and
-    the (B, T) mask of response tokens; returns (B,). Unbiased, but single samples can be negative.
+    The k1 estimator of Schulman (2020), "Approximating KL divergence": KL = E_y[log pi(y) - log pi_ref(y)],
+    from each model's log-probability of the whole response (B,). Working on whole responses, not tokens,
+    keeps it valid when the two models tokenize differently. Unbiased, but single samples can be negative.
     """
-    return masked_sum(policy_logprobs - reference_logprobs, mask, dim=-1)  # (B,)
+    if policy_sequence_logprobs.shape != reference_sequence_logprobs.shape:
+        raise ValueError("sequence_kl needs one log-probability per response from each model")
+    return policy_sequence_logprobs - reference_sequence_logprobs  # (B,)

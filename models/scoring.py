@@ -48,6 +48,13 @@ def _tokenize_pairs(tokenizer, prompts: list[str], completions: list[str]):
     return input_ids, completion_mask
 
 
+def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32):
+    """log p(completion + EOS | prompt) per pair, summed over tokens. (N,)"""
+    sums = [masked_sum(token_logprobs, mask, dim=-1)
+            for token_logprobs, mask in completion_token_logprobs(model, tokenizer, prompts, completions, batch_size)]
+    return torch.cat(sums)
+
+
 def perplexity(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32) -> float:
     """exp(mean negative log-likelihood per completion token), pooled over all completions."""
     total_logprob, total_tokens = 0.0, 0

@@ -29,7 +29,7 @@ from models.metrics import sequence_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
 from models.safety import is_refusal
-from models.scoring import completion_token_logprobs, perplexity
+from models.scoring import perplexity, sequence_logprobs
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import resolve_model_source
@@ -159,7 +159,7 @@ def _baseline_generations(baseline: StageResult, stage_dir: Path) -> pd.DataFram
 def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResult, prompts: list[str],
                      stage_dir: Path) -> float:
     """Mean KL(policy || reference) over responses sampled from the policy (`eval.kl_samples` per prompt)."""
-    reference_model, _ = load_model_and_tokenizer(
+    reference_model, reference_tokenizer = load_model_and_tokenizer(
         resolve_model_source(reference.model_uri, stage_dir / "reference"),
         trust_remote_code=cfg.model.trust_remote_code,
     )
@@ -168,13 +168,11 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
         torch.manual_seed(cfg.eval.seed)
         sampled = generate(model, tokenizer, repeated, max_new_tokens=cfg.eval.max_new_tokens,
                            batch_size=cfg.eval.batch_size, do_sample=True)
-    kls = []
-    pairs = zip(completion_token_logprobs(model, tokenizer, repeated, sampled, cfg.eval.batch_size),
-                completion_token_logprobs(reference_model, tokenizer, repeated, sampled, cfg.eval.batch_size),
-                strict=True)
-    for (policy_logprobs, mask), (reference_logprobs, _) in pairs:
-        kls.append(sequence_kl(policy_logprobs, reference_logprobs, mask))
-    return torch.cat(kls).mean().item()
+    # Each model reads the text with its own tokenizer: a champion trained on other data may have another one.
+    policy_logprobs = sequence_logprobs(model, tokenizer, repeated, sampled, cfg.eval.batch_size)
+    reference_logprobs = sequence_logprobs(reference_model, reference_tokenizer, repeated, sampled,
+                                           cfg.eval.batch_size)
+    return sequence_kl(policy_logprobs, reference_logprobs).mean().item()
 
 
 def _log_generations(generations: pd.DataFrame) -> None:

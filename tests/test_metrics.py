@@ -19,14 +19,14 @@ def test_win_rate_rejects_mismatched_or_empty_scores():
 
 
 def test_sequence_kl_by_hand():
-    policy = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -9.0]])
-    reference = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -0.2, -1.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
-    # row 0: (-1 - -1.5) + (-2 - -1) = 0.5 - 1.0 = -0.5 ; the third token is masked out
-    # row 1: (-0.1 - -0.3) + (-0.2 - -0.2) = 0.2 + 0 = 0.2 ; the -9 vs -1 token is masked out
-    assert torch.allclose(sequence_kl(policy, reference, mask), torch.tensor([-0.5, 0.2]))
+    policy = torch.tensor([-3.0, -0.3])  # log pi(y) of two sampled responses
+    reference = torch.tensor([-2.5, -0.5])
+    # row 0: -3.0 - (-2.5) = -0.5 (a single sample may be negative); row 1: -0.3 - (-0.5) = 0.2
+    assert torch.allclose(sequence_kl(policy, reference), torch.tensor([-0.5, 0.2]))
 
 
 def test_kl_of_a_model_with_itself_is_zero():
-    logprobs = torch.randn(3, 5)
-    assert torch.equal(sequence_kl(logprobs, logprobs, torch.ones(3, 5)), torch.zeros(3))
+    logprobs = torch.randn(3)
+    assert torch.equal(sequence_kl(logprobs, logprobs), torch.zeros(3))
+    with pytest.raises(ValueError):
+        sequence_kl(torch.zeros(3), torch.zeros(2))

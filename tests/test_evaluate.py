@@ -1,0 +1,37 @@
+"""The evaluate stage on models that do not share a tokenizer (a champion trained on other data)."""
+
+from __future__ import annotations
+
+import math
+
+from conftest import reduced_config
+from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
+from tasks.evaluate import run_evaluate
+from tasks.stage import Lineage, StageResult
+from tasks.tracking import configure_tracking
+
+LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
+SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 256}
+
+
+def _model(tmp_path, name: str, texts: list[str], vocab_size: int) -> StageResult:
+    tokenizer = train_tokenizer(texts, vocab_size, 256)
+    folder = save_pretrained(build_tiny_llama(tokenizer, init_seed=0, **SHAPE), tokenizer, tmp_path / name)
+    return StageResult(stage=name, run_id="", cache_key=name, model_uri=str(folder), output_hashes={"model": name})
+
+
+def test_kl_to_a_reference_with_another_tokenizer(tmp_path, demo_data_dir, tracked):
+    cfg = reduced_config(tmp_path, demo_data_dir, "eval.max_new_tokens=6")
+    configure_tracking(cfg)
+    demo_text = [line for path in demo_data_dir.iterdir() for line in path.read_text().splitlines()]
+    policy = _model(tmp_path, "policy", demo_text, 800)
+    # A smaller vocabulary: the policy's token ids would index past the reference's embeddings.
+    reference = _model(tmp_path, "reference", ["a different corpus"] * 30, 280)
+    files = {name: str(demo_data_dir / f"{name}.jsonl") for name in ("sft_eval", "eval_prompts")}
+    data = StageResult(stage="validate", run_id="", cache_key="data", outputs=files,
+                       output_hashes={name: name for name in files})
+
+    result = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="champion", reference=reference)
+    assert math.isfinite(result.metrics["eval/kl_to_reference"])
+    assert result.metrics["eval/kl_to_reference"] != 0.0
