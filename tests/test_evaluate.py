@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from conftest import reduced_config
+
 from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
 from tasks.evaluate import run_evaluate
 from tasks.stage import Lineage, StageResult
