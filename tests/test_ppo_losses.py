@@ -11,6 +11,7 @@ from models.losses import (
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
+    masked_sum,
     masked_var,
     masked_whiten,
     ppo_policy_loss,
@@ -175,7 +176,8 @@ def test_kl_penalized_rewards_put_the_score_on_each_rows_last_token():
     expected = torch.tensor([[-0.05, 0.1, 2.0], [-0.02, -1.0, 0.0], [0.6, 0.0, 0.0]])
     assert torch.allclose(rewards, expected)
     # summed over a row: Stiennon et al. eq. 2, R = score - beta * sum_t kl_t (k1 sequence KL)
-    assert torch.allclose(rewards.sum(-1), scores - 0.1 * sequence_kl(logprobs, ref_logprobs, mask))
+    sequence_logprobs = masked_sum(logprobs, mask, dim=-1), masked_sum(ref_logprobs, mask, dim=-1)
+    assert torch.allclose(rewards.sum(-1), scores - 0.1 * sequence_kl(*sequence_logprobs))
 
 
 def test_kl_penalized_rewards_reject_an_empty_row_or_misshapen_scores():
