@@ -16,12 +16,11 @@ from datasets import Dataset
 from trl import DPOConfig as TRLDPOConfig
 
 from flows.config import PipelineConfig
-from models.loading import load_model_and_tokenizer
 from models.prompting import prompt_formatter
 from tasks.datasets import read_rows
 from tasks.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import log_hf_model, resolve_model_source
+from tasks.tracking import load_stage_model, log_hf_model
 from tasks.training import (
     callbacks,
     final_log,
@@ -47,11 +46,9 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     key = dpo_key(cfg, sft, data)
     stage_dir = work_dir(cfg, STAGE, key)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"sft": sft.model_uri}) as run:
-        source = resolve_model_source(sft.model_uri, stage_dir / "sft")
-        model, tokenizer = load_model_and_tokenizer(
-            source, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype
-        )
-        reference_cache = _setup_reference_cache(cfg, Path(source), data, stage_dir)
+        model, tokenizer = load_stage_model(cfg, sft.model_uri, stage_dir / "sft")
+        # The SFT model is the reference: its folder (where it was loaded from) keys the log-prob cache.
+        reference_cache = _setup_reference_cache(cfg, Path(model.name_or_path), data, stage_dir)
         started = time.perf_counter()
         trainer = _setup_trainer(cfg, model, tokenizer, Path(data.outputs["preferences_train"]),
                                  stage_dir / "checkpoints", reference_cache)

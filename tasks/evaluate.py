@@ -24,7 +24,6 @@ import torch
 
 from flows.config import PipelineConfig
 from models.generation import generate
-from models.loading import load_model_and_tokenizer
 from models.metrics import sequence_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
@@ -32,7 +31,7 @@ from models.safety import is_refusal
 from models.scoring import perplexity, sequence_logprobs
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import resolve_model_source
+from tasks.tracking import load_stage_model, resolve_model_source
 
 STAGE = "evaluate"
 SECTIONS = ("eval", "model")
@@ -73,10 +72,8 @@ def run_evaluate(
     stage_dir = work_dir(cfg, f"{STAGE}-{label}", key)
     parents = {"policy": policy.model_uri, **({"reward": reward.model_uri} if reward else {})}
     with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
-        model, tokenizer = load_model_and_tokenizer(
-            resolve_model_source(policy.model_uri, stage_dir / "policy"),
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        # Scored in full precision, whatever the training dtype.
+        model, tokenizer = load_stage_model(cfg, policy.model_uri, stage_dir / "policy", dtype="float32")
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
         demos = read_rows(Path(data.outputs["sft_eval"]))
         prompts = read_rows(Path(data.outputs["eval_prompts"]))
@@ -159,10 +156,8 @@ def _baseline_generations(baseline: StageResult, stage_dir: Path) -> pd.DataFram
 def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResult, prompts: list[str],
                      stage_dir: Path) -> float:
     """Mean KL(policy || reference) over responses sampled from the policy (`eval.kl_samples` per prompt)."""
-    reference_model, reference_tokenizer = load_model_and_tokenizer(
-        resolve_model_source(reference.model_uri, stage_dir / "reference"),
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    reference_model, reference_tokenizer = load_stage_model(cfg, reference.model_uri, stage_dir / "reference",
+                                                            dtype="float32")
     repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.eval.seed)

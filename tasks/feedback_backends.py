@@ -30,11 +30,10 @@ from flows.cai_config import BackendConfig
 from flows.config import PipelineConfig
 from flows.errors import AlignflowError, ConfigError
 from models.generation import generate
-from models.loading import load_model_and_tokenizer
 from models.losses import masked_sum
 from models.prompting import prompt_formatter
 from models.scoring import completion_token_logprobs
-from tasks.tracking import resolve_model_source
+from tasks.tracking import load_stage_model
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +68,7 @@ def open_backend(config: BackendConfig, *, model_uri: str | None, pipeline: Pipe
     if config.kind == "local":
         if model_uri is None:
             raise ConfigError("a local backend needs a model: set its model_uri")
-        model, tokenizer = load_model_and_tokenizer(
-            resolve_model_source(model_uri, download_dir),
-            trust_remote_code=pipeline.model.trust_remote_code,
-            dtype=pipeline.model.dtype,
-        )
+        model, tokenizer = load_stage_model(pipeline, model_uri, download_dir)
         format_prompt = prompt_formatter(tokenizer, pipeline.model.prompt_format, pipeline.model.prompt_template)
         return LocalBackend(model, tokenizer, format_prompt, batch_size=config.batch_size, stop=stop,
                             identity=config.identity() if config.model_uri else f"local:{model_uri}")

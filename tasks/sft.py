@@ -14,11 +14,10 @@ from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from flows.config import PipelineConfig
-from models.loading import load_model_and_tokenizer
 from models.prompting import prompt_formatter
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import log_hf_model, resolve_model_source
+from tasks.tracking import load_stage_model, log_hf_model
 from tasks.training import (
     callbacks,
     final_log,
@@ -44,7 +43,7 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
     key = sft_key(cfg, base, data)
     stage_dir = work_dir(cfg, STAGE, key)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
-        model, tokenizer = _setup_model(cfg, base, stage_dir)
+        model, tokenizer = load_stage_model(cfg, base.model_uri, stage_dir / "base")
         trainer = _setup_trainer(cfg, model, tokenizer, Path(data.outputs["sft_train"]), stage_dir / "checkpoints")
         train_resuming(trainer, stage_dir / "checkpoints")
         hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
@@ -59,13 +58,6 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
         metrics=metrics,
         output_hashes={"model": key},
         input_hashes=_input_hashes(base, data),
-    )
-
-
-def _setup_model(cfg: PipelineConfig, base: StageResult, stage_dir: Path):
-    source = resolve_model_source(base.model_uri, stage_dir / "base")
-    return load_model_and_tokenizer(
-        source, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code, dtype=cfg.model.dtype
     )
 
 

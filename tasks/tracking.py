@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from flows import paths
 from flows.config import PipelineConfig
+from models.loading import load_model_and_tokenizer
 
 # The pyfunc wrapper each kind of model is served with (logged "from code").
 _PYFUNC_CODE = {"policy": Path(__file__).with_name("policy_pyfunc.py"),
@@ -89,6 +90,19 @@ def resolve_model_source(uri: str, download_dir: Path) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
         return str(_hf_folder(local, uri))
     return uri
+
+
+def load_stage_model(cfg: PipelineConfig, uri: str, download_dir: Path, dtype: str | None = None):
+    """(model, tokenizer) behind a stage input URI, loaded with the config's model settings.
+
+    `model.revision` applies only to the configured pretrained hub model; `dtype` defaults to `model.dtype`.
+    """
+    return load_model_and_tokenizer(
+        resolve_model_source(uri, download_dir),
+        revision=cfg.model.revision if uri == cfg.model.pretrained else None,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype=dtype or cfg.model.dtype,
+    )
 
 
 def _hf_folder(model_dir: Path, uri: str) -> Path:
