@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt infra/install_torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	bash infra/install_torch.sh $(BIN)/python 2> >(grep -v "^WARNING: Location" >&2)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,server]" 2> >(grep -v "^WARNING: Location" >&2)
 	touch $(STAMP)
 
 demo: install

@@ -39,12 +39,20 @@ def main() -> None:
     _prepare_environment()
 
 
+SkipOption = Annotated[bool, typer.Option(
+    "--skip-if-unchanged", help="Stop with 'nothing changed' when the champion was trained on this data version "
+    "with this config.")]
+
+
 @app.command()
-def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
+def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
+        skip_if_unchanged: SkipOption = False) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
     from flows.pipeline import alignment_pipeline
 
-    results = alignment_pipeline(str(config), overrides or [])
+    results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
+    if not results:
+        typer.echo("nothing changed: the champion was trained on this data version with this config")
     for name, result in results.items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("validate/"))
         typer.echo(f"{name:14s} run {result.run_id}  {result.model_uri or ''}  {metrics}")
@@ -59,6 +67,42 @@ def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = No
     result = data_validation(str(config), overrides or [])
     typer.echo(json.dumps(result.metrics, indent=2))
     _write_json(out, result.model_dump())
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help='Cron schedule of the retraining runs, e.g. "0 3 * * *".')],
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+    name: Annotated[str, typer.Option(help="Deployment name (alignment_pipeline/<name>).")] = "scheduled-retraining",
+    timezone: Annotated[str | None, typer.Option(help="IANA time zone of the schedule (default UTC).")] = None,
+    always_retrain: Annotated[bool, typer.Option(help="Retrain even when nothing changed.")] = False,
+) -> None:
+    """Serve the pipeline as a Prefect deployment that reruns it on a cron schedule, until stopped.
+
+    Scheduled runs end early with 'nothing changed' when the champion was trained on the same DVC data version
+    with the same config. The deployment runs in this process; for workers, see infra/prefect.yaml.
+    """
+    from prefect.schedules import Cron
+
+    from flows.config import load_config
+    from flows.errors import AlignflowError
+
+    try:
+        load_config(config, overrides or [])  # a bad config fails now, not at 3 a.m.
+        schedule = Cron(cron, timezone=timezone)
+    except (AlignflowError, ValueError) as err:
+        _fail(str(err))
+    from flows.pipeline import alignment_pipeline
+
+    alignment_pipeline.serve(
+        name=name,
+        schedules=[schedule],
+        parameters={"config_path": str(config.resolve()), "overrides": overrides or [],
+                    "skip_if_unchanged": not always_retrain},
+        tags=["alignflow", "scheduled"],
+        description=f"Scheduled retraining with {config} ({cron}).",
+    )
 
 
 def _write_json(path: Path | None, payload: dict) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flows import paths
 from flows.errors import ConfigError
+from flows.secrets import redact, redact_mapping
 
 
 class _Section(BaseModel):
@@ -211,24 +212,54 @@ class TrackingConfig(_Section):
     experiment: str = Field("alignflow", description="MLflow experiment name.")
 
 
+_DispatchedStage = Literal["sft", "reward", "dpo", "ppo", "evaluate"]
+
+
+class DispatchConfig(_Section):
+    """Where stages run: in the pipeline's own process, or as deployments on Prefect work pools.
+
+    Where a stage runs never changes what it computes, so this section is left out of the config hash.
+    The tracking URI must be an MLflow server both the pipeline and the workers reach.
+    """
+
+    pools: dict[_DispatchedStage, str] = Field(
+        default_factory=dict, description="Stage -> Prefect work pool whose worker runs it, as deployment "
+        "`<flow>/<pool>` (see infra/prefect.yaml). Stages not listed run in the pipeline's process.")
+    accelerate: dict[_DispatchedStage, str] = Field(
+        default_factory=dict, description="Stage -> accelerate config file (infra/accelerate/*.yaml): the worker "
+        "runs the stage with `accelerate launch` on all its GPUs (DDP, FSDP, DeepSpeed ZeRO-3).")
+    flow: str = Field("alignflow-stage", description="Name of the stage flow the pools' deployments run.")
+    poll_interval_s: float = Field(5.0, gt=0, description="How often the pipeline polls a dispatched stage.")
+    timeout_s: float | None = Field(None, gt=0, description="Give up on a dispatched stage after this long; None waits.")
+
+
 class HashableConfig(_Section):
     """A top-level config that can hash its sections and flatten itself into MLflow params."""
 
     _param_prefix: ClassVar[str] = ""
+    _unhashed_sections: ClassVar[tuple[str, ...]] = ()  # settings that cannot change any output
 
     def section_hash(self, *sections: str) -> str:
-        """Hash of the named sections (all of them when none are named), for caching and lineage."""
+        """Hash of the named sections (all of them, less the unhashed ones, when none are named)."""
         dump = self.model_dump(mode="json")
-        chosen = {name: dump[name] for name in sections} if sections else dump
+        chosen = ({name: dump[name] for name in sections} if sections
+                  else {name: value for name, value in dump.items() if name not in self._unhashed_sections})
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
 
     def flat_params(self) -> dict[str, str]:
-        """The resolved config as dotted keys, for MLflow params."""
-        return {f"{self._param_prefix}{key}": str(value)
+        """The resolved config as dotted keys, for MLflow params; credentials in values are masked."""
+        return {f"{self._param_prefix}{key}": redact(str(value))
                 for key, value in flatten(self.model_dump(mode="json")).items()}
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """The resolved config as plain data with credentials masked: what may be logged or shown."""
+        return redact_mapping(self.model_dump(mode="json"))
 
 
 class PipelineConfig(HashableConfig):
+    # Where stages run and where they are logged never change what they compute.
+    _unhashed_sections: ClassVar[tuple[str, ...]] = ("dispatch", "tracking")
+
     name: str = Field("demo", description="Pipeline name, used in run names.")
     optimizers: list[Literal["dpo", "ppo"]] = Field(
         ["dpo"], description="Preference optimizers to run after SFT; each yields a candidate. [] gates the SFT model."
@@ -245,6 +276,7 @@ class PipelineConfig(HashableConfig):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
 
     @model_validator(mode="after")
     def _tiny_model_constraints(self) -> PipelineConfig:

@@ -85,8 +85,8 @@ def cai_run(cai: CAIConfig, cfg: PipelineConfig, inputs: Inputs) -> Iterator[Lin
     tags = {**lineage.tags(), CONSTITUTION_TAG: inputs.constitution_sha256}
     with mlflow.start_run(run_name=f"{cai.name}-cai", tags=tags) as run:
         mlflow.log_params(cai.flat_params())
-        mlflow.log_dict(cai.model_dump(mode="json"), "cai_config.yaml")
-        mlflow.log_dict(cfg.model_dump(mode="json"), "config.yaml")
+        mlflow.log_dict(cai.redacted_dump(), "cai_config.yaml")
+        mlflow.log_dict(cfg.redacted_dump(), "config.yaml")
         mlflow.log_artifact(str(cai.constitution), artifact_path="constitution")
         get_run_logger().info("MLflow parent run %s (tracking URI %s), constitution %s", run.info.run_id,
                               mlflow.get_tracking_uri(), inputs.constitution_sha256[:12])

@@ -1,7 +1,9 @@
-"""Run one training stage on its own, outside the pipeline flow: under `accelerate launch` on several GPUs,
-or on a worker. Its inputs are the stage results a pipeline run wrote with `alignflow run --out`.
+"""Run one stage on its own, outside the pipeline flow: under `accelerate launch` on several GPUs, or by hand.
 
-    accelerate launch --config_file infra/accelerate/ddp.yaml -m flows.stage_entry ppo \\
+Its inputs are either a stage request (what a dispatched stage's worker receives, see `flows.stage_flow`) or
+the stage results a pipeline run wrote with `alignflow run --out`:
+
+    accelerate launch --config_file infra/accelerate/fsdp.yaml -m flows.stage_entry ppo \\
         --config configs/gpu-qwen.yaml --inputs reports/pipeline.json --out reports/ppo.json
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,36 +25,53 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    stage: Annotated[str, typer.Argument(help=f"One of {', '.join(STAGES)}.")],
-    inputs: Annotated[Path, typer.Option(help="JSON of stage results from `alignflow run --out`.")],
-    config: ConfigOption,
+    stage: Annotated[str | None, typer.Argument(help=f"One of {', '.join(STAGES)} (with --inputs).")] = None,
+    inputs: Annotated[Path | None, typer.Option(help="JSON of stage results from `alignflow run --out`.")] = None,
+    config: ConfigOption = None,
     overrides: SetOption = None,
-    out: Annotated[Path | None, typer.Option(help="Write this stage's result here.")] = None,
+    request: Annotated[Path | None, typer.Option(help="A stage request JSON (instead of stage/--inputs/--config).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write this stage's result here (main process only).")] = None,
 ) -> None:
     _prepare_environment()
+    from flows.secrets import install_log_redaction
+    from tasks.dispatch import StageRequest
+
+    install_log_redaction()
+    if request is not None:
+        stage_request = StageRequest.model_validate_json(request.read_text())
+    else:
+        stage_request = _request_from_results(stage, inputs, config, overrides or [])
+    result = stage_request.run()
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank trains; one reports
+        return
+    typer.echo(result.model_dump_json(indent=2))
+    if out is not None:
+        out.write_text(result.model_dump_json(indent=2) + "\n")
+
+
+def _request_from_results(stage: str | None, inputs: Path | None, config: Path | None, overrides: list[str]):
     from flows.config import load_config
     from flows.lineage import dvc_data_md5, git_sha
-    from tasks import dpo, ppo, reward, sft
+    from tasks.dispatch import StageRequest
     from tasks.stage import Lineage, StageResult
+    from tasks.stages import STAGES as RUNNERS
     from tasks.tracking import configure_tracking
 
-    runners = {"sft": sft.run_sft, "reward": reward.run_reward, "dpo": dpo.run_dpo, "ppo": ppo.run_ppo}
-    if stage not in runners:
+    if stage not in STAGES:
         raise typer.BadParameter(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    cfg = load_config(config, overrides or [])
+    if inputs is None or config is None:
+        raise typer.BadParameter("give --request, or a stage with --inputs and --config")
+    cfg = load_config(config, overrides)
     configure_tracking(cfg)
     results = json.loads(inputs.read_text())
     # A stage's keyword inputs are named like the pipeline's results (base, data, sft, reward).
-    needed = [name for name, p in inspect.signature(runners[stage]).parameters.items()
+    needed = [name for name, p in inspect.signature(RUNNERS[stage].run).parameters.items()
               if p.kind is inspect.Parameter.KEYWORD_ONLY]
     missing = [name for name in needed if name not in results]
     if missing:
         raise typer.BadParameter(f"{inputs} lacks the results {missing} that stage {stage!r} needs")
     lineage = Lineage(git_sha=git_sha(), config_hash=cfg.section_hash(), data_md5=dvc_data_md5(cfg.data.dir))
-    result = runners[stage](cfg, lineage, **{name: StageResult.model_validate(results[name]) for name in needed})
-    typer.echo(result.model_dump_json(indent=2))
-    if out is not None:
-        out.write_text(result.model_dump_json(indent=2) + "\n")
+    return StageRequest.build(stage, cfg, lineage, {name: StageResult.model_validate(results[name]) for name in needed})
 
 
 if __name__ == "__main__":

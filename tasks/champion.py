@@ -29,3 +29,22 @@ def current_champion(cfg: PipelineConfig) -> StageResult | None:
         outputs={"name": name, "version": str(version.version)},
         output_hashes={"model": model_key},
     )
+
+
+def unchanged_since_champion(cfg: PipelineConfig, data_md5: str, config_hash: str) -> str | None:
+    """Why a retraining run would change nothing, or None when it may: the champion was trained on this very
+    DVC data version with this very config. Data DVC cannot vouch for (modified, unverified, untracked) never
+    counts as unchanged."""
+    name, alias = cfg.registry.policy_name, cfg.registry.champion_alias
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    if "+" in data_md5 or data_md5 in ("untracked", "unknown"):
+        return None
+    champion_data = version.tags.get(f"{TAG_PREFIX}dvc_data_md5")
+    champion_config = version.tags.get(f"{TAG_PREFIX}config_hash")
+    if champion_data != data_md5 or champion_config != config_hash:
+        return None
+    return (f"nothing changed: champion {name} v{version.version} was trained on DVC data {data_md5} "
+            f"with config {config_hash[:12]}")

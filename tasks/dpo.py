@@ -29,6 +29,7 @@ from tasks.training import (
     train_resuming,
     training_arguments,
 )
+from tasks.validate import validated_file
 
 STAGE = "dpo"
 SECTIONS = ("dpo", "model", "validation")
@@ -50,7 +51,7 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         # The SFT model is the reference: its folder (where it was loaded from) keys the log-prob cache.
         reference_cache = _setup_reference_cache(cfg, Path(model.name_or_path), data, stage_dir)
         started = time.perf_counter()
-        trainer = _setup_trainer(cfg, model, tokenizer, Path(data.outputs["preferences_train"]),
+        trainer = _setup_trainer(cfg, model, tokenizer, validated_file(data, "preferences_train", stage_dir / "data"),
                                  stage_dir / "checkpoints", reference_cache)
         setup_seconds = time.perf_counter() - started
         train_resuming(trainer, stage_dir / "checkpoints")

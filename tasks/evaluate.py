@@ -32,6 +32,7 @@ from models.scoring import perplexity, sequence_logprobs
 from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import load_stage_model, resolve_model_source
+from tasks.validate import validated_file
 
 STAGE = "evaluate"
 SECTIONS = ("eval", "model")
@@ -75,8 +76,8 @@ def run_evaluate(
         # Scored in full precision, whatever the training dtype.
         model, tokenizer = load_stage_model(cfg, policy.model_uri, stage_dir / "policy", dtype="float32")
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-        demos = read_rows(Path(data.outputs["sft_eval"]))
-        prompts = read_rows(Path(data.outputs["eval_prompts"]))
+        demos = read_rows(validated_file(data, "sft_eval", stage_dir / "data"))
+        prompts = read_rows(validated_file(data, "eval_prompts", stage_dir / "data"))
         formatted = [format_prompt(p) for p in prompts["prompt"]]
 
         metrics = {"eval/perplexity": perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]],

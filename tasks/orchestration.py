@@ -2,24 +2,26 @@
 
 Each `*_task` calls the plain `run_*` function unchanged. Its Prefect cache key is the stage's own cache key,
 so a task whose inputs did not change returns its earlier `StageResult` (state "Cached") without running.
+A stage the config sends to a work pool runs through its dispatched twin instead: same name, same cache key,
+but its body runs the stage as a deployment on that pool's worker (`tasks.dispatch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prefect import Task, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 
+from flows.config import PipelineConfig
 from flows.errors import AlignflowError
-from tasks.base_model import base_model_key, run_base_model
-from tasks.dpo import dpo_key, run_dpo
-from tasks.evaluate import evaluate_key, run_evaluate
-from tasks.ppo import ppo_key, run_ppo
-from tasks.promote import promote_key, run_promote
-from tasks.register import register_key, run_register
-from tasks.reward import reward_key, run_reward
-from tasks.sft import run_sft, sft_key
-from tasks.validate import run_validate, validate_key
+from tasks.dispatch import dispatch_stage
+from tasks.stages import DISPATCHABLE, STAGES
 
 _NOT_KEY_INPUTS = ("cfg", "lineage")
 
@@ -53,12 +55,52 @@ def stage_task(run: Callable, key: Callable, name: str, run_name: str | None = N
     )
 
 
-base_model_task = stage_task(run_base_model, base_model_key, "base_model")
-validate_task = stage_task(run_validate, validate_key, "validate")
-sft_task = stage_task(run_sft, sft_key, "sft")
-reward_task = stage_task(run_reward, reward_key, "reward")
-dpo_task = stage_task(run_dpo, dpo_key, "dpo")
-evaluate_task = stage_task(run_evaluate, evaluate_key, "evaluate", run_name="evaluate-{label}")
-register_task = stage_task(run_register, register_key, "register")
-ppo_task = stage_task(run_ppo, ppo_key, "ppo")
-promote_task = stage_task(run_promote, promote_key, "promote")
+def _dispatching(name: str, run: Callable) -> Callable:
+    """A stand-in for `run` with its signature (so the cache key sees the same inputs) that dispatches instead."""
+
+    @functools.wraps(run)
+    def dispatched(cfg, lineage, **inputs):
+        return dispatch_stage(name, cfg, lineage, inputs)
+
+    return dispatched
+
+
+def _run_name(name: str) -> str:
+    return "evaluate-{label}" if name == "evaluate" else name
+
+
+_TASKS = {name: stage_task(stage.run, stage.key, name, _run_name(name)) for name, stage in STAGES.items()}
+_DISPATCHED = {name: stage_task(_dispatching(name, STAGES[name].run), STAGES[name].key, name, _run_name(name))
+               for name in DISPATCHABLE}
+
+base_model_task = _TASKS["base_model"]
+validate_task = _TASKS["validate"]
+sft_task = _TASKS["sft"]
+reward_task = _TASKS["reward"]
+dpo_task = _TASKS["dpo"]
+ppo_task = _TASKS["ppo"]
+evaluate_task = _TASKS["evaluate"]
+register_task = _TASKS["register"]
+promote_task = _TASKS["promote"]
+
+
+def placed(stage_task: Task, cfg: PipelineConfig) -> Task:
+    """The task that runs this stage where the config says: here, or on its work pool's worker."""
+    return _DISPATCHED[stage_task.name] if stage_task.name in cfg.dispatch.pools else stage_task
+
+
+@contextmanager
+def promotion_lock(cfg: PipelineConfig) -> Iterator[None]:
+    """One gate decision at a time per registered policy, across every pipeline run on this Prefect server.
+
+    A Prefect global concurrency limit of one slot: its lease expires if a holder dies, so a crashed run
+    cannot wedge the registry.
+    """
+    name = f"alignflow-promote-{cfg.registry.policy_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    with concurrency(name, occupy=1, strict=True):
+        yield

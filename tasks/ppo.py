@@ -31,6 +31,7 @@ from tasks.datasets import read_rows
 from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import log_hf_model, resolve_model_source
 from tasks.training import peft_config
+from tasks.validate import validated_file
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"sft": sft.model_uri, "reward": reward.model_uri}
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
-        prompts = _setup_prompts(cfg, Path(data.outputs["preferences_train"]), stage_dir)
+        prompts = _setup_prompts(cfg, validated_file(data, "preferences_train", stage_dir / "data"), stage_dir)
         trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
         metrics = _train(cfg, trainer, prompts, stage_dir / "checkpoints")
         hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model")

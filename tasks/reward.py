@@ -25,6 +25,7 @@ from tasks.datasets import read_rows
 from tasks.stage import TAG_PREFIX, Lineage, StageResult, stage_key, stage_run, work_dir
 from tasks.tracking import log_hf_model, register_version, resolve_model_source
 from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments
+from tasks.validate import validated_file
 
 STAGE = "reward"
 SECTIONS = ("reward", "model", "validation")
@@ -55,13 +56,13 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
     parents = {"sft": sft.model_uri}
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
         model, tokenizer = _setup_model(cfg, sft, stage_dir)
-        train_file = Path(data.outputs["preferences_train"])
+        train_file = validated_file(data, "preferences_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
         train_resuming(trainer, stage_dir / "checkpoints")
         hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
         model_uri = log_hf_model(hf_dir, cfg, kind="reward")
         metrics = {
-            **_held_out_metrics(cfg, hf_dir, Path(data.outputs["preferences_eval"]), trainer.args.device),
+            **_held_out_metrics(cfg, hf_dir, validated_file(data, "preferences_eval", stage_dir / "data"), trainer.args.device),
             **_final_metrics(trainer),
         }
         mlflow.log_metrics(metrics)

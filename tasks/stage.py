@@ -8,8 +8,10 @@ and is the Prefect cache key, so unchanged inputs are never recomputed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +22,10 @@ import mlflow
 from pydantic import BaseModel, ConfigDict
 
 from flows.config import PipelineConfig
+from flows.secrets import redact_mapping, strip_credentials
 
 TAG_PREFIX = "alignflow."
+log = logging.getLogger(__name__)
 _CODE_PACKAGES = ("tasks", "models")
 
 
@@ -87,7 +91,7 @@ def stage_key(stage: str, cfg: PipelineConfig, sections: tuple[str, ...], input_
         "config": cfg.section_hash(*sections),
         "inputs": dict(sorted(input_hashes.items())),
         "code": code_version(),
-        "tracking_uri": mlflow.get_tracking_uri(),
+        "tracking_uri": strip_credentials(mlflow.get_tracking_uri()),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -97,6 +101,21 @@ def work_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
     path = cfg.work_dir / stage / key[:16]
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def work_dir_lock(stage_dir: Path) -> Iterator[None]:
+    """An exclusive lock on a stage's work folder, across processes; the OS drops it if the holder dies."""
+    with (stage_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for %s: another run is computing this stage with the same inputs", stage_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def md5_file(path: Path) -> str:
@@ -117,7 +136,10 @@ def stage_run(
     sections: tuple[str, ...],
     parents: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags."""
+    """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags.
+
+    Held under the stage's work-folder lock, so two runs with the same inputs never write the same checkpoints.
+    """
     tags = {
         **lineage.tags(),
         f"{TAG_PREFIX}stage": stage,
@@ -126,7 +148,9 @@ def stage_run(
     }
     for name, uri in (parents or {}).items():
         tags[f"{TAG_PREFIX}parent.{name}"] = uri
-    with mlflow.start_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id, tags=tags) as run:
+    with work_dir_lock(work_dir(cfg, stage, cache_key)), \
+            mlflow.start_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id,
+                             tags=redact_mapping(tags)) as run:
         params = cfg.flat_params()
         mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
         yield run

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from flows import paths
 from flows.config import PipelineConfig
+from flows.secrets import split_credentials
 from models.loading import load_model_and_tokenizer
 
 # The pyfunc wrapper each kind of model is served with (logged "from code").
@@ -40,9 +41,11 @@ _SIGNATURES = {
 
 
 def configure_tracking(cfg: PipelineConfig) -> str:
-    """Point MLflow at the configured store (config > $MLFLOW_TRACKING_URI > local SQLite); returns the experiment id."""
-    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.DEFAULT_TRACKING_URI
-    mlflow.set_tracking_uri(uri)
+    """Point MLflow at the configured store (config > $MLFLOW_TRACKING_URI > local SQLite); returns the experiment id.
+
+    """
+    uri = use_tracking_uri(cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                           or paths.DEFAULT_TRACKING_URI)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
@@ -54,6 +57,18 @@ def configure_tracking(cfg: PipelineConfig) -> str:
         experiment_id = mlflow.create_experiment(cfg.tracking.experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def use_tracking_uri(uri: str) -> str:
+    """Set MLflow's tracking URI. Credentials inside a server URI (`http://user:password@host`) become MLflow's
+    username/password settings instead: MLflow prints its URI ("View run at …"), which must hold no password."""
+    if uri.startswith(("http://", "https://")):
+        uri, username, password = split_credentials(uri)
+        if username is not None:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = username
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "reward"] = "policy") -> str:

@@ -1,11 +1,14 @@
 """Stage: validate every dataset with Great Expectations before anything trains on it.
 
 The report (JSON and HTML) and any quarantined rows are logged to MLflow, also when validation fails.
-Downstream stages read the files named in the result's `outputs` (the cleaned copies when rows were
-quarantined) and key their caches on `output_hashes`.
+The validated files (the cleaned copies when rows were quarantined) are logged to MLflow too. Downstream
+stages get them through `validated_file`: the local copy when it is there and intact, else a download from
+the validate run, so a stage on another worker needs no shared disk. They key their caches on `output_hashes`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import mlflow
 
@@ -59,6 +62,8 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) ->
             metrics[f"validate/{file.name}/rows"] = float(file.rows)
             metrics[f"validate/{file.name}/quarantined"] = float(len(file.quarantined_rows))
         mlflow.log_metrics(metrics)
+        for file in report.files:
+            mlflow.log_artifact(str(file.clean_path), artifact_path=_dataset_artifact_dir(file.name))
     return StageResult(
         stage=STAGE,
         run_id=run.info.run_id,
@@ -68,6 +73,25 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) ->
         output_hashes={file.name: md5_file(file.clean_path) for file in report.files},
         input_hashes=_input_hashes(cfg, base),
     )
+
+
+def _dataset_artifact_dir(name: str) -> str:
+    return f"datasets/{name}"
+
+
+def validated_file(data: StageResult, name: str, download_dir: Path) -> Path:
+    """The validated dataset `name` on this machine: the validate stage's own file when it is here unchanged,
+    else a copy downloaded from the validate run. Either way its md5 must be the one validation recorded."""
+    local = Path(data.outputs[name])
+    expected = data.output_hashes[name]
+    if local.is_file() and md5_file(local) == expected:
+        return local
+    uri = f"runs:/{data.run_id}/{_dataset_artifact_dir(name)}/{local.name}"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
+    if md5_file(copy) != expected:
+        raise DataValidationError(f"{uri}: md5 {md5_file(copy)} differs from the validated file's {expected}")
+    return copy
 
 
 def _log_report(report_dir) -> None:
