@@ -230,11 +230,27 @@ class LoopbackServices:
         return subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], env=self.client_env(), cwd=cwd,
                               capture_output=True, text=True, check=False, timeout=300)
 
-    def flow_run_logs(self, flow_run_id: str) -> list[str]:
-        logs = self.prefect("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                                         "limit": 200})
-        logs.raise_for_status()
-        return [entry["message"] for entry in logs.json()]
+    def flow_run_logs(self, flow_run_id: str, timeout: float = 60) -> list[str]:
+        """A finished flow run's log messages. Logs reach the server in batches, possibly after the final state,
+        so this waits for the engine's last line ("Finished in state …")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self._all_logs(flow_run_id)
+            if any(message.startswith("Finished in state") for message in messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
+
+    def _all_logs(self, flow_run_id: str, page: int = 200) -> list[str]:
+        messages: list[str] = []
+        while True:
+            logs = self.prefect("POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                             "sort": "TIMESTAMP_ASC", "limit": page,
+                                                             "offset": len(messages)})
+            logs.raise_for_status()
+            batch = [entry["message"] for entry in logs.json()]
+            messages += batch
+            if len(batch) < page:
+                return messages
 
     def wait_for_flow_run(self, flow_run_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
