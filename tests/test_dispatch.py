@@ -7,10 +7,12 @@ import shutil
 
 import mlflow
 import pytest
+import yaml
 from conftest import reduced_config
 from mlflow import MlflowClient
 
 from flows.errors import ConfigError
+from flows.stage_flow import launch
 from tasks.base_model import run_base_model
 from tasks.champion import unchanged_since_champion
 from tasks.dispatch import (
@@ -49,6 +51,18 @@ def test_a_stage_request_survives_json_and_runs_the_same_stage(upstream):
     # Keyword inputs that are not results (evaluate's label) travel as options.
     evaluate = StageRequest.build("evaluate", cfg, LINEAGE, {"policy": base, "data": data, "label": "sft"})
     assert set(evaluate.inputs) == {"policy", "data"} and evaluate.options == {"label": "sft"}
+
+
+def test_a_requested_stage_runs_under_accelerate_launch(upstream, tmp_path):
+    """The path a multi-GPU stage takes on its worker, here with one CPU process."""
+    cfg, base, data = upstream
+    launch_config = tmp_path / "cpu.yaml"
+    launch_config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "num_machines": 1, "machine_rank": 0,
+        "num_processes": 1, "mixed_precision": "no", "use_cpu": True, "main_training_function": "main"}))
+    result = launch(StageRequest.build("validate", cfg, LINEAGE, {"base": base}), str(launch_config))
+    assert result.stage == "validate" and result.cache_key == data.cache_key
+    assert result.run_id != data.run_id and mlflow.get_run(result.run_id).info.status == "FINISHED"
 
 
 def test_validated_files_come_from_mlflow_when_the_local_copy_is_missing_or_changed(upstream, tmp_path):

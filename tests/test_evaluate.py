@@ -8,7 +8,7 @@ from conftest import reduced_config
 
 from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
 from tasks.evaluate import run_evaluate
-from tasks.stage import Lineage, StageResult
+from tasks.stage import Lineage, StageResult, md5_file
 from tasks.tracking import configure_tracking
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
@@ -31,7 +31,7 @@ def test_kl_to_a_reference_with_another_tokenizer(tmp_path, demo_data_dir, track
     reference = _model(tmp_path, "reference", ["a different corpus"] * 30, 280)
     files = {name: str(demo_data_dir / f"{name}.jsonl") for name in ("sft_eval", "eval_prompts")}
     data = StageResult(stage="validate", run_id="", cache_key="data", outputs=files,
-                       output_hashes={name: name for name in files})
+                       output_hashes={name: md5_file(demo_data_dir / f"{name}.jsonl") for name in files})
 
     result = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="champion", reference=reference)
     assert math.isfinite(result.metrics["eval/kl_to_reference"])

@@ -24,7 +24,7 @@ from tasks.base_model import run_base_model
 from tasks.ppo import check_same_tokenizer, ppo_key, run_ppo
 from tasks.reward import run_reward
 from tasks.sft import run_sft
-from tasks.stage import Lineage
+from tasks.stage import Lineage, md5_file
 from tasks.tracking import configure_tracking, resolve_model_source
 from tasks.validate import run_validate
 
@@ -112,7 +112,8 @@ def test_empty_prompt_set_is_a_clear_error(stages, tmp_path):
     cfg, data, sft, reward = stages()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    data = data.model_copy(update={"outputs": {**data.outputs, "preferences_train": str(empty)}})
+    data = data.model_copy(update={"outputs": {**data.outputs, "preferences_train": str(empty)},
+                                   "output_hashes": {**data.output_hashes, "preferences_train": md5_file(empty)}})
     with pytest.raises(ValueError, match=r"PPO needs training prompts: .*empty\.jsonl"):
         run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
 

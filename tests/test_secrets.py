@@ -11,6 +11,7 @@ from conftest import reduced_config
 
 from flows.secrets import install_log_redaction, redact, redact_mapping, strip_credentials
 from tasks.stage import Lineage, stage_run
+from tasks.tracking import configure_tracking
 
 PLANTED = "s3cr3t-planted-value"
 
@@ -61,7 +62,7 @@ def test_stage_runs_log_params_and_tags_with_credentials_masked(tmp_path, demo_d
     # A config value carrying a credential (as a database tracking URI would), and a tag carrying the env secret.
     cfg = cfg.model_copy(update={"name": f"postgresql://u:{PLANTED}@db/x"})
     lineage = Lineage(git_sha="test", config_hash="test", data_md5="untracked", data_tags=(("alignflow.note", PLANTED),))
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    configure_tracking(cfg)
     with stage_run("probe", cfg, lineage, cache_key="k" * 64, sections=("name",)) as run:
         pass
     recorded = mlflow.get_run(run.info.run_id).data
