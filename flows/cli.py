@@ -84,10 +84,14 @@ def serve(
     with the same config. The deployment runs in this process; for workers, see infra/prefect.yaml.
     """
     from prefect.schedules import Cron
+    from prefect.settings import get_current_settings
 
     from flows.config import load_config
     from flows.errors import AlignflowError
 
+    if not get_current_settings().api.url:  # the ephemeral server that `alignflow run` uses has no scheduler
+        _fail("alignflow serve needs a Prefect server, whose scheduler starts the runs: start one with "
+              "`prefect server start` and set PREFECT_API_URL (see docs/production.md)")
     try:
         load_config(config, overrides or [])  # a bad config fails now, not at 3 a.m.
         schedule = Cron(cron, timezone=timezone)
