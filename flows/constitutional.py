@@ -15,6 +15,7 @@ from flows.cai_config import CAIConfig, load_cai_config
 from flows.config import PipelineConfig, load_config
 from flows.lineage import dvc_data_md5, git_sha
 from flows.pipeline import run_stage
+from flows.secrets import install_log_redaction
 from tasks.cai_steps import CONSTITUTION_TAG, Inputs, model_sources
 from tasks.cai_versioning import run_version
 from tasks.constitutional import run_critique_revise, run_respond, run_sl_datasets
@@ -50,6 +51,7 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
     5. cai-rlaif: two sampled policy responses per prompt, labeled by the feedback model in both orders.
     6. cai-version: datasets + manifest into `output_dir`, `dvc add`, MLflow artifacts, md5 on the runs.
     """
+    install_log_redaction()
     cai = load_cai_config(config_path, overrides)
     cfg = load_config(cai.pipeline_config, cai.pipeline_overrides)
     configure_tracking(cfg)
