@@ -60,7 +60,7 @@ def main() -> None:
         root = Path(scratch)
         with loopback_services(root) as (services, startup):
             for pool in ("cpu", "gpu"):
-                services.prefect_cli("work-pool", "create", pool, "--type", "process")
+                services.create_work_pool(pool)
             deployed = services.prefect_cli("deploy", "--all", "--prefect-file", "infra/prefect.yaml")
             if deployed.returncode != 0:
                 raise SystemExit(deployed.stdout + deployed.stderr)

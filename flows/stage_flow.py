@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from flows.errors import ConfigError
 from flows.secrets import install_log_redaction
 from tasks.dispatch import StageRequest, publish_result
 from tasks.stage import StageResult
@@ -40,6 +41,9 @@ def stage_flow(request: dict[str, Any]) -> dict[str, Any]:
 
 def launch(request: StageRequest, accelerate_config: str) -> StageResult:
     """Run the stage in `accelerate launch` processes (DDP, FSDP or DeepSpeed, as the config says)."""
+    if not Path(accelerate_config).is_file():
+        raise ConfigError(f"dispatch.accelerate.{request.stage}: {accelerate_config} does not exist on this worker "
+                          f"(working directory {Path.cwd()})")
     with tempfile.TemporaryDirectory(prefix=f"alignflow-{request.stage}-") as scratch:
         request_file, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
         request_file.write_text(request.model_dump_json())

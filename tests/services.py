@@ -53,14 +53,16 @@ class Service:
     log: Path
     started_s: float
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+
+    def wait(self) -> None:
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -134,8 +136,11 @@ class LoopbackServices:
         raise TimeoutError(f"{service.name} not ready after {timeout} s:\n{service.output()[-4000:]}")
 
     def stop(self) -> None:
+        """Every service at once: each shuts down on its own, so waiting in turn only adds up their delays."""
         for service in reversed(self.services):
-            service.stop()
+            service.terminate()
+        for service in self.services:
+            service.wait()
         self.services.clear()
 
     # -------------------------------------------------------------------------------------------- services
@@ -225,6 +230,10 @@ class LoopbackServices:
         token = base64.b64encode(self.prefect_auth.encode()).decode()
         return requests.request(method, f"{self.prefect_api}{path}", headers={"Authorization": f"Basic {token}"},
                                 timeout=30, **kwargs)
+
+    def create_work_pool(self, name: str, kind: str = "process") -> None:
+        created = self.prefect("POST", "/work_pools/", json={"name": name, "type": kind})
+        created.raise_for_status()
 
     def prefect_cli(self, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], env=self.client_env(), cwd=cwd,

@@ -63,6 +63,8 @@ def test_a_requested_stage_runs_under_accelerate_launch(upstream, tmp_path):
     result = launch(StageRequest.build("validate", cfg, LINEAGE, {"base": base}), str(launch_config))
     assert result.stage == "validate" and result.cache_key == data.cache_key
     assert result.run_id != data.run_id and mlflow.get_run(result.run_id).info.status == "FINISHED"
+    with pytest.raises(ConfigError, match=r"dispatch.accelerate.validate: .*missing.yaml does not exist"):
+        launch(StageRequest.build("validate", cfg, LINEAGE, {"base": base}), str(tmp_path / "missing.yaml"))
 
 
 def test_validated_files_come_from_mlflow_when_the_local_copy_is_missing_or_changed(upstream, tmp_path):

@@ -36,8 +36,7 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("services")
     with loopback_services(root) as (services, startup):
         for pool in ("cpu", POOL):
-            created = services.prefect_cli("work-pool", "create", pool, "--type", "process")
-            assert created.returncode == 0, created.stdout + created.stderr
+            services.create_work_pool(pool)
         deployed = services.prefect_cli("deploy", "--all", "--prefect-file", "infra/prefect.yaml")
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         startup["worker"] = services.start_worker(POOL, copy_of_working_tree(root / "worker-home"))
