@@ -54,6 +54,15 @@ def tracked(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
+@pytest.fixture
+def restored_environment():
+    """os.environ as it was before the test (the CLI callback sets defaults such as PREFECT_HOME)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

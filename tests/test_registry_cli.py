@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,13 +19,8 @@ from flows.config import load_config
 NAME = "alignflow-policy"
 METRICS = {"eval/harmful_refusal_rate": 0.95, "eval/perplexity": 10.25}
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """The CLI callback sets environment defaults (PREFECT_HOME, …); keep them out of the other tests."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+# The CLI callback sets environment defaults (PREFECT_HOME, …); keep them out of the other tests.
+pytestmark = pytest.mark.usefixtures("restored_environment")
 
 
 @pytest.fixture

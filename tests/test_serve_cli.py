@@ -4,8 +4,6 @@ Serving itself, against a real `prefect server`, is in test_services.py."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
@@ -13,13 +11,7 @@ from typer.testing import CliRunner
 from flows import paths
 from flows.cli import app
 
-
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restored_environment")  # the CLI callback sets environment defaults
 
 
 def _serve(*args: str):
