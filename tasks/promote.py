@@ -116,8 +116,7 @@ def decide(
 ) -> GateDecision:
     """Apply every configured gate to a candidate's eval metrics.
 
-    - thresholds: `value >= min` and/or `value <= max` (one gate per bound; a gate with neither bound only
-      checks that the metric exists);
+    - thresholds: `value >= min` and/or `value <= max` (one gate per bound);
     - beat_baseline: not worse than the baseline (SFT) by more than `margin`; no baseline given → fail;
     - champion: not worse than the champion by more than `margin`; no champion → pass ("no champion yet").
     A metric missing (or NaN) in the candidate, or in the baseline/champion it is compared with, fails.
@@ -125,13 +124,7 @@ def decide(
     results: list[GateResult] = []
     for gate in gates.thresholds:
         value = _get(candidate, gate.metric)
-        bounds = [(">=", gate.min), ("<=", gate.max)]
-        if gate.min is None and gate.max is None:
-            name = f"threshold:{gate.metric}"
-            ok = value is not None
-            reason = "metric present (no bound set)" if ok else _missing(gate.metric, "candidate")
-            results.append(GateResult(name, gate.metric, value, None, ok, reason))
-        for op, bound in bounds:
+        for op, bound in ((">=", gate.min), ("<=", gate.max)):  # MetricGate guarantees at least one bound
             if bound is None:
                 continue
             name = f"threshold:{gate.metric}{op}{_fmt(bound)}"
@@ -141,18 +134,16 @@ def decide(
             ok = _at_least(value, bound) if op == ">=" else _at_least(bound, value)
             reason = f"{_fmt(value)} {op if ok else _negate(op)} {'min' if op == '>=' else 'max'} {_fmt(bound)}"
             results.append(GateResult(name, gate.metric, value, bound, ok, reason))
-    for gate in gates.beat_baseline:
-        if baseline is None:
-            results.append(GateResult(f"baseline:{gate.metric}", gate.metric, _get(candidate, gate.metric), None,
-                                      False, "no baseline metrics given"))
-        else:
-            results.append(_relative_gate("baseline", gate, candidate, baseline))
-    for gate in gates.champion:
-        if champion is None:
-            results.append(GateResult(f"champion:{gate.metric}", gate.metric, _get(candidate, gate.metric), None,
-                                      True, "no champion yet"))
-        else:
-            results.append(_relative_gate("champion", gate, candidate, champion))
+    # A missing baseline fails its gates; a missing champion passes them (there is nothing to fall behind yet).
+    relative = (("baseline", gates.beat_baseline, baseline, False, "no baseline metrics given"),
+                ("champion", gates.champion, champion, True, "no champion yet"))
+    for kind, kind_gates, reference, passes_without, without_reason in relative:
+        for gate in kind_gates:
+            if reference is None:
+                results.append(GateResult(f"{kind}:{gate.metric}", gate.metric, _get(candidate, gate.metric), None,
+                                          passes_without, without_reason))
+            else:
+                results.append(_relative_gate(kind, gate, candidate, reference))
     return GateDecision(passed=all(r.passed for r in results), gates=results)
 
 
