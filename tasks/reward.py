@@ -61,8 +61,9 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
         train_resuming(trainer, stage_dir / "checkpoints")
         hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
         model_uri = log_hf_model(hf_dir, cfg, kind="reward")
+        eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
         metrics = {
-            **_held_out_metrics(cfg, hf_dir, validated_file(data, "preferences_eval", stage_dir / "data"), trainer.args.device),
+            **_held_out_metrics(cfg, hf_dir, eval_file, trainer.args.device),
             **_final_metrics(trainer),
         }
         mlflow.log_metrics(metrics)

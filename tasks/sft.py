@@ -45,7 +45,8 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
     stage_dir = work_dir(cfg, STAGE, key)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
         model, tokenizer = load_stage_model(cfg, base.model_uri, stage_dir / "base")
-        trainer = _setup_trainer(cfg, model, tokenizer, validated_file(data, "sft_train", stage_dir / "data"), stage_dir / "checkpoints")
+        train_file = validated_file(data, "sft_train", stage_dir / "data")
+        trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
         train_resuming(trainer, stage_dir / "checkpoints")
         hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
         model_uri = log_hf_model(hf_dir, cfg)

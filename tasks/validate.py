@@ -61,9 +61,8 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) ->
         for file in report.files:
             metrics[f"validate/{file.name}/rows"] = float(file.rows)
             metrics[f"validate/{file.name}/quarantined"] = float(len(file.quarantined_rows))
-        mlflow.log_metrics(metrics)
-        for file in report.files:
             mlflow.log_artifact(str(file.clean_path), artifact_path=_dataset_artifact_dir(file.name))
+        mlflow.log_metrics(metrics)
     return StageResult(
         stage=STAGE,
         run_id=run.info.run_id,
@@ -89,8 +88,9 @@ def validated_file(data: StageResult, name: str, download_dir: Path) -> Path:
     uri = f"runs:/{data.run_id}/{_dataset_artifact_dir(name)}/{local.name}"
     download_dir.mkdir(parents=True, exist_ok=True)
     copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
-    if md5_file(copy) != expected:
-        raise DataValidationError(f"{uri}: md5 {md5_file(copy)} differs from the validated file's {expected}")
+    downloaded = md5_file(copy)
+    if downloaded != expected:
+        raise DataValidationError(f"{uri}: md5 {downloaded} differs from the validated file's {expected}")
     return copy
 
 
