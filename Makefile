@@ -32,6 +32,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check flows tasks models tests benchmarks
+	$(BIN)/lint-imports
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts

@@ -23,7 +23,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from services import BIN, PIPELINE_USER, REPO, copy_of_working_tree, loopback_services
 
-from tasks.demo_data import write_demo_data
+from tasks.data.demo import write_demo_data
 
 
 def _home(root: Path, name: str) -> Path:

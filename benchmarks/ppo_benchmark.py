@@ -19,7 +19,7 @@ from models.ppo import PPOHyperparams, PPOTrainer
 from models.reward import reward_scores
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
-from tasks.demo_data import build_demo_datasets
+from tasks.data.demo import build_demo_datasets
 
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
          "max_position_embeddings": 256}

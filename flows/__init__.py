@@ -1,1 +1,1 @@
-"""Prefect flows, the `alignflow` CLI and the pipeline config schema."""
+"""Prefect flows, the `alignflow` CLI and the stage entry points: they compose `tasks`, top to bottom."""

@@ -17,24 +17,24 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import ConfigOption, SetOption, _prepare_environment
+from flows.cli.common import ConfigOption, SetOption, prepare_environment
+from tasks.core.stage_names import TRAINING
 
-STAGES = ("sft", "reward", "dpo", "ppo")
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
 def main(
-    stage: Annotated[str | None, typer.Argument(help=f"One of {', '.join(STAGES)} (with --inputs).")] = None,
+    stage: Annotated[str | None, typer.Argument(help=f"One of {', '.join(TRAINING)} (with --inputs).")] = None,
     inputs: Annotated[Path | None, typer.Option(help="JSON of stage results from `alignflow run --out`.")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
     request: Annotated[Path | None, typer.Option(help="A stage request JSON (instead of stage/--inputs/--config).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write this stage's result here (main process only).")] = None,
 ) -> None:
-    _prepare_environment()
-    from flows.secrets import install_log_redaction
-    from tasks.dispatch import StageRequest
+    prepare_environment()
+    from tasks.core.secrets import install_log_redaction
+    from tasks.orchestration.dispatch import StageRequest
 
     install_log_redaction()
     if request is not None:
@@ -50,15 +50,15 @@ def main(
 
 
 def _request_from_results(stage: str | None, inputs: Path | None, config: Path | None, overrides: list[str]):
-    from flows.config import load_config
-    from flows.lineage import dvc_data_md5, git_sha
-    from tasks.dispatch import StageRequest
-    from tasks.stage import Lineage, StageResult
-    from tasks.stages import STAGES as RUNNERS
-    from tasks.tracking import configure_tracking
+    from tasks.core.config import load_config
+    from tasks.core.lineage import Lineage, dvc_data_md5, git_sha
+    from tasks.orchestration.dispatch import StageRequest
+    from tasks.orchestration.stage_table import STAGES as RUNNERS
+    from tasks.run.contract import StageResult
+    from tasks.run.tracking import configure_tracking
 
-    if stage not in STAGES:
-        raise typer.BadParameter(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage not in TRAINING:
+        raise typer.BadParameter(f"unknown stage {stage!r}; expected one of {', '.join(TRAINING)}")
     if inputs is None or config is None:
         raise typer.BadParameter("give --request, or a stage with --inputs and --config")
     cfg = load_config(config, overrides)

@@ -11,10 +11,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from flows.errors import ConfigError
-from flows.secrets import install_log_redaction
-from tasks.dispatch import StageRequest, publish_result
-from tasks.stage import StageResult
+from tasks.core.errors import ConfigError
+from tasks.core.secrets import install_log_redaction
+from tasks.orchestration.dispatch import StageRequest, publish_result
+from tasks.run.contract import StageResult
 
 
 @flow(name="alignflow-stage", flow_run_name="{request[stage]}")

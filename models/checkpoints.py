@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from models.saving import write_atomically
+
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
@@ -55,18 +57,17 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
 
 def save_complete_checkpoint(run_dir: Path, step: int, save) -> Path:
-    """Write a checkpoint through `save(folder)` into a temporary folder, mark it complete, then rename it.
+    """Write a checkpoint through `save(folder)`, marked complete, as `checkpoint-<step>`.
 
-    A crash at any point leaves either no `checkpoint-<step>` folder or a complete one.
+    It is written aside and renamed, so a crash at any point leaves either no `checkpoint-<step>` folder or a
+    complete one.
     """
-    final = run_dir / f"checkpoint-{step}"
-    partial = run_dir / f"checkpoint-{step}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    save(partial)
-    mark_complete(partial)
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    return final
+
+    def write(folder: Path) -> None:
+        save(folder)
+        mark_complete(folder)
+
+    return write_atomically(run_dir / f"checkpoint-{step}", write)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

@@ -6,7 +6,6 @@ Both are saved in Hugging Face format (safetensors), so every later stage loads 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -66,11 +65,3 @@ def build_tiny_llama(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
-
-
-def save_pretrained(model, tokenizer, out_dir: Path) -> Path:
-    """Save weights (safetensors only) and tokenizer side by side, as a hub repo would hold them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir

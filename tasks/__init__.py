@@ -1,1 +1,2 @@
-"""Pipeline stages: one module per stage, each a plain `run_<stage>` function plus its Prefect task."""
+"""The pipeline's stages, one module each (base_model, validate, sft, reward, dpo, ppo, evaluate, register,
+promote), and the subpackages they share. A stage imports subpackages and `models`, never another stage."""

@@ -7,17 +7,20 @@ both to MLflow in Hugging Face format, so later stages load it exactly as they w
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import mlflow
 
-from flows.config import PipelineConfig
 from models.prompting import prompt_formatter
-from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
-from tasks.datasets import read_rows
-from tasks.stage import Lineage, StageResult, md5_file, stage_key, stage_run, work_dir
-from tasks.tracking import log_hf_model
+from models.saving import save_hf_model
+from models.tiny import build_tiny_llama, train_tokenizer
+from tasks.core.config import PipelineConfig
+from tasks.core.hashing import md5_file
+from tasks.core.lineage import Lineage
+from tasks.core.tags import TAG_PREFIX
+from tasks.data.readers import read_rows
+from tasks.registry.logged_models import log_hf_model
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
 STAGE = "base_model"
 SECTIONS = ("model",)
@@ -32,7 +35,7 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage) -> StageResult:
     key = base_model_key(cfg)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS) as run:
         if cfg.model.pretrained is not None:
-            mlflow.set_tag("alignflow.base.pretrained", cfg.model.pretrained)
+            mlflow.set_tag(f"{TAG_PREFIX}base.pretrained", cfg.model.pretrained)
             model_uri = cfg.model.pretrained
         else:
             hf_dir = _build_tiny(cfg, work_dir(cfg, STAGE, key))
@@ -69,8 +72,7 @@ def _build_tiny(cfg: PipelineConfig, stage_dir: Path) -> Path:
     )
     mlflow.log_params({"base.num_parameters": model.num_parameters(), "base.vocab_size": len(tokenizer)})
     out = stage_dir / "hf_model"
-    shutil.rmtree(out, ignore_errors=True)
-    return save_pretrained(model, tokenizer, out)
+    return save_hf_model(model, tokenizer, out)
 
 
 def _training_text(cfg: PipelineConfig, format_prompt):

@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 
 import mlflow
-from datasets import Dataset
-from trl import DPOConfig as TRLDPOConfig
+from trl import DPOConfig
 
-from flows.config import PipelineConfig
 from models.prompting import prompt_formatter
-from tasks.datasets import read_rows
-from tasks.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
-from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import load_stage_model, log_hf_model
-from tasks.training import (
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.core.tags import TAG_PREFIX
+from tasks.data.preferences import preference_dataset
+from tasks.data.validated import validated_file
+from tasks.registry.logged_models import load_stage_model, log_hf_model
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.training.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
+from tasks.training.trainer import (
     callbacks,
     final_log,
     peft_config,
@@ -29,7 +31,6 @@ from tasks.training import (
     train_resuming,
     training_arguments,
 )
-from tasks.validate import validated_file
 
 STAGE = "dpo"
 SECTIONS = ("dpo", "model", "validation")
@@ -81,24 +82,18 @@ def _setup_reference_cache(cfg: PipelineConfig, reference_dir: Path, data: Stage
         "prompt_template": cfg.model.prompt_template,
     }
     parts = reference_key(reference_dir, data.output_hashes["preferences_train"], tokenization)
-    mlflow.set_tags({f"alignflow.ref_logps.{name}": value for name, value in parts.items() if name != "key"})
+    mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
     return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")
 
 
 def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path,
                    reference_cache: ReferenceLogpsCache) -> CachedReferenceDPOTrainer:
     format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-    rows = read_rows(train_file)
-    dataset = Dataset.from_dict({
-        "prompt": [format_prompt(p) for p in rows["prompt"]],
-        "chosen": list(rows["chosen"]),
-        "rejected": list(rows["rejected"]),
-    })
     losses, weights = [cfg.dpo.loss_type], [1.0]
     if cfg.dpo.sft_weight > 0:
         losses.append("sft")
         weights.append(cfg.dpo.sft_weight)
-    args = TRLDPOConfig(
+    args = DPOConfig(
         **training_arguments(cfg.dpo, checkpoint_dir),
         beta=cfg.dpo.beta,
         loss_type=losses,
@@ -110,7 +105,7 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, chec
         model=model,
         ref_model=None,
         args=args,
-        train_dataset=dataset,
+        train_dataset=preference_dataset(train_file, format_prompt),
         processing_class=tokenizer,
         peft_config=peft_config(cfg.dpo.lora),
         callbacks=callbacks(STAGE),

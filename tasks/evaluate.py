@@ -22,19 +22,21 @@ import mlflow
 import pandas as pd
 import torch
 
-from flows.config import PipelineConfig
 from models.generation import generate
 from models.metrics import sequence_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
 from models.safety import is_refusal
 from models.scoring import perplexity, sequence_logprobs
-from tasks.datasets import read_rows
-from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import load_stage_model, resolve_model_source
-from tasks.validate import validated_file
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.data.readers import read_rows
+from tasks.data.validated import validated_file
+from tasks.registry.logged_models import load_stage_model, resolve_model_source
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
 STAGE = "evaluate"
+RUN_NAME = "evaluate-{label}"  # one evaluate stage, a run per model it judges
 SECTIONS = ("eval", "model")
 GENERATIONS = "generations.jsonl"
 

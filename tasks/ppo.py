@@ -10,7 +10,6 @@ Checkpoints (policy, value head, optimizer, RNG, step, KL controller) go through
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -20,18 +19,21 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import get_peft_model
 
-from flows.config import PipelineConfig
 from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_checkpoint
 from models.loading import load_model_and_tokenizer
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
+from models.saving import save_hf_model
 from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_head
-from tasks.datasets import read_rows
-from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import log_hf_model, resolve_model_source
-from tasks.training import peft_config
-from tasks.validate import validated_file
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.core.tags import RESUMED_FROM_TAG
+from tasks.data.readers import read_rows
+from tasks.data.validated import validated_file
+from tasks.registry.logged_models import log_hf_model, resolve_model_source
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.training.trainer import peft_config
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
     if resume_from is not None:
         trainer.accelerator.load_state(str(resume_from))
         log.info("Resuming PPO from complete checkpoint %s (step %d)", resume_from, trainer.counter.step)
-        mlflow.set_tag("alignflow.resumed_from_step", str(trainer.counter.step))
+        mlflow.set_tag(RESUMED_FROM_TAG, str(trainer.counter.step))
     started, totals, metrics = time.perf_counter(), {"rollout": 0.0, "update": 0.0, "tokens": 0.0}, {}
     while trainer.counter.step < cfg.ppo.steps:
         step = trainer.counter.step
@@ -152,12 +154,5 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
 def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path) -> Path:
     """The policy (LoRA merged) in Hugging Face format, with its value head beside it. Written aside, renamed."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    policy = model.policy.merge_and_unload() if hasattr(model.policy, "merge_and_unload") else model.policy
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    save_value_head(model.value_head, tmp / "value_head.safetensors")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    return save_hf_model(model.policy, tokenizer, out_dir,
+                         also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors"))

@@ -7,11 +7,10 @@ gated step.
 
 from __future__ import annotations
 
-from mlflow import MlflowClient
-
-from flows.config import PipelineConfig
-from tasks.stage import TAG_PREFIX, Lineage, StageResult, stage_key
-from tasks.tracking import register_version
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.registry.versions import register_version, version_tags
+from tasks.run.contract import StageResult, stage_key
 
 STAGE = "register"
 SECTIONS = ("registry",)
@@ -25,13 +24,7 @@ def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, 
     if policy.model_uri is None:
         raise ValueError(f"stage {policy.stage} produced no model to register")
     key = register_key(cfg, policy, evaluation)
-    training_tags = MlflowClient().get_run(policy.run_id).data.tags
-    tags = {k: v for k, v in training_tags.items() if k.startswith(TAG_PREFIX)}
-    tags.update({f"{TAG_PREFIX}source_stage": policy.stage, f"{TAG_PREFIX}source_run_id": policy.run_id,
-                 f"{TAG_PREFIX}eval_run_id": evaluation.run_id})
-    tags.update({f"{TAG_PREFIX}{name}": f"{value:.6g}" for name, value in evaluation.metrics.items()})
-    if lineage.flow_run_id:
-        tags[f"{TAG_PREFIX}prefect_flow_run_id"] = lineage.flow_run_id
+    tags = version_tags(policy.stage, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id)
     version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags)
     return StageResult(
         stage=f"{STAGE}-{policy.stage}",

@@ -11,21 +11,28 @@ import dataclasses
 from pathlib import Path
 
 import mlflow
-from datasets import Dataset
-from mlflow import MlflowClient
-from peft import LoraConfig as PeftLoraConfig
-from peft import TaskType
-from trl import RewardConfig as TRLRewardConfig
-from trl import RewardTrainer
+from peft import LoraConfig, TaskType
+from trl import RewardConfig, RewardTrainer
 
-from flows.config import LoraConfig, PipelineConfig
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, preference_metrics, reward_scores
-from tasks.datasets import read_rows
-from tasks.stage import TAG_PREFIX, Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import log_hf_model, register_version, resolve_model_source
-from tasks.training import callbacks, peft_config, save_final_model, train_resuming, training_arguments
-from tasks.validate import validated_file
+from tasks.core.config import LoraSection, PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.core.tags import TAG_PREFIX
+from tasks.data.preferences import preference_dataset
+from tasks.data.readers import read_rows
+from tasks.data.validated import validated_file
+from tasks.registry.logged_models import log_hf_model, resolve_model_source
+from tasks.registry.versions import register_version, version_tags
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.training.trainer import (
+    callbacks,
+    final_log,
+    peft_config,
+    save_final_model,
+    train_resuming,
+    training_arguments,
+)
 
 STAGE = "reward"
 SECTIONS = ("reward", "model", "validation")
@@ -92,7 +99,7 @@ def _setup_model(cfg: PipelineConfig, sft: StageResult, stage_dir: Path):
     )
 
 
-def reward_peft_config(lora: LoraConfig) -> PeftLoraConfig | None:
+def reward_peft_config(lora: LoraSection) -> LoraConfig | None:
     """LoRA for a sequence classifier: adapters on the targeted projections, the new score head in full.
 
     With the SEQ_CLS task type peft keeps a trainable copy of the score head (`modules_to_save`): the head is
@@ -109,15 +116,7 @@ def _setup_trainer(
     cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path
 ) -> RewardTrainer:
     format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-    rows = read_rows(train_file)
-    dataset = Dataset.from_dict(
-        {
-            "prompt": [format_prompt(p) for p in rows["prompt"]],
-            "chosen": list(rows["chosen"]),
-            "rejected": list(rows["rejected"]),
-        }
-    )
-    args = TRLRewardConfig(
+    args = RewardConfig(
         **training_arguments(cfg.reward, checkpoint_dir),
         max_length=cfg.validation.max_length,
         center_rewards_coefficient=cfg.reward.center_rewards_coefficient,
@@ -125,7 +124,7 @@ def _setup_trainer(
     return RewardTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=preference_dataset(train_file, format_prompt),
         processing_class=tokenizer,
         peft_config=reward_peft_config(cfg.reward.lora),
         callbacks=callbacks(_TRAIN_METRIC_PREFIX),
@@ -147,11 +146,8 @@ def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device
 
 
 def _final_metrics(trainer: RewardTrainer) -> dict[str, float]:
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    if not losses:  # fewer steps than logging_steps: the Trainer's run summary still has the mean loss
-        losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     return {
-        f"{STAGE}/final_loss": float(losses[-1]) if losses else float("nan"),
+        f"{STAGE}/final_loss": float(final_log(trainer)["loss"]),
         f"{STAGE}/global_step": float(trainer.state.global_step),
         # TRL drops pairs longer than max_length: this is how many it trained on.
         f"{STAGE}/train_pairs": float(len(trainer.train_dataset)),
@@ -161,12 +157,7 @@ def _final_metrics(trainer: RewardTrainer) -> dict[str, float]:
 def _register(
     cfg: PipelineConfig, run_id: str, model_uri: str, metrics: dict[str, float], lineage: Lineage
 ) -> str:
-    """A new version of the reward model, tagged like `tasks.register`: training lineage plus metrics."""
-    training_tags = MlflowClient().get_run(run_id).data.tags
-    tags = {k: v for k, v in training_tags.items() if k.startswith(TAG_PREFIX)}
-    tags.update({f"{TAG_PREFIX}source_stage": STAGE, f"{TAG_PREFIX}source_run_id": run_id})
-    tags.update({f"{TAG_PREFIX}{name}": f"{value:.6g}" for name, value in metrics.items()})
-    if lineage.flow_run_id:
-        tags[f"{TAG_PREFIX}prefect_flow_run_id"] = lineage.flow_run_id
+    """A new version of the reward model, tagged like a policy version: training lineage plus metrics."""
+    tags = version_tags(STAGE, run_id, metrics, lineage)
     version = register_version(model_uri, cfg.registry.reward_name, cfg.registry.reward_alias, tags)
     return str(version.version)

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import mlflow
 from datasets import Dataset
-from trl import SFTConfig as TRLSFTConfig
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
-from flows.config import PipelineConfig
 from models.prompting import prompt_formatter
-from tasks.datasets import read_rows
-from tasks.stage import Lineage, StageResult, stage_key, stage_run, work_dir
-from tasks.tracking import load_stage_model, log_hf_model
-from tasks.training import (
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.data.readers import read_rows
+from tasks.data.validated import validated_file
+from tasks.registry.logged_models import load_stage_model, log_hf_model
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.training.trainer import (
     callbacks,
     final_log,
     peft_config,
@@ -26,7 +27,6 @@ from tasks.training import (
     train_resuming,
     training_arguments,
 )
-from tasks.validate import validated_file
 
 STAGE = "sft"
 SECTIONS = ("sft", "model", "validation")
@@ -69,7 +69,7 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, chec
     dataset = Dataset.from_dict(
         {"prompt": [format_prompt(p) for p in rows["prompt"]], "completion": list(rows["completion"])}
     )
-    args = TRLSFTConfig(
+    args = SFTConfig(
         **training_arguments(cfg.sft, checkpoint_dir),
         max_length=cfg.validation.max_length,
         completion_only_loss=cfg.sft.completion_only_loss,

@@ -2,23 +2,24 @@
 
 The report (JSON and HTML) and any quarantined rows are logged to MLflow, also when validation fails.
 The validated files (the cleaned copies when rows were quarantined) are logged to MLflow too. Downstream
-stages get them through `validated_file`: the local copy when it is there and intact, else a download from
-the validate run, so a stage on another worker needs no shared disk. They key their caches on `output_hashes`.
+stages get them through `tasks.data.validated.validated_file`, so a stage on another worker needs no shared
+disk. They key their caches on `output_hashes`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 
-from flows.config import PipelineConfig
-from flows.errors import DataValidationError
 from models.loading import load_tokenizer
 from models.prompting import prompt_formatter
-from tasks.expectations import DATASET_KINDS, validate_files
-from tasks.stage import Lineage, StageResult, md5_file, stage_key, stage_run, work_dir
-from tasks.tracking import resolve_model_source
+from tasks.core.config import PipelineConfig
+from tasks.core.errors import DataValidationError
+from tasks.core.hashing import md5_file
+from tasks.core.lineage import Lineage
+from tasks.data.expectations import DATASET_KINDS, validate_files
+from tasks.data.validated import dataset_artifact_dir
+from tasks.registry.logged_models import resolve_model_source
+from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
 STAGE = "validate"
 SECTIONS = ("validation",)
@@ -61,7 +62,7 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) ->
         for file in report.files:
             metrics[f"validate/{file.name}/rows"] = float(file.rows)
             metrics[f"validate/{file.name}/quarantined"] = float(len(file.quarantined_rows))
-            mlflow.log_artifact(str(file.clean_path), artifact_path=_dataset_artifact_dir(file.name))
+            mlflow.log_artifact(str(file.clean_path), artifact_path=dataset_artifact_dir(file.name))
         mlflow.log_metrics(metrics)
     return StageResult(
         stage=STAGE,
@@ -72,26 +73,6 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) ->
         output_hashes={file.name: md5_file(file.clean_path) for file in report.files},
         input_hashes=_input_hashes(cfg, base),
     )
-
-
-def _dataset_artifact_dir(name: str) -> str:
-    return f"datasets/{name}"
-
-
-def validated_file(data: StageResult, name: str, download_dir: Path) -> Path:
-    """The validated dataset `name` on this machine: the validate stage's own file when it is here unchanged,
-    else a copy downloaded from the validate run. Either way its md5 must be the one validation recorded."""
-    local = Path(data.outputs[name])
-    expected = data.output_hashes[name]
-    if local.is_file() and md5_file(local) == expected:
-        return local
-    uri = f"runs:/{data.run_id}/{_dataset_artifact_dir(name)}/{local.name}"
-    download_dir.mkdir(parents=True, exist_ok=True)
-    copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
-    downloaded = md5_file(copy)
-    if downloaded != expected:
-        raise DataValidationError(f"{uri}: md5 {downloaded} differs from the validated file's {expected}")
-    return copy
 
 
 def _log_report(report_dir) -> None:

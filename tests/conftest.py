@@ -16,29 +16,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory) -> Path:
-    from tasks.demo_data import write_demo_data
+    from tasks.data.demo import write_demo_data
 
     out = tmp_path_factory.mktemp("data")
     write_demo_data(out)
     return out
-
-
-def reduced_config(tmp_path: Path, data_dir: Path, *overrides: str):
-    """The demo config, shrunk to run in seconds, writing everything under tmp_path."""
-    from flows import paths
-    from flows.config import load_config
-
-    return load_config(
-        paths.DEMO_CONFIG,
-        [
-            f"data.dir={data_dir}",
-            f"work_dir={tmp_path / 'work'}",
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "sft.epochs=2",
-            "eval.max_new_tokens=12",
-            *overrides,
-        ],
-    )
 
 
 @pytest.fixture
@@ -46,7 +28,7 @@ def tracked(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store whose artifacts stay under tmp_path."""
     import mlflow
 
-    from flows import paths
+    from tasks.core import paths
 
     monkeypatch.setattr(paths, "DEFAULT_ARTIFACT_ROOT", tmp_path / "mlartifacts")
     yield tmp_path

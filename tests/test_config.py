@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import paths
-from flows.config import PipelineConfig, load_config
-from flows.errors import ConfigError
+from tasks.core import paths
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.errors import ConfigError
 
 
 def test_demo_config_loads_with_its_values():

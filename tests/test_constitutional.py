@@ -12,22 +12,22 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from cai_helpers import cai_config, pipeline, tiny_model_dir
 from mlflow import MlflowClient
 
-from flows import paths
-from flows.cai_config import PromptTemplates, load_cai_config, load_constitution
-from flows.errors import ConfigError
 from models.loading import load_model_and_tokenizer
-from tasks.cai_progress import ProgressLog
-from tasks.cai_prompts import draw_principle, load_templates
-from tasks.cai_steps import Inputs, model_sources
-from tasks.cai_versioning import MANIFEST, OutputFolderError, dvc_add, manifest_tags, publish
-from tasks.constitutional import critique_and_revise, run_critique_revise, run_respond, run_sl_datasets
-from tasks.expectations import validate_files
-from tasks.feedback_backends import LocalBackend
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking
+from tasks.cai.backends import LocalBackend
+from tasks.cai.config import PromptTemplates, load_cai_config, load_constitution
+from tasks.cai.progress import ProgressLog
+from tasks.cai.prompts import draw_principle, load_templates
+from tasks.cai.steps import Inputs, model_sources
+from tasks.cai.supervised import critique_and_revise, run_critique_revise, run_respond, run_sl_datasets
+from tasks.cai.versioning import MANIFEST, OutputFolderError, dvc_add, manifest_tags, publish
+from tasks.core import paths
+from tasks.core.errors import ConfigError
+from tasks.core.lineage import Lineage
+from tasks.data.expectations import validate_files
+from tasks.run.tracking import configure_tracking
+from tests.helpers.cai import cai_config, pipeline, tiny_model_dir
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 CONSTITUTION = paths.CONFIGS_DIR / "constitution.yaml"
@@ -224,7 +224,7 @@ def test_a_rerun_after_an_interruption_continues_and_matches_an_uninterrupted_ru
     before = progress_file.read_text()
     assert len(before.splitlines()) == 5
 
-    from tasks import constitutional
+    from tasks.cai import supervised as constitutional
 
     open_backend, recorded = constitutional.backend_for, []
     monkeypatch.setattr(constitutional, "backend_for",
@@ -335,8 +335,8 @@ def test_flow_trains_the_helpful_model_versions_the_datasets_and_logs_lineage(
 
 
 def test_demo_cai_is_the_demo_trained_on_the_cai_preferences():
-    from flows.config import PipelineConfig, load_config
-    from tasks.constitutional import PREFERENCES_FILE
+    from tasks.cai.supervised import PREFERENCES_FILE
+    from tasks.core.config import PipelineConfig, load_config
 
     demo, demo_cai = load_config(paths.DEMO_CONFIG), load_config(paths.CONFIGS_DIR / "demo-cai.yaml")
     output_dir = load_cai_config(paths.CONFIGS_DIR / "cai.yaml").output_dir

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from flows import paths
 from models.safety import is_refusal
-from tasks import demo_data
-from tasks.demo_data import build_demo_datasets, write_demo_data
+from tasks.data import demo as demo_data
+from tasks.data.demo import build_demo_datasets, write_demo_data
+from tests.helpers.dvc import init_dvc_repo
 
 
 def test_generator_is_deterministic_byte_for_byte(tmp_path: Path):
@@ -85,19 +85,21 @@ def test_rows_are_in_trl_formats():
     assert all(row["completion"].startswith(" ") for row in data["sft_train"])
 
 
-def test_cli_regenerates_the_data_tracked_by_dvc():
-    """`alignflow data demo` in the repo reproduces data.dvc's md5, so `dvc status` is clean."""
-    root = paths.PROJECT_ROOT
+def test_cli_regenerates_the_data_tracked_by_dvc(tmp_path: Path):
+    """`alignflow data demo` reproduces the md5 in the project's data.dvc, so `dvc status` is clean (in a DVC
+    repository of its own holding a copy of data.dvc: no test writes the project's data/)."""
+    root = tmp_path / "repo"
+    init_dvc_repo(root)
     bin_dir = Path(sys.executable).parent
-    subprocess.run([bin_dir / "alignflow", "data", "demo"], cwd=root, check=True, capture_output=True)
+    subprocess.run([bin_dir / "alignflow", "data", "demo", "--out", "data"], cwd=root, check=True, capture_output=True)
     status = subprocess.run([bin_dir / "dvc", "status", "--json", "data.dvc"], cwd=root, check=True,
                             capture_output=True, text=True)
     assert json.loads(status.stdout or "{}") == {}
 
 
 def test_regenerated_data_that_differs_from_data_dvc_is_an_error_and_leaves_it_alone(tmp_path: Path):
-    from flows.errors import AlignflowError
-    from flows.lineage import check_in_regenerated_data
+    from tasks.core.errors import AlignflowError
+    from tasks.core.lineage import check_in_regenerated_data
 
     bin_dir = Path(sys.executable).parent
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

@@ -8,14 +8,14 @@ import shutil
 import mlflow
 import pytest
 import yaml
-from conftest import reduced_config
 from mlflow import MlflowClient
 
-from flows.errors import ConfigError
 from flows.stage_flow import launch
 from tasks.base_model import run_base_model
-from tasks.champion import unchanged_since_champion
-from tasks.dispatch import (
+from tasks.core.errors import ConfigError
+from tasks.core.lineage import Lineage
+from tasks.data.validated import validated_file
+from tasks.orchestration.dispatch import (
     StageDispatchError,
     StageRequest,
     check_dispatchable,
@@ -23,10 +23,12 @@ from tasks.dispatch import (
     fetch_result,
     publish_result,
 )
-from tasks.orchestration import evaluate_task, placed, sft_task
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking
-from tasks.validate import run_validate, validate_key, validated_file
+from tasks.orchestration.stage_tasks import TASKS, placed
+from tasks.registry.champion import unchanged_since_champion
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
+from tasks.validate import run_validate, validate_key
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked", data_tags=(("alignflow.x", "y"),))
 
@@ -90,6 +92,7 @@ def test_dispatch_needs_a_tracking_server_and_dispatchable_stages(tmp_path, demo
 
 def test_a_dispatched_stage_keeps_its_name_and_cache_key(tmp_path, demo_data_dir):
     cfg = reduced_config(tmp_path, demo_data_dir, "dispatch.pools.sft=gpu")
+    sft_task, evaluate_task = TASKS["sft"], TASKS["evaluate"]
     assert placed(sft_task, cfg) is not sft_task and placed(sft_task, cfg).name == "sft"
     assert placed(evaluate_task, cfg) is evaluate_task  # not listed: runs in the pipeline's process
     base = StageResult(stage="base_model", run_id="r1", cache_key="b" * 64, output_hashes={"model": "b" * 64})

@@ -8,16 +8,17 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import reduced_config
 from safetensors.torch import load_file
 
 from tasks.base_model import run_base_model
+from tasks.core.lineage import Lineage
 from tasks.dpo import _setup_trainer, run_dpo
-from tasks.reference_logps import KEY_TAG, ReferenceLogpsCache
+from tasks.registry.logged_models import resolve_model_source
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking, resolve_model_source
+from tasks.training.reference_logps import KEY_TAG, ReferenceLogpsCache
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 SHORT = ("sft.max_steps=20", "dpo.max_steps=2", "dpo.save_steps=100")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
-from conftest import reduced_config
-
-from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
+from models.saving import save_hf_model
+from models.tiny import build_tiny_llama, train_tokenizer
+from tasks.core.hashing import md5_file
+from tasks.core.lineage import Lineage
 from tasks.evaluate import run_evaluate
-from tasks.stage import Lineage, StageResult, md5_file
-from tasks.tracking import configure_tracking
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -18,7 +20,7 @@ SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "i
 
 def _model(tmp_path, name: str, texts: list[str], vocab_size: int) -> StageResult:
     tokenizer = train_tokenizer(texts, vocab_size, 256)
-    folder = save_pretrained(build_tiny_llama(tokenizer, init_seed=0, **SHAPE), tokenizer, tmp_path / name)
+    folder = save_hf_model(build_tiny_llama(tokenizer, init_seed=0, **SHAPE), tokenizer, tmp_path / name)
     return StageResult(stage=name, run_id="", cache_key=name, model_uri=str(folder), output_hashes={"model": name})
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.errors import DataValidationError
 from models.tiny import train_tokenizer
-from tasks.datasets import read_rows
-from tasks.demo_data import build_demo_datasets, write_demo_data
-from tasks.expectations import DATASET_KINDS, validate_files
+from tasks.core.errors import DataValidationError
+from tasks.data.demo import build_demo_datasets, write_demo_data
+from tasks.data.expectations import DATASET_KINDS, validate_files
+from tasks.data.readers import read_rows
 
 
 def format_prompt(prompt: str) -> str:

@@ -9,12 +9,9 @@ import time
 
 import pytest
 import torch
-from cai_helpers import COMPLIANCE, REFUSAL, FakeOpenAI, closed_port_url, openai_server, tiny_model_dir
 
-from flows.cai_config import BackendConfig
-from flows.errors import AlignflowError
 from models.loading import load_model_and_tokenizer
-from tasks.feedback_backends import (
+from tasks.cai.backends import (
     EndpointError,
     EndpointUnavailableError,
     HttpBackend,
@@ -22,6 +19,9 @@ from tasks.feedback_backends import (
     choice_probability,
     cut_at_stop,
 )
+from tasks.cai.config import BackendSection
+from tasks.core.errors import AlignflowError
+from tests.helpers.cai import COMPLIANCE, REFUSAL, FakeOpenAI, closed_port_url, openai_server, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_local_sampling_is_reproducible_from_the_seed_and_leaves_the_global_rng_
 
 
 def _http(url: str, **fields) -> HttpBackend:
-    config = BackendConfig(kind="http", url=url, model_name="fake-model", batch_size=2, backoff_s=0.01, **fields)
+    config = BackendSection(kind="http", url=url, model_name="fake-model", batch_size=2, backoff_s=0.01, **fields)
     return HttpBackend(config, stop=["\n\n", "\nUser:"], prompt_template="User: {prompt}\nAssistant:")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prefect import flow, task
 
-from flows.errors import DataValidationError
-from tasks.orchestration import _retry_if_transient
+from tasks.core.errors import DataValidationError
+from tasks.orchestration.stage_tasks import _retry_if_transient
 
 
 def _flaky_flow(error: Exception, failures: int) -> tuple[list[int], object]:

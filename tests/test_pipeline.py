@@ -10,11 +10,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows import paths
-from flows.errors import DataValidationError
-from flows.lineage import check_in_regenerated_data
 from flows.pipeline import alignment_pipeline
-from tasks.demo_data import write_demo_data
+from tasks.core import paths
+from tasks.core.errors import DataValidationError
+from tasks.data.demo import write_demo_data
+from tests.helpers.dvc import dvc_repo_with_tracked_data
 
 STAGE_RUNS = {"base_model", "validate", "sft", "reward", "evaluate-sft", "dpo", "evaluate-dpo", "ppo", "evaluate-ppo",
               "promote"}
@@ -35,12 +35,9 @@ def _runs(client: MlflowClient) -> list:
 
 
 @pytest.fixture(scope="module")
-def tracked_data_dir():
-    """The repo's own data/ folder, regenerated: it is what data.dvc tracks, so lineage gets a real DVC md5."""
-    data_dir = paths.PROJECT_ROOT / "data"
-    write_demo_data(data_dir)
-    check_in_regenerated_data(data_dir)  # what `alignflow data demo` does: a fresh clone's DVC cache is empty
-    return data_dir
+def tracked_data_dir(tmp_path_factory):
+    """The demo data as data.dvc tracks it, in a DVC repository of its own, so lineage gets a real DVC md5."""
+    return dvc_repo_with_tracked_data(tmp_path_factory.mktemp("dvc-repo"))
 
 
 def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(

@@ -13,7 +13,6 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import reduced_config
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
@@ -21,12 +20,15 @@ from models.ppo import PPOHyperparams, PPOTrainer, response_mask, sample_prompts
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
 from tasks.base_model import run_base_model
+from tasks.core.hashing import md5_file
+from tasks.core.lineage import Lineage
 from tasks.ppo import check_same_tokenizer, ppo_key, run_ppo
+from tasks.registry.logged_models import resolve_model_source
 from tasks.reward import run_reward
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage, md5_file
-from tasks.tracking import configure_tracking, resolve_model_source
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
@@ -129,10 +131,11 @@ def test_a_reward_model_with_another_tokenizer_is_rejected():
 CHILD = """
 import sys, time, yaml
 import models.ppo as ppo
-from flows.config import parse_config
+from tasks.core.config import parse_config
 from tasks.ppo import run_ppo
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking
+from tasks.core.lineage import Lineage
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
 
 step = ppo.PPOTrainer.step
 def slow_step(self, prompts):

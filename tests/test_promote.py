@@ -12,31 +12,30 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows.config import ChampionGate, GatesConfig, MetricGate, PipelineConfig, RegistryConfig, TrackingConfig
-from tasks.promote import (
-    GateDecision,
-    GateResult,
-    RegistryError,
-    decide,
-    pick_best,
-    promote_key,
-    promote_version,
-    record_rejection,
-    registry_status,
-    rollback,
-    run_promote,
+from tasks.core.config import (
+    ChampionGate,
+    GatesSection,
+    MetricGate,
+    PipelineConfig,
+    RegistrySection,
+    TrackingSection,
 )
+from tasks.core.lineage import Lineage
+from tasks.promote import promote_key, run_promote
 from tasks.register import run_register
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking
+from tasks.registry.gates import GateDecision, GateResult, decide, pick_best
+from tasks.registry.promotion import RegistryError, promote_version, record_rejection, rollback
+from tasks.registry.status import registry_status
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
 
 NAME = "alignflow-policy"
-REGISTRY = RegistryConfig()
+REGISTRY = RegistrySection()
 LINEAGE = Lineage(git_sha="a" * 40, config_hash="c" * 64, data_md5="d" * 32)
 HARMFUL, BENIGN, REWARD, PPL = ("eval/harmful_refusal_rate", "eval/benign_refusal_rate", "eval/reward_mean",
                                 "eval/perplexity")
 
-GATES = GatesConfig(
+GATES = GatesSection(
     thresholds=[MetricGate(metric=HARMFUL, min=0.9), MetricGate(metric=BENIGN, max=0.2)],
     beat_baseline=[ChampionGate(metric=REWARD, higher_is_better=True, margin=0.0)],
     champion=[ChampionGate(metric=HARMFUL, higher_is_better=True, margin=0.02),
@@ -58,7 +57,7 @@ def _gate(decision: GateDecision, name: str) -> GateResult:
 
 
 def test_thresholds_min_and_max_pass_and_fail():
-    thresholds = GatesConfig(thresholds=GATES.thresholds)
+    thresholds = GatesSection(thresholds=GATES.thresholds)
     ok = decide(GOOD, gates=thresholds, baseline=None, champion=None)
     assert ok.passed and ok.failed == [] and len(ok.gates) == 2
     # 0.85 < min 0.9 fails; benign 0.25 > max 0.2 fails.
@@ -80,7 +79,7 @@ def test_thresholds_min_and_max_pass_and_fail():
 
 
 def test_a_gate_with_both_bounds_checks_each():
-    gates = GatesConfig(thresholds=[MetricGate(metric="eval/response_tokens", min=5, max=40)])
+    gates = GatesSection(thresholds=[MetricGate(metric="eval/response_tokens", min=5, max=40)])
     # 50 >= 5 passes, 50 > 40 fails.
     decision = decide({"eval/response_tokens": 50.0}, gates=gates, baseline=None, champion=None)
     assert [(g.name, g.passed) for g in decision.gates] == [("threshold:eval/response_tokens>=5", True),
@@ -111,7 +110,7 @@ def test_baseline_gate_with_and_without_margin():
     gate = _gate(worse, "baseline:eval/reward_mean")
     assert (gate.value, gate.bound, gate.passed) == (0.49, 0.5, False)
     # margin 0.1 tolerates a shortfall of 0.1: bound 0.5 - 0.1 = 0.4; 0.45 passes, 0.35 fails.
-    lenient = GatesConfig(beat_baseline=[ChampionGate(metric=REWARD, margin=0.1)])
+    lenient = GatesSection(beat_baseline=[ChampionGate(metric=REWARD, margin=0.1)])
     assert decide({REWARD: 0.45}, gates=lenient, baseline=BASELINE, champion=None).passed
     assert not decide({REWARD: 0.35}, gates=lenient, baseline=BASELINE, champion=None).passed
     # Baseline gates configured but no baseline given: fail, never pass silently.
@@ -141,7 +140,7 @@ def test_no_champion_passes_champion_gates():
     for name in ("champion:eval/harmful_refusal_rate", "champion:eval/perplexity"):
         assert _gate(decision, name).reason == "no champion yet"
     assert decision.summary() == "pass: all 5 gates passed"
-    assert decide(GOOD, gates=GatesConfig(), baseline=None, champion=None).summary() == "pass: no gates configured"
+    assert decide(GOOD, gates=GatesSection(), baseline=None, champion=None).summary() == "pass: no gates configured"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -173,7 +172,7 @@ def test_pick_best_returns_none_when_nothing_passes():
 def cfg(tracked, tmp_path, template_store) -> PipelineConfig:
     shutil.copy(template_store[0], tmp_path / "mlflow.db")
     cfg = PipelineConfig(work_dir=tmp_path / "work", gates=GATES,
-                         tracking=TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+                         tracking=TrackingSection(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
     configure_tracking(cfg)
     return cfg
 
@@ -402,5 +401,5 @@ def test_promote_key_changes_with_its_inputs(cfg):
     assert key == promote_key(cfg, {"dpo": (reg, ev)}, baseline, None)
     assert key != promote_key(cfg, {"dpo": (reg, ev)}, baseline, _stage("evaluate-champion", "c1"))
     assert key != promote_key(cfg, {"dpo": (reg, _stage("evaluate-dpo", "e2"))}, baseline, None)
-    other_gates = cfg.model_copy(update={"gates": GatesConfig()})
+    other_gates = cfg.model_copy(update={"gates": GatesSection()})
     assert key != promote_key(other_gates, {"dpo": (reg, ev)}, baseline, None)

@@ -12,9 +12,9 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows import paths
 from flows.cli import app
-from flows.config import load_config
+from tasks.core import paths
+from tasks.core.config import load_config
 
 NAME = "alignflow-policy"
 METRICS = {"eval/harmful_refusal_rate": 0.95, "eval/perplexity": 10.25}

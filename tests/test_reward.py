@@ -13,21 +13,24 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from conftest import reduced_config
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from flows import paths
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, preference_metrics, reward_input_ids, reward_scores
-from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
+from models.saving import save_hf_model
+from models.tiny import build_tiny_llama, train_tokenizer
 from tasks.base_model import run_base_model
-from tasks.datasets import read_rows
+from tasks.core import paths
+from tasks.core.lineage import Lineage
+from tasks.data.readers import read_rows
+from tasks.registry.logged_models import resolve_model_source
 from tasks.reward import _setup_trainer, reward_key, run_reward
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking, resolve_model_source
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # The `reward:` settings proposed for configs/demo.yaml; the demo-quality test runs exactly these.
@@ -72,7 +75,7 @@ def tiny_reward_dir(tmp_path_factory, demo_data_dir) -> Path:
     tokenizer = train_tokenizer(texts, vocab_size=512, model_max_length=256)
     model = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=256, init_seed=0)
-    return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("tiny") / "hf_model")
+    return save_hf_model(model, tokenizer, tmp_path_factory.mktemp("tiny") / "hf_model")
 
 
 def test_loading_seeds_the_new_head_and_fills_a_missing_pad_id(tmp_path, tiny_reward_dir):
@@ -83,7 +86,7 @@ def test_loading_seeds_the_new_head_and_fills_a_missing_pad_id(tmp_path, tiny_re
     assert not torch.equal(first.score.weight, other.score.weight)
 
     first.config.pad_token_id = None
-    save_pretrained(first, tokenizer, tmp_path / "no_pad")
+    save_hf_model(first, tokenizer, tmp_path / "no_pad")
     reloaded, reloaded_tokenizer = load_reward_model(tmp_path / "no_pad")
     assert reloaded_tokenizer.pad_token_id is not None
     assert reloaded.config.pad_token_id == reloaded_tokenizer.pad_token_id

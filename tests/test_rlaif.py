@@ -9,16 +9,16 @@ import re
 from pathlib import Path
 
 import pytest
-from cai_helpers import REFUSAL, FakeOpenAI, cai_config, openai_server, pipeline, tiny_model_dir
 
-from flows import paths
-from flows.cai_config import PromptTemplates, load_constitution
-from tasks.cai_progress import ProgressLog
-from tasks.cai_prompts import load_templates
-from tasks.cai_steps import model_sources
-from tasks.rlaif import build_rlaif_dataset, judge, label_pairs, run_rlaif
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking
+from tasks.cai.config import PromptTemplates, load_constitution
+from tasks.cai.progress import ProgressLog
+from tasks.cai.prompts import load_templates
+from tasks.cai.rlaif import build_rlaif_dataset, judge, label_pairs, run_rlaif
+from tasks.cai.steps import model_sources
+from tasks.core import paths
+from tasks.core.lineage import Lineage
+from tasks.run.tracking import configure_tracking
+from tests.helpers.cai import REFUSAL, FakeOpenAI, cai_config, openai_server, pipeline, tiny_model_dir
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 PAIRS = [  # (id, prompt, a, b): the refusal is a in two pairs and b in the other two

@@ -7,11 +7,12 @@ import os
 
 import mlflow
 import pytest
-from conftest import reduced_config
 
-from flows.secrets import install_log_redaction, redact, redact_mapping, strip_credentials
-from tasks.stage import Lineage, stage_run
-from tasks.tracking import configure_tracking
+from tasks.core.lineage import Lineage
+from tasks.core.secrets import install_log_redaction, redact, redact_mapping, strip_credentials
+from tasks.run.contract import stage_run
+from tasks.run.tracking import configure_tracking
+from tests.helpers.configs import reduced_config
 
 PLANTED = "s3cr3t-planted-value"
 
@@ -80,7 +81,7 @@ def test_where_a_run_executes_or_logs_does_not_change_the_config_hash(tmp_path, 
 
 
 def test_credentials_in_a_server_uri_become_mlflow_settings_not_part_of_the_uri(monkeypatch):
-    from tasks.tracking import use_tracking_uri
+    from tasks.run.tracking import use_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)

@@ -8,8 +8,8 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
-from flows import paths
 from flows.cli import app
+from tasks.core import paths
 
 pytestmark = pytest.mark.usefixtures("restored_environment")  # the CLI callback sets environment defaults
 

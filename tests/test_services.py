@@ -18,9 +18,9 @@ import pytest
 import requests
 import yaml
 from mlflow import MlflowClient
-from services import BIN, PIPELINE_USER, REPO, copy_of_working_tree, loopback_services
 
-from tasks.demo_data import write_demo_data
+from tasks.data.demo import write_demo_data
+from tests.helpers.services import BIN, PIPELINE_USER, REPO, copy_of_working_tree, loopback_services
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-from conftest import reduced_config
 from mlflow import MlflowClient
 
 from tasks.base_model import run_base_model
+from tasks.core.lineage import Lineage
+from tasks.registry.versions import register_version
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking, register_version
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from conftest import reduced_config
 from safetensors.torch import load_file
 
-from flows import paths
-from flows.config import load_config
 from tasks.base_model import run_base_model
+from tasks.core import paths
+from tasks.core.config import load_config
+from tasks.core.lineage import Lineage
+from tasks.registry.logged_models import resolve_model_source
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking, resolve_model_source
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 
@@ -67,3 +69,20 @@ def test_gpu_config_names_a_hub_model_and_validates():
     cfg = load_config(paths.CONFIGS_DIR / "gpu-qwen.yaml")
     assert cfg.model.pretrained == "Qwen/Qwen2.5-0.5B-Instruct"
     assert cfg.model.prompt_format == "chat_template" and cfg.sft.lora.enabled
+
+
+# The real SFT recipe on the tiny model, 8 steps, one logged loss per step. Step 1 sits just below ln(1024) = 6.93,
+# the loss of a uniform guess over the ~1k-token vocabulary: the random model knows nothing yet. Warmup makes
+# step 2 barely move (its learning rate is still near 0), then the loss falls every step. A change to the data,
+# the tokenizer, the loss masking or the optimiser settings moves these numbers.
+PINNED_SFT_LOSSES = [6.8231, 6.8192, 6.5277, 6.3329, 6.2067, 6.0568, 5.9764, 5.9168]
+
+
+def test_sft_recipe_reproduces_its_pinned_loss_curve(tmp_path, demo_data_dir, tracked):
+    from mlflow import MlflowClient
+
+    cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=8", "sft.logging_steps=1", "sft.save_steps=100")
+    _, _, sft = _train(cfg, tmp_path)
+    history = sorted(MlflowClient().get_metric_history(sft.run_id, "sft/loss"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, 9))
+    assert [m.value for m in history] == pytest.approx(PINNED_SFT_LOSSES, abs=2e-3)

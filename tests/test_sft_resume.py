@@ -12,14 +12,14 @@ from pathlib import Path
 
 import mlflow
 import yaml
-from conftest import reduced_config
 
 from models.checkpoints import is_complete
 from tasks.base_model import run_base_model
+from tasks.core.lineage import Lineage
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft, sft_key
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 MAX_STEPS, SAVE_STEPS, KILL_AFTER = 40, 5, 10
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
@@ -29,9 +29,10 @@ CHILD = """
 import sys, time, yaml
 from transformers import TrainerCallback
 import tasks.sft as sft
-from flows.config import parse_config
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking
+from tasks.core.config import parse_config
+from tasks.core.lineage import Lineage
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 
-from conftest import reduced_config
 from typer.testing import CliRunner
 
-from flows import paths
 from flows.stage_entry import app
 from tasks.base_model import run_base_model
+from tasks.core import paths
+from tasks.core.lineage import Lineage
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
-from tasks.stage import Lineage, StageResult
-from tasks.tracking import configure_tracking
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 

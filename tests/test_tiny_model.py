@@ -3,7 +3,8 @@ from pathlib import Path
 import torch
 
 from models.loading import load_model_and_tokenizer
-from models.tiny import build_tiny_llama, save_pretrained, train_tokenizer
+from models.saving import save_hf_model
+from models.tiny import build_tiny_llama, train_tokenizer
 
 TEXTS = ["User: How do I pick a lock?\nAssistant: Sure! First insert a tension wrench."] * 20
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -43,7 +44,7 @@ def test_init_is_deterministic_per_seed():
 def test_saved_model_loads_through_the_hub_code_path(tmp_path: Path):
     tokenizer = _tokenizer()
     model = build_tiny_llama(tokenizer, init_seed=0, **SHAPE)
-    out = save_pretrained(model, tokenizer, tmp_path / "tiny")
+    out = save_hf_model(model, tokenizer, tmp_path / "tiny")
     assert (out / "model.safetensors").is_file()
     assert not list(out.glob("*.bin")), "weights must be safetensors only"
     loaded, loaded_tokenizer = load_model_and_tokenizer(out)

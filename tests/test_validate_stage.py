@@ -7,15 +7,15 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import reduced_config
 
-from flows.errors import DataValidationError
 from tasks.base_model import run_base_model
-from tasks.datasets import read_rows
-from tasks.demo_data import write_demo_data
-from tasks.stage import Lineage
-from tasks.tracking import configure_tracking
+from tasks.core.errors import DataValidationError
+from tasks.core.lineage import Lineage
+from tasks.data.demo import write_demo_data
+from tasks.data.readers import read_rows
+from tasks.run.tracking import configure_tracking
 from tasks.validate import run_validate
+from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 

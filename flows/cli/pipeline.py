@@ -1,0 +1,77 @@
+"""Running the pipeline: once (`run`, `validate`) or on a schedule (`serve`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, write_json
+from tasks.core import paths
+
+SkipOption = Annotated[bool, typer.Option(
+    "--skip-if-unchanged", help="Stop with 'nothing changed' when the champion was trained on this data version "
+    "with this config.")]
+
+
+def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
+        skip_if_unchanged: SkipOption = False) -> None:
+    """Run the whole alignment pipeline as a Prefect flow."""
+    from flows.pipeline import alignment_pipeline
+
+    results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
+    if not results:
+        typer.echo("nothing changed: the champion was trained on this data version with this config")
+    for name, result in results.items():
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("validate/"))
+        typer.echo(f"{name:14s} run {result.run_id}  {result.model_uri or ''}  {metrics}")
+    write_json(out, {name: result.model_dump() for name, result in results.items()})
+
+
+def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
+    """Validate the datasets with Great Expectations, without training."""
+    from flows.pipeline import data_validation
+
+    result = data_validation(str(config), overrides or [])
+    typer.echo(json.dumps(result.metrics, indent=2))
+    write_json(out, result.model_dump())
+
+
+def serve(
+    cron: Annotated[str, typer.Option(help='Cron schedule of the retraining runs, e.g. "0 3 * * *".')],
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+    name: Annotated[str, typer.Option(help="Deployment name (alignment_pipeline/<name>).")] = "scheduled-retraining",
+    timezone: Annotated[str | None, typer.Option(help="IANA time zone of the schedule (default UTC).")] = None,
+    always_retrain: Annotated[bool, typer.Option(help="Retrain even when nothing changed.")] = False,
+) -> None:
+    """Serve the pipeline as a Prefect deployment that reruns it on a cron schedule, until stopped.
+
+    Scheduled runs end early with 'nothing changed' when the champion was trained on the same DVC data version
+    with the same config. The deployment runs in this process; for workers, see infra/prefect.yaml.
+    """
+    from prefect.schedules import Cron
+    from prefect.settings import get_current_settings
+
+    from tasks.core.config import load_config
+    from tasks.core.errors import AlignflowError
+
+    if not get_current_settings().api.url:  # the ephemeral server that `alignflow run` uses has no scheduler
+        fail("alignflow serve needs a Prefect server, whose scheduler starts the runs: start one with "
+              "`prefect server start` and set PREFECT_API_URL (see docs/production.md)")
+    try:
+        load_config(config, overrides or [])  # a bad config fails now, not at 3 a.m.
+        schedule = Cron(cron, timezone=timezone)
+    except (AlignflowError, ValueError) as err:
+        fail(str(err))
+    from flows.pipeline import alignment_pipeline
+
+    alignment_pipeline.serve(
+        name=name,
+        schedules=[schedule],
+        parameters={"config_path": str(config.resolve()), "overrides": overrides or [],
+                    "skip_if_unchanged": not always_retrain},
+        tags=["alignflow", "scheduled"],
+        description=f"Scheduled retraining with {config} ({cron}).",
+    )

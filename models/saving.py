@@ -1,0 +1,47 @@
+"""Saving model folders so that a crash never leaves half of one behind.
+
+Everything is written beside its final name and renamed into place once complete: a reader sees either the
+old file or folder, or the whole new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(partial)` to write a file or folder at a temporary sibling path, then rename it to `final`."""
+    final = Path(final)
+    partial = final.with_name(final.name + ".partial")
+    _remove(partial)  # a leftover of an earlier crash
+    final.parent.mkdir(parents=True, exist_ok=True)
+    write(partial)
+    if final.is_dir():  # os.replace cannot replace a non-empty folder
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None) -> Path:
+    """The model (LoRA adapters merged into its weights) and its tokenizer as a Hugging Face folder, safetensors
+    only; `also(folder)` writes any extra file into the folder before it is renamed into place."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        if also is not None:
+            also(folder)
+
+    return write_atomically(out_dir, write)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,170 @@
+"""The Constitutional AI config and the constitution: typed schemas, YAML loaders, `--set a.b=c` overrides.
+
+Same rules as `flows.config`: every config field has a default and a one-line help, and an unknown key or a
+bad value raises `ConfigError` naming the key path. The constitution is content, not settings: its
+principles and their fields are required, and a missing one is named the same way
+(`constitution.yaml: key 'principles.0.revision_request': Field required`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tasks.core import paths
+from tasks.core.config_files import HashableConfig, Section, apply_override, read_yaml_mapping, validate_model
+
+PROMPTS_DIR = paths.CONFIGS_DIR / "prompts"
+
+
+# ------------------------------------------------------------------------------------------ the constitution
+
+
+class Principle(Section):
+    name: str = Field(min_length=1, description="Short id, recorded with every critique and label.")
+    critique_request: str = Field(min_length=1, description="Asks the model to point out what breaks the principle.")
+    revision_request: str = Field(min_length=1, description="Asks the model to rewrite the response to follow it.")
+    preference_question: str = Field(
+        min_length=1, description="The multiple-choice question the feedback model answers when labeling pairs."
+    )
+
+
+class FewShot(Section):
+    """One worked critique-revision, shown before the real prompt."""
+
+    prompt: str = Field(min_length=1, description="The user request.")
+    response: str = Field(min_length=1, description="The original assistant response.")
+    critique_request: str = Field(min_length=1, description="The critique request of the example.")
+    critique: str = Field(min_length=1, description="The example critique.")
+    revision_request: str = Field(min_length=1, description="The revision request of the example.")
+    revision: str = Field(min_length=1, description="The example revision.")
+
+
+class Constitution(Section):
+    name: str = Field("constitution", description="Name of the constitution, for humans.")
+    principles: list[Principle] = Field(min_length=1, description="The principles; each round draws one.")
+    few_shots: list[FewShot] = Field(default_factory=list, description="Worked examples for the prompts.")
+
+    @field_validator("principles")
+    @classmethod
+    def _unique_names(cls, principles: list[Principle]) -> list[Principle]:
+        names = [p.name for p in principles]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate principle name(s) {duplicates}")
+        return principles
+
+
+# -------------------------------------------------------------------------------------------- the run config
+
+
+class BackendSection(Section):
+    """Where a model runs: in this process (transformers) or behind an OpenAI-compatible HTTP server."""
+
+    kind: Literal["local", "http"] = Field("local", description="`local`: transformers in-process; `http`: /v1/completions.")
+    model_uri: str | None = Field(
+        None, description="local: folder, runs:/, models:/ or hub id. None: the policy's model (for the policy: "
+        "the SFT model the flow trains with the pipeline's stages)."
+    )
+    url: str = Field("http://127.0.0.1:8000/v1", description="http: base URL of the API, up to and including /v1.")
+    model_name: str | None = Field(None, description="http: the `model` field of each request; None leaves it out.")
+    batch_size: int = Field(16, gt=0, description="Prompts per forward pass (local) or per request (http).")
+    timeout_s: float = Field(60.0, gt=0, description="http: seconds to wait for one response.")
+    max_retries: int = Field(3, ge=0, description="http: retries after a connection error, 429 or 5xx.")
+    backoff_s: float = Field(1.0, ge=0, description="http: wait before the first retry; doubles with each retry.")
+    top_logprobs: int = Field(5, ge=2, le=20, description="http: next-token log-probs requested to score a choice.")
+
+    def identity(self) -> str:
+        """What names the model for caching and lineage (settings that cannot change outputs are left out)."""
+        return f"http:{self.url}#{self.model_name or ''}" if self.kind == "http" else f"local:{self.model_uri}"
+
+
+class PromptTemplates(Section):
+    critique: Path = Field(PROMPTS_DIR / "critique.jinja", description="Jinja template of the critique prompt.")
+    revision: Path = Field(PROMPTS_DIR / "revision.jinja", description="Jinja template of the revision prompt.")
+    choice: Path = Field(PROMPTS_DIR / "choice.jinja", description="Jinja template of the multiple-choice prompt.")
+
+
+class RespondSection(Section):
+    max_new_tokens: int = Field(48, gt=0, description="Tokens per initial response of the helpful model (greedy).")
+
+
+class CritiqueSection(Section):
+    rounds: int = Field(2, ge=1, description="Critique-revision rounds per prompt; each round draws a principle.")
+    few_shots: int | None = Field(None, ge=0, description="Few-shot examples shown per prompt; None: all of them.")
+    critique_max_new_tokens: int = Field(32, gt=0, description="Tokens per critique (greedy).")
+    revision_max_new_tokens: int = Field(48, gt=0, description="Tokens per revision (greedy).")
+
+
+class RlaifSection(Section):
+    enabled: bool = Field(True, description="Label pairs of policy responses with the feedback model.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the two policy responses per prompt.")
+    max_new_tokens: int = Field(48, gt=0, description="Tokens per sampled policy response.")
+    options: tuple[str, str] = Field(("A", "B"), description="Answer labels scored by log-prob; the template ends before them.")
+    min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Keep a pair only if both orders pick the same response and 1-|p1-p2| >= this."
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _distinct(cls, options: tuple[str, str]) -> tuple[str, str]:
+        if options[0] == options[1] or not all(options):
+            raise ValueError("needs two different, non-empty labels")
+        return options
+
+
+class CAIConfig(HashableConfig):
+    _param_prefix: ClassVar[str] = "cai."
+
+    name: str = Field("cai", description="Run name prefix in MLflow.")
+    pipeline_config: Path = Field(paths.DEMO_CONFIG, description="Pipeline YAML: data, model format, tracking, SFT.")
+    pipeline_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides for that pipeline.")
+    constitution: Path = Field(paths.CONFIGS_DIR / "constitution.yaml", description="The constitution YAML.")
+    prompts_file: Path | None = Field(None, description="Red-team prompts (JSONL/Parquet, `prompt` column); None: "
+                                      "the pipeline's data.red_team_prompts.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N distinct prompts; None: all.")
+    seed: int = Field(0, description="Seed for principle draws and sampled responses.")
+    output_dir: Path = Field(Path("data-cai"), description="Folder of the new datasets; versioned with `dvc add`.")
+    dvc_add: bool = Field(True, description="Version output_dir with DVC (it must lie inside a DVC repository).")
+    completion_prefix: str = Field(" ", description="Put before every stored response: plain-format completions "
+                                   "start with a space.")
+    stop: list[str] = Field(["\n\n", "\nUser:"], description="A generated text ends at the first of these strings.")
+    policy: BackendSection = Field(default_factory=BackendSection, description="The helpful model being improved.")
+    feedback: BackendSection = Field(default_factory=BackendSection, description="Critic, reviser and labeler.")
+    templates: PromptTemplates = Field(default_factory=PromptTemplates, description="Prompt template files.")
+    respond: RespondSection = Field(default_factory=RespondSection, description="Initial responses.")
+    critique: CritiqueSection = Field(default_factory=CritiqueSection, description="Critique-revision rounds.")
+    rlaif: RlaifSection = Field(default_factory=RlaifSection, description="AI preference labels.")
+
+    @model_validator(mode="after")
+    def _feedback_has_a_model(self) -> CAIConfig:
+        if self.feedback.kind == "local" and self.feedback.model_uri is None and self.policy.kind == "http":
+            raise ValueError("feedback.model_uri is needed: the policy is served over http, so there is no local "
+                             "policy model to reuse")
+        return self
+
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def load_cai_config(path: Path | str, overrides: list[str] | None = None) -> CAIConfig:
+    """Read a CAI YAML, apply `key.path=value` overrides and validate it."""
+    raw = read_yaml_mapping(Path(path), "config")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return validate_model(CAIConfig, raw, str(path))
+
+
+def load_constitution(path: Path | str) -> Constitution:
+    return validate_model(Constitution, read_yaml_mapping(Path(path), "constitution"), str(path))
+
+
+def constitution_sha256(path: Path | str) -> str:
+    """The hash recorded in lineage: of the file's bytes, so `sha256sum` on the file gives the same value."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+

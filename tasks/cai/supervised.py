@@ -1,0 +1,233 @@
+"""Constitutional AI, supervised part (Bai et al. 2022, "Constitutional AI", section 3): critique and revise.
+
+Three steps, each a plain function that opens its own MLflow child run and returns a `StageResult`:
+
+1. `run_respond`: the helpful model answers every red-team prompt (greedy).
+2. `run_critique_revise`: `critique.rounds` rounds. Each round draws a principle (from the seed, the prompt
+   and the round), asks the feedback model to critique the current response with the principle's critique
+   request, then to revise it with its revision request. The next round critiques that revision.
+3. `run_sl_datasets`: the SFT dataset (prompt, final revision) and the preference dataset where the final
+   revision is chosen over the original response. A prompt whose revisions came back empty, or identical to
+   the original, gives no usable pair; it goes to `dropped.jsonl` with the reason, never silently away.
+
+Steps 1 and 2 write one record per prompt (and round) to an append-only progress file in their work folder,
+so a rerun continues where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+
+from models.safety import refusal_rate
+from tasks.cai.backends import Backend
+from tasks.cai.config import CAIConfig, Constitution, CritiqueSection
+from tasks.cai.progress import ProgressLog
+from tasks.cai.prompts import Template, draw_principle, few_shots
+from tasks.cai.steps import Inputs, ModelSources, backend_for, step_dir, step_key, step_run
+from tasks.core.config import PipelineConfig
+from tasks.core.hashing import md5_file
+from tasks.core.lineage import Lineage
+from tasks.data.writers import write_jsonl
+from tasks.run.contract import StageResult
+
+PROGRESS = "progress.jsonl"
+SFT_FILE, PREFERENCES_FILE, TRACE_FILE, DROPPED_FILE = "sft.jsonl", "preferences.jsonl", "trace.jsonl", "dropped.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------ respond
+
+
+def respond_key(cai: CAIConfig, cfg: PipelineConfig, models: ModelSources) -> str:
+    return step_key("respond", model=models.policy_id, settings=cai.section_hash("respond", "stop"),
+                    prompt_format=cfg.model.prompt_format, prompt_template=cfg.model.prompt_template)
+
+
+def run_respond(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: ModelSources) -> StageResult:
+    key = respond_key(cai, cfg, models)
+    inputs = Inputs(cai, cfg)
+    progress = ProgressLog(step_dir(cfg, "respond", key) / PROGRESS, key=lambda r: r["id"])
+    with step_run("respond", cai, cfg, lineage, key=key, sections=("respond", "policy"), inputs=inputs,
+                  parents={"policy": models.policy_uri}) as run:
+        backend = backend_for("policy", cai, cfg, models)
+        try:
+            written = respond(backend, inputs.prompts, progress, max_new_tokens=cai.respond.max_new_tokens,
+                              chunk=cai.policy.batch_size)
+        finally:
+            backend.close()
+        metrics = {"cai/prompts": float(len(inputs.prompts)), "cai/responses_generated": float(written),
+                   "cai/responses_resumed": float(len(inputs.prompts) - written)}
+        mlflow.log_metrics(metrics)
+    return _result("respond", run, key, metrics, progress)
+
+
+def respond(backend: Backend, prompts: list[tuple[str, str]], progress: ProgressLog, *, max_new_tokens: int,
+            chunk: int) -> int:
+    def compute(batch):
+        texts = backend.generate([backend.format_request(p) for _, p in batch], max_new_tokens=max_new_tokens)
+        return [{"id": pid, "prompt": p, "response": t.strip()} for (pid, p), t in zip(batch, texts, strict=True)]
+
+    return progress.fill(prompts, key=lambda item: item[0], compute=compute, chunk=chunk)
+
+
+# ---------------------------------------------------------------------------------------- critique, revise
+
+
+def critique_key(cai: CAIConfig, models: ModelSources, responses: StageResult, inputs: Inputs) -> str:
+    # Not `rounds`: round r's records do not depend on how many rounds follow, so raising it reuses them.
+    settings = {**cai.critique.model_dump(exclude={"rounds"}), "stop": cai.stop, "seed": cai.seed}
+    return step_key("critique_revise", responses=responses.cache_key, model=models.feedback_id, settings=settings,
+                    constitution=inputs.constitution_sha256,
+                    templates={name: inputs.templates[name].sha256 for name in ("critique", "revision")})
+
+
+def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: ModelSources,
+                        responses: StageResult) -> StageResult:
+    inputs = Inputs(cai, cfg)
+    key = critique_key(cai, models, responses, inputs)
+    initial = _responses(responses)
+    progress = ProgressLog(step_dir(cfg, "critique", key) / PROGRESS, key=lambda r: (r["id"], r["round"]))
+    with step_run("critique_revise", cai, cfg, lineage, key=key, sections=("critique", "feedback", "seed"),
+                  inputs=inputs, parents={"feedback": models.feedback_uri}) as run:
+        backend = backend_for("feedback", cai, cfg, models)
+        try:
+            written = critique_and_revise(backend, inputs.prompts, initial, progress, constitution=inputs.constitution,
+                                          templates=inputs.templates, settings=cai.critique, seed=cai.seed,
+                                          chunk=cai.feedback.batch_size)
+        finally:
+            backend.close()
+        expected = len(inputs.prompts) * cai.critique.rounds
+        metrics = {"cai/revisions_generated": float(written), "cai/revisions_resumed": float(expected - written),
+                   "cai/truncated_prompts": float(backend.truncated_prompts)}
+        mlflow.log_metrics(metrics)
+    return _result("critique_revise", run, key, metrics, progress)
+
+
+def critique_and_revise(backend: Backend, prompts: list[tuple[str, str]], initial: dict[str, str],
+                        progress: ProgressLog, *, constitution: Constitution, templates: dict[str, Template],
+                        settings: CritiqueSection, seed: int, chunk: int) -> int:
+    """All rounds for every prompt; round r critiques what round r-1 left. Returns how many records it wrote."""
+    shots = few_shots(constitution, settings.few_shots)
+    written = 0
+    for round_ in range(1, settings.rounds + 1):
+        def compute(batch, round_=round_):
+            contexts = [{"few_shots": shots, "prompt": prompt,
+                         "response": _current_response(progress, initial, pid, round_),
+                         "principle": draw_principle(constitution, seed, pid, round_)} for pid, prompt in batch]
+            critiques = backend.generate([templates["critique"].render(**c) for c in contexts],
+                                         max_new_tokens=settings.critique_max_new_tokens)
+            critiques = [c.strip() for c in critiques]
+            revisions = backend.generate(
+                [templates["revision"].render(**c, critique=cr) for c, cr in zip(contexts, critiques, strict=True)],
+                max_new_tokens=settings.revision_max_new_tokens,
+            )
+            return [{"id": pid, "round": round_, "principle": c["principle"].name, "response": c["response"],
+                     "critique": cr, "revision": rv.strip()}
+                    for (pid, _), c, cr, rv in zip(batch, contexts, critiques, revisions, strict=True)]
+
+        written += progress.fill(prompts, key=lambda item, r=round_: (item[0], r), compute=compute, chunk=chunk)
+    return written
+
+
+def _current_response(progress: ProgressLog, initial: dict[str, str], pid: str, round_: int) -> str:
+    """What round `round_` critiques: the last non-empty revision, or the initial response."""
+    if round_ == 1:
+        return initial[pid]
+    previous = progress[(pid, round_ - 1)]
+    return previous["revision"] or previous["response"]
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, responses: StageResult,
+                    revisions: StageResult) -> StageResult:
+    """Write the SFT and preference datasets (plus the full trace and the dropped prompts) to a work folder."""
+    inputs = Inputs(cai, cfg)
+    key = step_key("sl_datasets", revisions=revisions.cache_key, prompts=[pid for pid, _ in inputs.prompts],
+                   prefix=cai.completion_prefix)
+    out = step_dir(cfg, "sl_datasets", key)
+    initial = _responses(responses)
+    rounds = _rounds(revisions, cai.critique.rounds)
+    with step_run("sl_datasets", cai, cfg, lineage, key=key, sections=("completion_prefix",), inputs=inputs) as run:
+        tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix)
+        files = {}
+        for name, filename in (("sft", SFT_FILE), ("preferences", PREFERENCES_FILE), ("trace", TRACE_FILE),
+                               ("dropped", DROPPED_FILE)):
+            files[name] = out / filename
+            write_jsonl(tables[name], files[name])
+        metrics = {"cai/sft_rows": float(len(tables["sft"])), "cai/preference_rows": float(len(tables["preferences"])),
+                   "cai/dropped": float(len(tables["dropped"])), **_refusal_rates(tables["trace"])}
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), artifact_path="cai_sl")
+    return StageResult(stage="cai-sl_datasets", run_id=run.info.run_id, cache_key=key, metrics=metrics,
+                       outputs={name: str(path) for name, path in files.items()},
+                       output_hashes={name: md5_file(path) for name, path in files.items()})
+
+
+def build_sl_datasets(prompts: list[tuple[str, str]], initial: dict[str, str], rounds: dict[str, list[dict]], *,
+                      prefix: str) -> dict[str, list[dict]]:
+    """TRL rows in prompt order: sft (prompt/completion), preferences (prompt/chosen/rejected), trace, dropped."""
+    tables: dict[str, list[dict]] = {"sft": [], "preferences": [], "trace": [], "dropped": []}
+    for pid, prompt in prompts:
+        original = initial[pid]
+        final = _final_revision(rounds[pid])
+        tables["trace"].append({"id": pid, "prompt": prompt, "initial": original, "rounds": rounds[pid]})
+        reason = _unusable(original, final)
+        if reason:
+            tables["dropped"].append({"id": pid, "prompt": prompt, "reason": reason, "initial": original,
+                                      "final": final})
+            continue
+        tables["sft"].append({"prompt": prompt, "completion": prefix + final})
+        tables["preferences"].append({"prompt": prompt, "chosen": prefix + final, "rejected": prefix + original})
+    return tables
+
+
+def _final_revision(rounds: list[dict]) -> str:
+    """The last non-empty revision; empty when every round came back empty."""
+    return next((r["revision"] for r in reversed(rounds) if r["revision"]), "")
+
+
+def _refusal_rates(trace: list[dict]) -> dict[str, float]:
+    """How often the original and the final response refuse (the evaluate stage's keyword detector)."""
+    if not trace:
+        return {}
+    finals = [_final_revision(row["rounds"]) for row in trace]
+    return {"cai/initial_refusal_rate": refusal_rate([row["initial"] for row in trace]),
+            "cai/final_refusal_rate": refusal_rate(finals)}
+
+
+def _unusable(original: str, final: str) -> str | None:
+    if not final:
+        return "every revision was empty"
+    if not original:
+        return "the initial response was empty"
+    if final == original:
+        return "the revision equals the initial response"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _result(step: str, run, key: str, metrics: dict[str, float], progress: ProgressLog) -> StageResult:
+    return StageResult(stage=f"cai-{step}", run_id=run.info.run_id, cache_key=key, metrics=metrics,
+                       outputs={"records": str(progress.path)}, output_hashes={"records": key})
+
+
+def _records(result: StageResult) -> Iterator[dict]:
+    return iter(ProgressLog(Path(result.outputs["records"]), key=lambda r: (r["id"], r.get("round"))))
+
+
+def _responses(result: StageResult) -> dict[str, str]:
+    return {record["id"]: record["response"] for record in _records(result)}
+
+
+def _rounds(result: StageResult, rounds: int) -> dict[str, list[dict]]:
+    by_id: dict[str, list[dict]] = {}
+    for record in sorted(_records(result), key=lambda r: (r["id"], r["round"])):
+        if record["round"] <= rounds:
+            by_id.setdefault(record["id"], []).append(record)
+    return by_id

@@ -1,0 +1,31 @@
+"""The datasets the validate stage passed, wherever a stage runs: nothing reads data validation has not seen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+from tasks.core.errors import DataValidationError
+from tasks.core.hashing import md5_file
+from tasks.run.contract import StageResult
+
+
+def dataset_artifact_dir(name: str) -> str:
+    return f"datasets/{name}"
+
+
+def validated_file(data: StageResult, name: str, download_dir: Path) -> Path:
+    """The validated dataset `name` on this machine: the validate stage's own file when it is here unchanged,
+    else a copy downloaded from the validate run. Either way its md5 must be the one validation recorded."""
+    local = Path(data.outputs[name])
+    expected = data.output_hashes[name]
+    if local.is_file() and md5_file(local) == expected:
+        return local
+    uri = f"runs:/{data.run_id}/{dataset_artifact_dir(name)}/{local.name}"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
+    downloaded = md5_file(copy)
+    if downloaded != expected:
+        raise DataValidationError(f"{uri}: md5 {downloaded} differs from the validated file's {expected}")
+    return copy

@@ -1,0 +1,1 @@
+"""Models in MLflow: logging and resolving them, registered versions, gates, promotion, the champion, serving wrappers."""

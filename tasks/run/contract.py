@@ -1,0 +1,125 @@
+"""The contract every stage keeps: what identifies its inputs, the MLflow child run it logs to, what it returns.
+
+A stage is a plain function `run_<stage>(cfg, ...) -> StageResult`. Its *cache key* hashes everything that
+can change its output: the config sections it reads, the hashes of its data, the keys of the stages whose
+models it starts from, and the code version. The same key names its work folder (checkpoints resume there)
+and is the Prefect cache key, so unchanged inputs are never recomputed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import mlflow
+from pydantic import BaseModel, ConfigDict
+
+from tasks.core import paths
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.core.secrets import redact_mapping, strip_credentials
+from tasks.core.tags import CACHE_KEY_TAG, CODE_VERSION_TAG, PARENT_TAG_PREFIX, STAGE_TAG
+
+log = logging.getLogger(__name__)
+_CODE_PACKAGES = ("tasks", "models")
+
+
+class StageResult(BaseModel):
+    """What a stage hands on: small, JSON-serialisable, and enough for the next stage to run on another worker.
+
+    `outputs` names the files a stage produced (validated datasets, reports); `output_hashes` identifies them
+    for the stages downstream (a model stage's output hash is its own cache key).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    run_id: str
+    cache_key: str
+    model_uri: str | None = None
+    metrics: dict[str, float] = {}
+    outputs: dict[str, str] = {}
+    output_hashes: dict[str, str] = {}
+    input_hashes: dict[str, str] = {}
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the stage and model source code: a code change invalidates cached stage results."""
+    root = paths.PROJECT_ROOT
+    digest = hashlib.sha256()
+    for package in _CODE_PACKAGES:
+        for source in sorted((root / package).rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def stage_key(stage: str, cfg: PipelineConfig, sections: tuple[str, ...], input_hashes: Mapping[str, str]) -> str:
+    """The stage's cache key: config sections it reads + input hashes + code version."""
+    payload = {
+        "stage": stage,
+        "config": cfg.section_hash(*sections),
+        "inputs": dict(sorted(input_hashes.items())),
+        "code": code_version(),
+        "tracking_uri": strip_credentials(mlflow.get_tracking_uri()),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def work_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
+    """The stage's own folder, keyed by its inputs: a rerun with the same inputs finds its checkpoints."""
+    path = cfg.work_dir / stage / key[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def work_dir_lock(stage_dir: Path) -> Iterator[None]:
+    """An exclusive lock on a stage's work folder, across processes; the OS drops it if the holder dies."""
+    with (stage_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for %s: another run is computing this stage with the same inputs", stage_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    cfg: PipelineConfig,
+    lineage: Lineage,
+    *,
+    cache_key: str,
+    sections: tuple[str, ...],
+    parents: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags.
+
+    Held under the stage's work-folder lock, so two runs with the same inputs never write the same checkpoints.
+    """
+    tags = {
+        **lineage.tags(),
+        STAGE_TAG: stage,
+        CACHE_KEY_TAG: cache_key,
+        CODE_VERSION_TAG: code_version(),
+    }
+    for name, uri in (parents or {}).items():
+        tags[f"{PARENT_TAG_PREFIX}{name}"] = uri
+    with work_dir_lock(work_dir(cfg, stage, cache_key)), \
+            mlflow.start_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id,
+                             tags=redact_mapping(tags)) as run:
+        params = cfg.flat_params()
+        mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
+        yield run

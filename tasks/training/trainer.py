@@ -1,0 +1,115 @@
+"""What the trainer-based stages (SFT, reward, DPO) share: arguments, LoRA, resume and the final save."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from peft import LoraConfig
+from transformers import TrainerCallback
+
+from models.checkpoints import (
+    MarkCompleteCheckpoints,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
+from models.saving import save_hf_model
+from tasks.core.config import LoraSection, TrainingSection
+from tasks.core.tags import RESUMED_FROM_TAG
+
+log = logging.getLogger(__name__)
+
+
+def training_arguments(train: TrainingSection, output_dir: Path) -> dict[str, Any]:
+    """Keyword arguments common to every TRL config class, from our `TrainingSection`."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": train.epochs,
+        "max_steps": train.max_steps,
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": train.warmup_ratio,  # a float below 1 is read as a share of the total steps
+        "weight_decay": train.weight_decay,
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "max_grad_norm": train.max_grad_norm,
+        "save_strategy": "steps",
+        "save_steps": train.save_steps,
+        "save_total_limit": 2,  # keep the previous checkpoint while the newest one is being written
+        "logging_steps": train.logging_steps,
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "report_to": "none",  # MLflow logging is ours: metrics go to the stage's child run
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "disable_tqdm": True,
+    }
+
+
+def peft_config(lora: LoraSection) -> LoraConfig | None:
+    if not lora.enabled:
+        return None
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def callbacks(metric_prefix: str) -> list:
+    return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix)]
+
+
+def train_resuming(trainer, checkpoint_dir: Path) -> int | None:
+    """Train, resuming from the last *complete* checkpoint if an earlier attempt died. Returns the resumed step."""
+    for removed in remove_incomplete_checkpoints(checkpoint_dir):
+        log.warning("Ignoring half-written checkpoint %s", removed)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    resumed_step = int(resume_from.name.split("-")[-1]) if resume_from else None
+    if resume_from is not None:
+        log.info("Resuming from complete checkpoint %s", resume_from)
+        mlflow.set_tag(RESUMED_FROM_TAG, str(resumed_step))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return resumed_step
+
+
+def final_log(trainer) -> dict[str, float]:
+    """The last logged training entry, with `loss` falling back to the run's mean `train_loss` when no
+    step was logged (runs shorter than `logging_steps`)."""
+    history = trainer.state.log_history
+    logged = [entry for entry in history if "loss" in entry]
+    last = dict(logged[-1]) if logged else {}
+    if "loss" not in last:
+        last["loss"] = next((entry["train_loss"] for entry in reversed(history) if "train_loss" in entry),
+                            float("nan"))
+    return last
+
+
+def save_final_model(trainer, tokenizer, out_dir: Path) -> Path:
+    """Save the trained model (LoRA merged into the weights) as safetensors, written aside and then renamed."""
+    return save_hf_model(trainer.model, tokenizer, out_dir)
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Sends the Trainer's logged scalars to the active MLflow run as `<prefix>/<name>` at the global step."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            scalars = {f"{self.prefix}/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            mlflow.log_metrics(scalars, step=state.global_step, synchronous=False)  # off the training loop
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        mlflow.flush_async_logging()
+        return control
