@@ -27,8 +27,7 @@ from tasks.training.trainer import (
     callbacks,
     final_log,
     peft_config,
-    save_final_model,
-    train_resuming,
+    train_and_save,
     training_arguments,
 )
 
@@ -55,8 +54,7 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         trainer = _setup_trainer(cfg, model, tokenizer, validated_file(data, "preferences_train", stage_dir / "data"),
                                  stage_dir / "checkpoints", reference_cache)
         setup_seconds = time.perf_counter() - started
-        train_resuming(trainer, stage_dir / "checkpoints")
-        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = {
             **_final_metrics(trainer),

@@ -29,8 +29,7 @@ from tasks.training.trainer import (
     callbacks,
     final_log,
     peft_config,
-    save_final_model,
-    train_resuming,
+    train_and_save,
     training_arguments,
 )
 
@@ -65,8 +64,7 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
         model, tokenizer = _setup_model(cfg, sft, stage_dir)
         train_file = validated_file(data, "preferences_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
-        train_resuming(trainer, stage_dir / "checkpoints")
-        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
         model_uri = log_hf_model(hf_dir, cfg, kind="reward")
         eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
         metrics = {

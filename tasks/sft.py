@@ -23,8 +23,7 @@ from tasks.training.trainer import (
     callbacks,
     final_log,
     peft_config,
-    save_final_model,
-    train_resuming,
+    train_and_save,
     training_arguments,
 )
 
@@ -47,8 +46,7 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
         model, tokenizer = load_stage_model(cfg, base.model_uri, stage_dir / "base")
         train_file = validated_file(data, "sft_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
-        train_resuming(trainer, stage_dir / "checkpoints")
-        hf_dir = save_final_model(trainer, tokenizer, stage_dir / "hf_model")
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = _final_metrics(trainer)
         mlflow.log_metrics(metrics)

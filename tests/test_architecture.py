@@ -7,6 +7,7 @@ import importlib
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def test_each_stage_keeps_the_convention_the_stage_table_reads(name):
     assert set(module.SECTIONS) <= set(PipelineConfig.model_fields), module.SECTIONS
     assert STAGES[name].run is getattr(module, f"run_{name}")
     assert STAGES[name].key is getattr(module, f"{name}_key")
+
+
+def test_the_import_contracts_name_every_stage():
+    """A stage the contracts do not name would escape them: import-linter leaves unlisted modules alone."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layered = next(c for c in contracts if c.get("containers") == ["tasks"])
+    stage_layer = next(layer for layer in layered["layers"] if "|" in layer and "sft" in layer)
+    assert {name.strip() for name in stage_layer.split("|")} == set(stage_names.STAGES)
+    plain = next(c for c in contracts if c["type"] == "forbidden" and c["forbidden_modules"] == ["prefect"])
+    assert {f"tasks.{name}" for name in stage_names.STAGES} <= set(plain["source_modules"])
 
 
 def test_no_module_is_long_unless_it_is_one_table_driven_job():

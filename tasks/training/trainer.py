@@ -68,7 +68,14 @@ def callbacks(metric_prefix: str) -> list:
     return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix)]
 
 
-def train_resuming(trainer, checkpoint_dir: Path) -> int | None:
+def train_and_save(trainer, tokenizer, stage_dir: Path) -> Path:
+    """The recipe's train and save steps: train, resuming from the last complete checkpoint in
+    `<stage_dir>/checkpoints`, then save the model (LoRA merged) to `<stage_dir>/hf_model`; returns that folder."""
+    _train_resuming(trainer, stage_dir / "checkpoints")
+    return save_hf_model(trainer.model, tokenizer, stage_dir / "hf_model")
+
+
+def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:
     """Train, resuming from the last *complete* checkpoint if an earlier attempt died. Returns the resumed step."""
     for removed in remove_incomplete_checkpoints(checkpoint_dir):
         log.warning("Ignoring half-written checkpoint %s", removed)
@@ -91,11 +98,6 @@ def final_log(trainer) -> dict[str, float]:
         last["loss"] = next((entry["train_loss"] for entry in reversed(history) if "train_loss" in entry),
                             float("nan"))
     return last
-
-
-def save_final_model(trainer, tokenizer, out_dir: Path) -> Path:
-    """Save the trained model (LoRA merged into the weights) as safetensors, written aside and then renamed."""
-    return save_hf_model(trainer.model, tokenizer, out_dir)
 
 
 class MlflowMetricsCallback(TrainerCallback):
