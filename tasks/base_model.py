@@ -1,21 +1,27 @@
 """Stage: the base model every later stage starts from.
 
-With `model.pretrained` set, the base is that hub id or local path, loaded as is. Without it, the stage
-trains a byte-level BPE tokenizer on the training text and builds the tiny Llama from `model.tiny`, then logs
-both to MLflow in Hugging Face format, so later stages load it exactly as they would load a hub model.
+With `model.pretrained` set to a hub id or local folder, the base is that model, loaded as is. Set to a GGUF
+file (a path, or `pkg://<package>/<file>.gguf` inside an installed package), the stage converts it once to a
+safetensors Hugging Face folder, keyed by the file's sha256, and logs it with that sha256 as lineage. Without
+it, the stage trains a byte-level BPE tokenizer on the training text and builds the tiny Llama from
+`model.tiny`. Either logged model lands in MLflow in Hugging Face format, so later stages load it exactly as
+they would load a hub model.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import mlflow
 
+from models.gguf import convert_gguf, gguf_path, is_gguf_source
 from models.prompting import prompt_formatter
 from models.saving import save_hf_model
 from models.tiny import build_tiny_llama, train_tokenizer
 from tasks.core.config import PipelineConfig
-from tasks.core.hashing import md5_file
+from tasks.core.errors import ConfigError
+from tasks.core.hashing import md5_file, sha256_file
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
 from tasks.data.readers import read_rows
@@ -34,7 +40,12 @@ def base_model_key(cfg: PipelineConfig) -> str:
 def run_base_model(cfg: PipelineConfig, lineage: Lineage) -> StageResult:
     key = base_model_key(cfg)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS) as run:
-        if cfg.model.pretrained is not None:
+        if cfg.model.pretrained is not None and is_gguf_source(cfg.model.pretrained):
+            source = _gguf_file(cfg)
+            mlflow.set_tags({f"{TAG_PREFIX}base.pretrained": cfg.model.pretrained,
+                             f"{TAG_PREFIX}base.gguf_sha256": _input_hashes(cfg)["gguf_sha256"]})
+            model_uri = log_hf_model(convert_gguf(source, work_dir(cfg, STAGE, key) / "hf_model"), cfg)
+        elif cfg.model.pretrained is not None:
             mlflow.set_tag(f"{TAG_PREFIX}base.pretrained", cfg.model.pretrained)
             model_uri = cfg.model.pretrained
         else:
@@ -51,9 +62,29 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage) -> StageResult:
 
 
 def _input_hashes(cfg: PipelineConfig) -> dict[str, str]:
+    if cfg.model.pretrained is not None and is_gguf_source(cfg.model.pretrained):
+        return {"gguf_sha256": _sha256(_gguf_file(cfg))}
     if cfg.model.pretrained is not None:
         return {"pretrained": f"{cfg.model.pretrained}@{cfg.model.revision or 'default'}"}
     return {name: md5_file(cfg.data.path(name)) for name in _TOKENIZER_SOURCES}
+
+
+def _gguf_file(cfg: PipelineConfig) -> Path:
+    try:
+        return gguf_path(cfg.model.pretrained)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+@lru_cache(maxsize=4)
+def _sha256_cached(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, hashed once per file version: the key is computed several times per run."""
+    stat = path.stat()
+    return _sha256_cached(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 def _build_tiny(cfg: PipelineConfig, stage_dir: Path) -> Path:

@@ -42,7 +42,9 @@ class TinyModelSection(Section):
 
 
 class ModelSection(Section):
-    pretrained: str | None = Field(None, description="Hub id or local path of the base model; None builds the tiny model.")
+    pretrained: str | None = Field(
+        None, description="Hub id, local folder, or GGUF file (a path, or pkg://<package>/<file>.gguf inside an "
+        "installed package) of the base model; None builds the tiny model.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the pretrained model.")
     trust_remote_code: bool = Field(False, description="Allow custom model code from the hub. Off unless set.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training.")
