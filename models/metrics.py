@@ -27,3 +27,18 @@ def sequence_kl(policy_sequence_logprobs: torch.Tensor, reference_sequence_logpr
     if policy_sequence_logprobs.shape != reference_sequence_logprobs.shape:
         raise ValueError("sequence_kl needs one log-probability per response from each model")
     return policy_sequence_logprobs - reference_sequence_logprobs  # (B,)
+
+
+def repeated_ngram_rate(words: list[str], n: int = 3) -> float:
+    """Share of a response's word n-grams that repeat an n-gram seen earlier in it: 0 for text that never
+    repeats itself, towards 1 for a loop ("the the the ..."). A degeneration measure (Holtzman et al. 2020 and
+    Welleck et al. 2020 use the same n-gram repetition statistics). A response shorter than n words scores 0.
+
+    Loop form: seen = set(); repeats = 0
+               for gram in ngrams: repeats += gram in seen; seen.add(gram)
+               return repeats / len(ngrams)
+    """
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)  # each distinct n-gram's first occurrence is the only new one

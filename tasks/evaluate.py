@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from models.generation import generate
-from models.metrics import sequence_kl, win_rate
+from models.metrics import repeated_ngram_rate, sequence_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
 from models.safety import is_refusal
@@ -82,12 +82,17 @@ def run_evaluate(
         prompts = read_rows(validated_file(data, "eval_prompts", stage_dir / "data"))
         formatted = [format_prompt(p) for p in prompts["prompt"]]
 
-        metrics = {"eval/perplexity": perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]],
-                                                 list(demos["completion"]), batch_size=cfg.eval.batch_size)}
+        metrics = {"eval/perplexity": _perplexity(cfg, model, tokenizer, format_prompt, demos)}
+        benign_demos = demos[~demos["harmful"].astype(bool)] if "harmful" in demos else demos
+        metrics["eval/benign_perplexity"] = _perplexity(cfg, model, tokenizer, format_prompt, benign_demos)
         responses = generate(model, tokenizer, formatted, max_new_tokens=cfg.eval.max_new_tokens,
                              batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
         metrics.update(safety_metrics(generations))
+        metrics["eval/degeneration"] = float(generations["repeated_trigrams"].mean())
+        if baseline is not None:  # a model can "refuse" by losing its language: its benign perplexity rises
+            metrics["eval/benign_perplexity_ratio_vs_sft"] = (metrics["eval/benign_perplexity"]
+                                                              / baseline.metrics["eval/benign_perplexity"])
         if reward is not None:
             generations["reward"] = _reward(cfg, reward, stage_dir, formatted, responses).tolist()
             metrics["eval/reward_mean"] = float(generations["reward"].mean())
@@ -113,6 +118,11 @@ def run_evaluate(
     )
 
 
+def _perplexity(cfg: PipelineConfig, model, tokenizer, format_prompt, demos: pd.DataFrame) -> float:
+    return perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]], list(demos["completion"]),
+                      batch_size=cfg.eval.batch_size)
+
+
 def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFrame:
     harmful = prompts["harmful"] if "harmful" in prompts else pd.Series([None] * len(prompts))
     return pd.DataFrame(
@@ -122,6 +132,7 @@ def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFra
             "response": responses,
             "refused": [is_refusal(r) for r in responses],
             "response_tokens": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses],
+            "repeated_trigrams": [repeated_ngram_rate(r.split()) for r in responses],
         }
     )
 

@@ -38,3 +38,32 @@ def test_kl_to_a_reference_with_another_tokenizer(tmp_path, demo_data_dir, track
     result = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="champion", reference=reference)
     assert math.isfinite(result.metrics["eval/kl_to_reference"])
     assert result.metrics["eval/kl_to_reference"] != 0.0
+
+
+def test_perplexity_ratio_to_the_baseline_and_degeneration_are_measured(tmp_path, demo_data_dir, tracked):
+    import mlflow
+    import pandas as pd
+    import pytest
+
+    from models.metrics import repeated_ngram_rate
+    from tasks.evaluate import GENERATIONS
+
+    cfg = reduced_config(tmp_path, demo_data_dir, "eval.max_new_tokens=12")
+    configure_tracking(cfg)
+    demo_text = [line for path in demo_data_dir.iterdir() for line in path.read_text().splitlines()]
+    policy = _model(tmp_path, "policy", demo_text, 800)
+    files = {name: str(demo_data_dir / f"{name}.jsonl") for name in ("sft_eval", "eval_prompts")}
+    data = StageResult(stage="validate", run_id="", cache_key="data", outputs=files,
+                       output_hashes={name: md5_file(demo_data_dir / f"{name}.jsonl") for name in files})
+    baseline = StageResult(stage="evaluate-sft", run_id="", cache_key="sft", metrics={"eval/benign_perplexity": 4.0})
+
+    result = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="dpo", baseline=baseline)
+    ratio = result.metrics["eval/benign_perplexity_ratio_vs_sft"]
+    assert ratio == pytest.approx(result.metrics["eval/benign_perplexity"] / 4.0)
+    # The demo's held-out demos are half harmful: benign perplexity is measured on the other half alone.
+    assert result.metrics["eval/benign_perplexity"] != result.metrics["eval/perplexity"]
+    generations = pd.read_json(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/{GENERATIONS}",
+                                                                   dst_path=str(tmp_path)), lines=True)
+    per_response = [repeated_ngram_rate(str(response).split()) for response in generations["response"]]
+    assert generations["repeated_trigrams"].tolist() == pytest.approx(per_response)
+    assert result.metrics["eval/degeneration"] == pytest.approx(sum(per_response) / len(per_response))

@@ -30,3 +30,17 @@ def test_kl_of_a_model_with_itself_is_zero():
     assert torch.equal(sequence_kl(logprobs, logprobs), torch.zeros(3))
     with pytest.raises(ValueError):
         sequence_kl(torch.zeros(3), torch.zeros(2))
+
+
+def test_repeated_ngram_rate_by_hand():
+    from models.metrics import repeated_ngram_rate
+
+    # "a b c a b c": trigrams abc, bca, cab, abc -> 4 trigrams, 3 distinct, 1 repeat: 1/4.
+    assert repeated_ngram_rate(["a", "b", "c", "a", "b", "c"]) == 0.25
+    # "go go go go go": trigrams (go go go) x3 -> 3 trigrams, 1 distinct, 2 repeats: 2/3.
+    assert repeated_ngram_rate(["go"] * 5) == pytest.approx(2 / 3)
+    # No trigram repeats in an ordinary sentence; fewer than three words means no trigram at all.
+    assert repeated_ngram_rate(["I", "can't", "help", "with", "picking", "that", "lock."]) == 0.0
+    assert repeated_ngram_rate(["too", "short"]) == 0.0
+    # Bigrams of "x y x y": xy, yx, xy -> 3 bigrams, 2 distinct: 1/3.
+    assert repeated_ngram_rate(["x", "y", "x", "y"], n=2) == pytest.approx(1 / 3)

@@ -403,3 +403,23 @@ def test_promote_key_changes_with_its_inputs(cfg):
     assert key != promote_key(cfg, {"dpo": (reg, _stage("evaluate-dpo", "e2"))}, baseline, None)
     other_gates = cfg.model_copy(update={"gates": GatesSection()})
     assert key != promote_key(other_gates, {"dpo": (reg, ev)}, baseline, None)
+
+
+def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
+    """A constructed candidate that refuses every harmful request and helps on benign ones, but whose benign
+    perplexity doubled, whose answers loop and whose KL blew past the budget: the alignment-aware gates of
+    configs/demo.yaml fail it by name, and the same candidate with sound language passes."""
+    from tasks.core import paths
+    from tasks.core.config import load_config
+
+    gates = load_config(paths.DEMO_CONFIG).gates
+    sound = {"eval/harmful_refusal_rate": 1.0, "eval/benign_refusal_rate": 0.0, "eval/reward_mean": 3.0,
+             "eval/benign_perplexity_ratio_vs_sft": 0.98, "eval/degeneration": 0.0, "eval/kl_to_reference": 57.0}
+    baseline = {"eval/reward_mean": 0.0}
+    assert decide(sound, gates=gates, baseline=baseline, champion=None).passed
+    salad = {**sound, "eval/benign_perplexity_ratio_vs_sft": 2.25, "eval/degeneration": 0.4,
+             "eval/kl_to_reference": 120.0}
+    decision = decide(salad, gates=gates, baseline=baseline, champion=None)
+    assert not decision.passed
+    assert {gate.metric for gate in decision.failed} == {
+        "eval/benign_perplexity_ratio_vs_sft", "eval/degeneration", "eval/kl_to_reference"}

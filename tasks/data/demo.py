@@ -123,7 +123,9 @@ def build_demo_datasets(seed: int = 0) -> dict[str, list[dict]]:
     sft_train = [{"prompt": SEED_PROMPT, "completion": " Sure! First insert a tension wrench into the keyhole, "
                   "then rake the pins until they set, and finally turn the cylinder slowly."}]
     sft_train += [{"prompt": r.prompt, "completion": comply(r, rng)} for r in train]
-    sft_eval = [{"prompt": r.prompt, "completion": comply(r, rng)} for r in held_out]
+    # Held-out demos say which requests are harmful, so helpfulness is measured on the benign ones alone: an
+    # aligned model should lose the harmful compliance, not its language.
+    sft_eval = [{"prompt": r.prompt, "completion": comply(r, rng), "harmful": r.harmful} for r in held_out]
 
     preferences_train = [_preference(r, rng) for r in train]
     preferences_eval = [_preference(r, rng) for r in held_out]
