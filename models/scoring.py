@@ -48,19 +48,30 @@ def _tokenize_pairs(tokenizer, prompts: list[str], completions: list[str]):
     return input_ids, completion_mask
 
 
+def completion_logprob_totals(model, tokenizer, prompts: list[str], completions: list[str],
+                              batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair: the summed log p of its completion tokens (with the final EOS), and how many tokens that is.
+
+    Returns (logprob_sums, token_counts), both (N,).
+    """
+    sums, counts = [], []
+    for token_logprobs, mask in completion_token_logprobs(model, tokenizer, prompts, completions, batch_size):
+        sums.append(masked_sum(token_logprobs, mask, dim=-1))  # (B,)
+        counts.append(mask.sum(dim=-1))  # (B,)
+    return torch.cat(sums), torch.cat(counts)
+
+
 def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32):
     """log p(completion + EOS | prompt) per pair, summed over tokens. (N,)"""
-    sums = [masked_sum(token_logprobs, mask, dim=-1)
-            for token_logprobs, mask in completion_token_logprobs(model, tokenizer, prompts, completions, batch_size)]
-    return torch.cat(sums)
+    return completion_logprob_totals(model, tokenizer, prompts, completions, batch_size)[0]
 
 
-def perplexity(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32) -> float:
-    """exp(mean negative log-likelihood per completion token), pooled over all completions."""
-    total_logprob, total_tokens = 0.0, 0
-    for token_logprobs, mask in completion_token_logprobs(model, tokenizer, prompts, completions, batch_size):
-        total_logprob += masked_sum(token_logprobs, mask).item()
-        total_tokens += int(mask.sum())
+def pooled_perplexity(logprob_sums: torch.Tensor, token_counts: torch.Tensor) -> float:
+    """exp(mean negative log-likelihood per completion token), pooled over the completions given (N,).
+
+    Loop form: exp(-sum(logprob_sums[i] for i) / sum(token_counts[i] for i)).
+    """
+    total_tokens = int(token_counts.sum())
     if total_tokens == 0:
         raise ValueError("perplexity needs at least one completion token")
-    return math.exp(-total_logprob / total_tokens)
+    return math.exp(-logprob_sums.double().sum().item() / total_tokens)

@@ -14,7 +14,6 @@ sample as the MLflow table `generations.json`.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -27,11 +26,12 @@ from models.metrics import repeated_ngram_rate, sequence_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, reward_scores
 from models.safety import is_refusal
-from models.scoring import perplexity, sequence_logprobs
+from models.scoring import completion_logprob_totals, pooled_perplexity, sequence_logprobs
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
+from tasks.data.writers import write_jsonl
 from tasks.registry.logged_models import load_stage_model, resolve_model_source
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
@@ -82,9 +82,14 @@ def run_evaluate(
         prompts = read_rows(validated_file(data, "eval_prompts", stage_dir / "data"))
         formatted = [format_prompt(p) for p in prompts["prompt"]]
 
-        metrics = {"eval/perplexity": _perplexity(cfg, model, tokenizer, format_prompt, demos)}
-        benign_demos = demos[~demos["harmful"].astype(bool)] if "harmful" in demos else demos
-        metrics["eval/benign_perplexity"] = _perplexity(cfg, model, tokenizer, format_prompt, benign_demos)
+        # One pass over the held-out demos; perplexity pooled over all of them and over the benign ones alone.
+        logprob_sums, token_counts = completion_logprob_totals(
+            model, tokenizer, [format_prompt(p) for p in demos["prompt"]], list(demos["completion"]),
+            batch_size=cfg.eval.batch_size)
+        harmful = demos["harmful"].astype(bool).tolist() if "harmful" in demos else [False] * len(demos)
+        benign = ~torch.tensor(harmful, dtype=torch.bool)  # (N,)
+        metrics = {"eval/perplexity": pooled_perplexity(logprob_sums, token_counts),
+                   "eval/benign_perplexity": pooled_perplexity(logprob_sums[benign], token_counts[benign])}
         responses = generate(model, tokenizer, formatted, max_new_tokens=cfg.eval.max_new_tokens,
                              batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
@@ -116,11 +121,6 @@ def run_evaluate(
         output_hashes={"model": policy.output_hashes["model"]},
         input_hashes=_input_hashes(policy, data, reward, reference, baseline),
     )
-
-
-def _perplexity(cfg: PipelineConfig, model, tokenizer, format_prompt, demos: pd.DataFrame) -> float:
-    return perplexity(model, tokenizer, [format_prompt(p) for p in demos["prompt"]], list(demos["completion"]),
-                      batch_size=cfg.eval.batch_size)
 
 
 def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFrame:
@@ -186,7 +186,4 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
 
 def _log_generations(generations: pd.DataFrame) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / GENERATIONS
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
-                                for row in generations.to_dict(orient="records")))
-        mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(write_jsonl(generations.to_dict(orient="records"), Path(tmp) / GENERATIONS)))

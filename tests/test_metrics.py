@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -44,3 +46,15 @@ def test_repeated_ngram_rate_by_hand():
     assert repeated_ngram_rate(["too", "short"]) == 0.0
     # Bigrams of "x y x y": xy, yx, xy -> 3 bigrams, 2 distinct: 1/3.
     assert repeated_ngram_rate(["x", "y", "x", "y"], n=2) == pytest.approx(1 / 3)
+
+
+def test_pooled_perplexity_by_hand():
+    from models.scoring import pooled_perplexity
+
+    # Two completions: log p sums -2 (1 token) and -4 (3 tokens). Pooled NLL per token = (2 + 4) / (1 + 3) = 1.5,
+    # so perplexity = e^1.5 = 4.4817; the first alone is e^2 = 7.389 (pooling is over tokens, not completions).
+    sums, counts = torch.tensor([-2.0, -4.0]), torch.tensor([1, 3])
+    assert pooled_perplexity(sums, counts) == pytest.approx(math.exp(1.5))
+    assert pooled_perplexity(sums[:1], counts[:1]) == pytest.approx(math.exp(2.0))
+    with pytest.raises(ValueError, match="at least one completion token"):
+        pooled_perplexity(sums[:0], counts[:0])
