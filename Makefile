@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint ui clean
+.PHONY: install demo demo-real test lint ui clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: install
 	$(BIN)/alignflow data demo
 	$(BIN)/dvc status data.dvc
 	time $(BIN)/alignflow run --config configs/demo.yaml
+
+# The real model: SmolLM2-135M-Instruct builds its own safety world (its answers, a new DVC version of
+# data-smollm2/), then the pipeline aligns it with LoRA SFT, a reward model and DPO (configs/smollm2.yaml).
+demo-real: install
+	$(BIN)/alignflow data world --config configs/smollm2.yaml
+	time $(BIN)/alignflow run --config configs/smollm2.yaml --out reports/smollm2-pipeline.json
 
 test: install
 	$(BIN)/pytest

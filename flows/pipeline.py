@@ -27,7 +27,8 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
     2. validate: Great Expectations suites on every dataset; bad data stops here (or is quarantined).
     3. sft: supervised fine-tuning on the demonstrations.
     4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
-    5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered.
+    5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered. With
+       `eval.base`, evaluate-base first measures the base model the same way (the "before").
     6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo: against the reward model),
        evaluate it against the SFT baseline on the same eval, register it.
     7. under the registry's promotion lock: evaluate the current champion (if any) on the same eval, then
@@ -50,6 +51,9 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
         results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
         results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
         judged = {"data": data, "reward": reward, "reference": sft}
+        if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
+            results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
+                                                                 label="base", **{**judged, "reference": None})
         results["evaluate-sft"] = baseline = run_stage(stage.EVALUATE, cfg, lineage, policy=sft, label="sft",
                                                        **judged)
         results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=sft, evaluation=baseline)

@@ -9,6 +9,9 @@ if "$python" -c "import torch" 2>/dev/null; then
 fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
     "$python" -m pip install -q "torch==${version}"
+elif "$python" -m pip install -q "torch==${version}+cpu" 2>/dev/null; then
+    # A CPU build the configured indexes or find-links already hold (a wheelhouse, a mirror): no network wait.
+    exit 0
 else
     # The CPU index is tried alongside the configured ones; pip prefers the +cpu build where both exist.
     "$python" -m pip install -q --timeout 15 --retries 1 "torch==${version}" \

@@ -14,8 +14,10 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     do_sample: bool = False,
+    temperature: float = 1.0,
 ) -> list[str]:
-    """Continue each (already formatted) prompt; returns only the new text. Greedy unless `do_sample`."""
+    """Continue each (already formatted) prompt; returns only the new text. Greedy unless `do_sample`, which
+    samples at `temperature` (with transformers' default top-k of 50)."""
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models must see the prompt flush against the new tokens
     was_training = model.training
@@ -29,6 +31,7 @@ def generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
+                **({"temperature": temperature} if do_sample else {}),
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 use_cache=True,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.adapters import merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,8 +40,13 @@ def load_causal_lm(
 
 
 def load_model_and_tokenizer(
-    source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32"
+    source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32",
+    adapters: Sequence[str | Path] = (),
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = load_causal_lm(source, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype)
-    tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+    """The model at `source` with `adapters` merged in order (see `models.adapters`), and its tokenizer: the last
+    adapter's when there are adapters (`revision` applies to `source` only)."""
+    model = merge_adapters(load_causal_lm(source, revision=revision, trust_remote_code=trust_remote_code,
+                                          dtype=dtype), adapters)
+    if adapters:
+        return model, load_tokenizer(adapters[-1], trust_remote_code=trust_remote_code)
+    return model, load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)

@@ -11,11 +11,13 @@ and rows are right-padded with the model's pad id (positions start at 0 on every
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.adapters import merge_adapters
 from models.loading import DTYPES, load_tokenizer
 
 
@@ -26,12 +28,14 @@ def load_reward_model(
     trust_remote_code: bool = False,
     dtype: str = "float32",
     init_seed: int | None = None,
+    adapters: Sequence[str | Path] = (),
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer): `AutoModelForSequenceClassification` with one label, safetensors only.
 
     From a causal LM checkpoint (the SFT model) the score head is new and randomly initialised; `init_seed`
     makes that initialisation reproducible without touching the global random state. A model without a pad
-    id gets the tokenizer's (its EOS when it has no pad token, as TRL does).
+    id gets the tokenizer's (its EOS when it has no pad token, as TRL does). `adapters` (LoRA folders, see
+    `models.adapters`) are merged in order; a reward model's own adapter carries its trained score head.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -46,7 +50,9 @@ def load_reward_model(
             num_labels=1,
             use_safetensors=True,
         )
-    tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
+    model = merge_adapters(model, adapters)
+    tokenizer = (load_tokenizer(adapters[-1], trust_remote_code=trust_remote_code) if adapters
+                 else load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code))
     text_config = model.config.get_text_config()
     if text_config.pad_token_id is None:
         # The score head pools the last non-pad token: without a pad id a padded batch cannot be scored.

@@ -11,6 +11,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from models.adapters import is_peft_model, save_adapter
+
 
 def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
     """Call `write(partial)` to write a file or folder at a temporary sibling path, then rename it to `final`."""
@@ -45,3 +47,18 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def save_trained_model(model, tokenizer, out_dir: Path, base_model: str | None, revision: str | None = None,
+                       also: Callable[[Path], object] | None = None) -> Path:
+    """What a training stage keeps: with LoRA, only the adapters and the name of the base they were trained on
+    (megabytes, not a copy of the model); otherwise the whole model. Written aside and renamed into place."""
+    if base_model is None or not is_peft_model(model):
+        return save_hf_model(model, tokenizer, out_dir, also)
+
+    def write(folder: Path) -> None:
+        save_adapter(model, tokenizer, folder, base_model, revision)
+        if also is not None:
+            also(folder)
+
+    return write_atomically(out_dir, write)

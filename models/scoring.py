@@ -22,9 +22,12 @@ def completion_token_logprobs(model, tokenizer, prompts: list[str], completions:
             attention_mask = (input_ids != -1).long()
             input_ids = input_ids.clamp_min(0)  # padding positions are masked out below
             logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
             targets = input_ids[:, 1:].to(model.device)  # (B, T-1)
-            token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+            # Row by row: a (B, T, V) log-softmax of a 49k vocabulary would double the memory of the logits.
+            token_logprobs = torch.stack([
+                torch.log_softmax(row_logits[:-1].float(), dim=-1).gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+                for row_logits, row_targets in zip(logits, targets, strict=True)
+            ])  # (B, T-1)
             yield token_logprobs.cpu(), completion_mask[:, 1:]
     finally:
         model.train(was_training)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from models.loading import DTYPES
+from models.reward import load_reward_model
 
 
 class ValueHead(nn.Module):
@@ -106,18 +108,25 @@ class SeparateCritic(nn.Module):
         trust_remote_code: bool = False,
         dtype: str = "float32",
         init_seed: int | None = None,
+        adapters: Sequence[str | Path] = (),
     ) -> SeparateCritic:
         """The trunk of a saved `*ForSequenceClassification` reward model (its score head is left out) under a
-        fresh value head seeded by `init_seed`. Safetensors only."""
+        fresh value head seeded by `init_seed`. Safetensors only. A LoRA reward model (`adapters` over `source`,
+        see `models.adapters`) is merged as a whole first, then its trunk taken."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        trunk = AutoModel.from_pretrained(
-            str(source),
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            dtype=DTYPES[dtype],
-            use_safetensors=True,
-        )
+        if adapters:
+            scorer, _ = load_reward_model(source, revision=revision, trust_remote_code=trust_remote_code,
+                                          dtype=dtype, adapters=adapters)
+            trunk = scorer.base_model
+        else:
+            trunk = AutoModel.from_pretrained(
+                str(source),
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                dtype=DTYPES[dtype],
+                use_safetensors=True,
+            )
         head = ValueHead(_hidden_size(trunk), init_seed=init_seed).to(_device(trunk))
         return cls(trunk, head)
 

@@ -10,6 +10,7 @@ they would load a hub model.
 
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from tasks.core.errors import ConfigError
 from tasks.core.hashing import md5_file, sha256_file
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
+from tasks.data.conversations import text_of
 from tasks.data.readers import read_rows
 from tasks.registry.logged_models import log_hf_model
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
 STAGE = "base_model"
 SECTIONS = ("model",)
-_TOKENIZER_SOURCES = {"sft_train": ("prompt", "completion"), "preferences_train": ("prompt", "chosen", "rejected")}
+_TOKENIZER_SOURCES = {"sft_train": ("prompt", "completion", "messages"),
+                      "preferences_train": ("prompt", "chosen", "rejected")}
 
 
 def base_model_key(cfg: PipelineConfig) -> str:
@@ -44,7 +47,9 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage) -> StageResult:
             source = _gguf_file(cfg)
             mlflow.set_tags({f"{TAG_PREFIX}base.pretrained": cfg.model.pretrained,
                              f"{TAG_PREFIX}base.gguf_sha256": _input_hashes(cfg)["gguf_sha256"]})
-            model_uri = log_hf_model(convert_gguf(source, work_dir(cfg, STAGE, key) / "hf_model"), cfg)
+            converted = convert_gguf(source, work_dir(cfg, STAGE, key) / "hf_model")
+            model_uri = log_hf_model(converted, cfg)
+            shutil.rmtree(converted)  # MLflow holds the model now; a second copy would only fill the disk
         elif cfg.model.pretrained is not None:
             mlflow.set_tag(f"{TAG_PREFIX}base.pretrained", cfg.model.pretrained)
             model_uri = cfg.model.pretrained
@@ -111,6 +116,8 @@ def _training_text(cfg: PipelineConfig, format_prompt):
     for name, columns in _TOKENIZER_SOURCES.items():
         rows = read_rows(cfg.data.path(name))
         for column in columns:
-            for text in rows.get(column, []):
-                if isinstance(text, str):
-                    yield format_prompt(text) if column == "prompt" else text
+            for value in rows.get(column, []):
+                if column == "prompt" and isinstance(value, str):
+                    yield format_prompt(value)
+                elif (text := text_of(value)) is not None:  # text, or the contents of turns (not yet validated)
+                    yield text

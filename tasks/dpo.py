@@ -20,7 +20,7 @@ from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
 from tasks.data.preferences import preference_dataset
 from tasks.data.validated import validated_file
-from tasks.registry.logged_models import load_stage_model, log_hf_model
+from tasks.registry.logged_models import load_chain, log_hf_model, model_chain
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 from tasks.training.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
 from tasks.training.trainer import (
@@ -47,14 +47,15 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     key = dpo_key(cfg, sft, data)
     stage_dir = work_dir(cfg, STAGE, key)
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"sft": sft.model_uri}) as run:
-        model, tokenizer = load_stage_model(cfg, sft.model_uri, stage_dir / "sft")
-        # The SFT model is the reference: its folder (where it was loaded from) keys the log-prob cache.
-        reference_cache = _setup_reference_cache(cfg, Path(model.name_or_path), data, stage_dir)
+        sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
+        model, tokenizer = load_chain(cfg, sft_chain)
+        # The SFT model is the reference: its files (weights and any adapters) key the log-prob cache.
+        reference_cache = _setup_reference_cache(cfg, sft_chain, data, stage_dir)
         started = time.perf_counter()
         trainer = _setup_trainer(cfg, model, tokenizer, validated_file(data, "preferences_train", stage_dir / "data"),
                                  stage_dir / "checkpoints", reference_cache)
         setup_seconds = time.perf_counter() - started
-        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = {
             **_final_metrics(trainer),
@@ -73,13 +74,13 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     )
 
 
-def _setup_reference_cache(cfg: PipelineConfig, reference_dir: Path, data: StageResult, stage_dir: Path):
+def _setup_reference_cache(cfg: PipelineConfig, reference_chain: list[str], data: StageResult, stage_dir: Path):
     tokenization = {
         "max_length": cfg.validation.max_length,
         "prompt_format": cfg.model.prompt_format,
         "prompt_template": cfg.model.prompt_template,
     }
-    parts = reference_key(reference_dir, data.output_hashes["preferences_train"], tokenization)
+    parts = reference_key(reference_chain, data.output_hashes["preferences_train"], tokenization)
     mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
     return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")
 
@@ -105,7 +106,7 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, chec
         args=args,
         train_dataset=preference_dataset(train_file, format_prompt),
         processing_class=tokenizer,
-        peft_config=peft_config(cfg.dpo.lora),
+        peft_config=peft_config(cfg.dpo.lora, model.config.num_hidden_layers),
         callbacks=callbacks(STAGE),
         reference_cache=reference_cache,
     )

@@ -1,11 +1,16 @@
 """Stage: evaluate a policy on held-out data. The same stage, under different labels, measures every model.
 
-- `eval/perplexity` of the held-out demonstrations (`sft_eval`);
+- `eval/perplexity` of the held-out demonstrations (`sft_eval`), and `eval/benign_perplexity` of the benign ones
+  alone (helpfulness kept), with its ratio to the baseline's (and to the base model's, given its evaluation);
 - greedy generations on the held-out prompts, scored by the refusal detector (`models.safety`):
-  `eval/harmful_refusal_rate` (higher is safer) and `eval/benign_refusal_rate` (over-refusal, lower is better);
-- `eval/response_tokens`, the mean response length;
-- with a reward model: `eval/reward_mean` of the generations and, given a baseline evaluation,
-  `eval/win_rate_vs_sft`: how often the reward model prefers this policy's response to the baseline's;
+  `eval/harmful_refusal_rate` (higher is safer), `eval/benign_refusal_rate` (over-refusal, lower is better)
+  and, when the prompts have a `kind` column with sound-harmful ones (benign requests that sound harmful),
+  `eval/sound_harmful_refusal_rate`; each rate with its prompt count (`eval/<kind>_prompts`);
+- the refusal detector's own precision and recall on hand-labelled real answers (`eval/refusal_detector_*`);
+- `eval/response_tokens`, the mean response length, and `eval/degeneration` (repeated word trigrams);
+- with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
+  prompts and, given a baseline evaluation, `eval/win_rate_vs_sft`: how often the reward model prefers this
+  policy's response to the baseline's;
 - with a reference model: `eval/kl_to_reference`, KL(policy || reference) estimated on sampled responses.
 
 All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
@@ -24,15 +29,16 @@ import torch
 from models.generation import generate
 from models.metrics import repeated_ngram_rate, sequence_kl, win_rate
 from models.prompting import prompt_formatter
-from models.reward import load_reward_model, reward_scores
-from models.safety import is_refusal
+from models.reward import reward_scores
+from models.safety import detector_quality, is_refusal
 from models.scoring import completion_logprob_totals, pooled_perplexity, sequence_logprobs
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
+from tasks.data.conversations import prompt_display, sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
-from tasks.registry.logged_models import load_stage_model, resolve_model_source
+from tasks.registry.logged_models import load_stage_model, load_stage_reward_model
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 
 STAGE = "evaluate"
@@ -42,13 +48,14 @@ GENERATIONS = "generations.jsonl"
 
 
 def _input_hashes(policy: StageResult, data: StageResult, reward: StageResult | None,
-                  reference: StageResult | None, baseline: StageResult | None) -> dict[str, str]:
+                  reference: StageResult | None, baseline: StageResult | None,
+                  base: StageResult | None = None) -> dict[str, str]:
     hashes = {
         "policy": policy.output_hashes["model"],
         "sft_eval": data.output_hashes["sft_eval"],
         "eval_prompts": data.output_hashes["eval_prompts"],
     }
-    for name, parent in (("reward", reward), ("reference", reference), ("baseline", baseline)):
+    for name, parent in (("reward", reward), ("reference", reference), ("baseline", baseline), ("base", base)):
         if parent is not None:
             hashes[name] = parent.output_hashes.get("model", parent.cache_key)
     return hashes
@@ -56,8 +63,9 @@ def _input_hashes(policy: StageResult, data: StageResult, reward: StageResult | 
 
 def evaluate_key(cfg: PipelineConfig, policy: StageResult, data: StageResult, label: str,
                  reward: StageResult | None = None, reference: StageResult | None = None,
-                 baseline: StageResult | None = None) -> str:
-    return stage_key(f"{STAGE}-{label}", cfg, SECTIONS, _input_hashes(policy, data, reward, reference, baseline))
+                 baseline: StageResult | None = None, base: StageResult | None = None) -> str:
+    return stage_key(f"{STAGE}-{label}", cfg, SECTIONS,
+                     _input_hashes(policy, data, reward, reference, baseline, base))
 
 
 def run_evaluate(
@@ -70,8 +78,9 @@ def run_evaluate(
     reward: StageResult | None = None,
     reference: StageResult | None = None,
     baseline: StageResult | None = None,
+    base: StageResult | None = None,
 ) -> StageResult:
-    key = evaluate_key(cfg, policy, data, label, reward, reference, baseline)
+    key = evaluate_key(cfg, policy, data, label, reward, reference, baseline, base)
     stage_dir = work_dir(cfg, f"{STAGE}-{label}", key)
     parents = {"policy": policy.model_uri, **({"reward": reward.model_uri} if reward else {})}
     with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
@@ -83,9 +92,10 @@ def run_evaluate(
         formatted = [format_prompt(p) for p in prompts["prompt"]]
 
         # One pass over the held-out demos; perplexity pooled over all of them and over the benign ones alone.
+        demo_prompts, demo_completions = sft_examples(demos)
         logprob_sums, token_counts = completion_logprob_totals(
-            model, tokenizer, [format_prompt(p) for p in demos["prompt"]], list(demos["completion"]),
-            batch_size=cfg.eval.batch_size)
+            model, tokenizer, [format_prompt(p) for p in demo_prompts], demo_completions,
+            batch_size=cfg.eval.score_batch_size)
         harmful = demos["harmful"].astype(bool).tolist() if "harmful" in demos else [False] * len(demos)
         benign = ~torch.tensor(harmful, dtype=torch.bool)  # (N,)
         metrics = {"eval/perplexity": pooled_perplexity(logprob_sums, token_counts),
@@ -94,18 +104,24 @@ def run_evaluate(
                              batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
         metrics.update(safety_metrics(generations))
+        metrics.update({f"eval/refusal_detector_{name}": value for name, value in detector_quality().items()})
         metrics["eval/degeneration"] = float(generations["repeated_trigrams"].mean())
-        if baseline is not None:  # a model can "refuse" by losing its language: its benign perplexity rises
-            metrics["eval/benign_perplexity_ratio_vs_sft"] = (metrics["eval/benign_perplexity"]
-                                                              / baseline.metrics["eval/benign_perplexity"])
+        # A model can "refuse" by losing its language: its benign perplexity rises.
+        for name, reference_eval in (("sft", baseline), ("base", base)):
+            if reference_eval is not None:
+                metrics[f"eval/benign_perplexity_ratio_vs_{name}"] = (
+                    metrics["eval/benign_perplexity"] / reference_eval.metrics["eval/benign_perplexity"])
         if reward is not None:
             generations["reward"] = _reward(cfg, reward, stage_dir, formatted, responses).tolist()
             metrics["eval/reward_mean"] = float(generations["reward"].mean())
+            metrics["eval/benign_reward_mean"] = float(generations.loc[~_harmful(generations), "reward"].mean())
             if baseline is not None:
                 baseline_rewards = torch.tensor(_baseline_generations(baseline, stage_dir)["reward"].tolist())
                 metrics["eval/win_rate_vs_sft"] = win_rate(torch.tensor(generations["reward"].tolist()),
                                                            baseline_rewards)
-        if reference is not None:
+        if reference is not None and reference.model_uri == policy.model_uri:
+            metrics["eval/kl_to_reference"] = 0.0  # the model is its own reference (the SFT baseline)
+        elif reference is not None:
             metrics["eval/kl_to_reference"] = _kl_to_reference(cfg, model, tokenizer, reference, formatted, stage_dir)
 
         mlflow.log_metrics(metrics)
@@ -119,16 +135,18 @@ def run_evaluate(
         metrics=metrics,
         outputs={"generations": f"runs:/{run.info.run_id}/{GENERATIONS}"},
         output_hashes={"model": policy.output_hashes["model"]},
-        input_hashes=_input_hashes(policy, data, reward, reference, baseline),
+        input_hashes=_input_hashes(policy, data, reward, reference, baseline, base),
     )
 
 
 def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFrame:
     harmful = prompts["harmful"] if "harmful" in prompts else pd.Series([None] * len(prompts))
+    kind = prompts["kind"] if "kind" in prompts else harmful.map({True: "harmful", False: "benign"})
     return pd.DataFrame(
         {
-            "prompt": list(prompts["prompt"]),
+            "prompt": [prompt_display(p) for p in prompts["prompt"]],
             "harmful": list(harmful),
+            "kind": list(kind),
             "response": responses,
             "refused": [is_refusal(r) for r in responses],
             "response_tokens": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses],
@@ -138,25 +156,32 @@ def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFra
 
 
 def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
-    """Refusal rates split by the prompt's `harmful` label, and the mean response length."""
+    """Refusal rates by kind of prompt, each with its prompt count, and the mean response length.
+
+    Kinds: `harmful`, `benign`, and (when present) `sound_harmful`, benign requests that sound harmful. Without a
+    `kind` column the `harmful` label decides between the first two.
+    """
     labelled = generations[generations["harmful"].notna()]
-    harmful = labelled[labelled["harmful"].astype(bool)]
-    benign = labelled[~labelled["harmful"].astype(bool)]
-    if harmful.empty or benign.empty:
+    by_kind = {kind: labelled[labelled["kind"] == kind] for kind in ("harmful", "benign", "sound_harmful")}
+    if by_kind["harmful"].empty or by_kind["benign"].empty:
         raise ValueError("eval_prompts needs both harmful and benign prompts (a boolean `harmful` column)")
-    return {
-        "eval/harmful_refusal_rate": float(harmful["refused"].mean()),
-        "eval/benign_refusal_rate": float(benign["refused"].mean()),
-        "eval/response_tokens": float(generations["response_tokens"].mean()),
-    }
+    metrics = {"eval/response_tokens": float(generations["response_tokens"].mean())}
+    for kind, rows in by_kind.items():
+        if not rows.empty:
+            metrics[f"eval/{kind}_refusal_rate"] = float(rows["refused"].mean())
+            metrics[f"eval/{kind}_prompts"] = float(len(rows))
+    return metrics
+
+
+def _harmful(generations: pd.DataFrame) -> pd.Series:
+    return generations["harmful"].fillna(False).astype(bool)
 
 
 def _reward(cfg: PipelineConfig, reward: StageResult, stage_dir: Path, prompts: list[str],
             responses: list[str]) -> torch.Tensor:
-    reward_model, reward_tokenizer = load_reward_model(
-        resolve_model_source(reward.model_uri, stage_dir / "reward"), trust_remote_code=cfg.model.trust_remote_code
-    )
-    return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.eval.batch_size)
+    reward_model, reward_tokenizer = load_stage_reward_model(cfg, reward.model_uri, stage_dir / "reward",
+                                                             dtype="float32")
+    return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.eval.score_batch_size)
 
 
 def _baseline_generations(baseline: StageResult, stage_dir: Path) -> pd.DataFrame:
@@ -178,9 +203,9 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
         sampled = generate(model, tokenizer, repeated, max_new_tokens=cfg.eval.max_new_tokens,
                            batch_size=cfg.eval.batch_size, do_sample=True)
     # Each model reads the text with its own tokenizer: a champion trained on other data may have another one.
-    policy_logprobs = sequence_logprobs(model, tokenizer, repeated, sampled, cfg.eval.batch_size)
+    policy_logprobs = sequence_logprobs(model, tokenizer, repeated, sampled, cfg.eval.score_batch_size)
     reference_logprobs = sequence_logprobs(reference_model, reference_tokenizer, repeated, sampled,
-                                           cfg.eval.batch_size)
+                                           cfg.eval.score_batch_size)
     return sequence_kl(policy_logprobs, reference_logprobs).mean().item()
 
 

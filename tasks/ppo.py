@@ -20,18 +20,18 @@ from accelerate.utils import set_seed
 from peft import get_peft_model
 
 from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_checkpoint
-from models.loading import load_model_and_tokenizer
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
-from models.reward import load_reward_model, reward_scores
-from models.saving import save_hf_model
+from models.reward import reward_scores
+from models.saving import save_trained_model
 from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_head
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import RESUMED_FROM_TAG
+from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
-from tasks.registry.logged_models import log_hf_model, resolve_model_source
+from tasks.registry.logged_models import load_chain, load_stage_reward_model, log_hf_model, model_chain
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 from tasks.training.trainer import peft_config
 
@@ -60,39 +60,42 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         prompts = _setup_prompts(cfg, validated_file(data, "preferences_train", stage_dir / "data"), stage_dir)
         trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
         metrics = _train(cfg, trainer, prompts, stage_dir / "checkpoints")
-        hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model")
+        hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri)
         model_uri = log_hf_model(hf_dir, cfg)
         mlflow.log_metrics(metrics)
     return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
                        output_hashes={"model": key}, input_hashes=_input_hashes(sft, reward, data))
 
 
-def _setup_prompts(cfg: PipelineConfig, prompt_file: Path, stage_dir: Path) -> list[str]:
+def _setup_prompts(cfg: PipelineConfig, prompt_file: Path, stage_dir: Path) -> list:
     rows = read_rows(prompt_file)
     if rows.empty or "prompt" not in rows:
         raise ValueError(f"PPO needs training prompts: {prompt_file} has no rows with a 'prompt'")
-    return sorted(set(rows["prompt"]))  # raw requests; formatted with the policy's tokenizer in _train
+    # Distinct raw prompts (requests or conversations), in a fixed order; formatted with the policy's tokenizer
+    # in _train.
+    distinct = {prompt_key(prompt): prompt for prompt in rows["prompt"]}
+    return [distinct[key] for key in sorted(distinct)]
 
 
 def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path):
     set_seed(cfg.ppo.seed)  # value-head init and rollout sampling: the same seed gives the same run
-    sft_dir = resolve_model_source(sft.model_uri, stage_dir / "sft")
-    reward_dir = resolve_model_source(reward.model_uri, stage_dir / "reward")
-    policy, tokenizer = load_model_and_tokenizer(sft_dir, trust_remote_code=cfg.model.trust_remote_code,
-                                                 dtype=cfg.model.dtype)
-    reward_model, reward_tokenizer = load_reward_model(reward_dir, trust_remote_code=cfg.model.trust_remote_code)
-    check_same_tokenizer(tokenizer, reward_tokenizer, sft_dir, reward_dir)
+    sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
+    reward_chain = model_chain(reward.model_uri, stage_dir / "reward")
+    policy, tokenizer = load_chain(cfg, sft_chain)
+    reward_model, reward_tokenizer = load_stage_reward_model(cfg, reward.model_uri, stage_dir / "reward",
+                                                             dtype="float32")
+    check_same_tokenizer(tokenizer, reward_tokenizer, sft.model_uri, reward.model_uri)
     reward_model.eval()
 
-    lora = peft_config(cfg.ppo.lora)
+    lora = peft_config(cfg.ppo.lora, policy.config.num_hidden_layers)
     reference = None  # with LoRA the reference is the policy with its adapters disabled: no second copy
     if lora is not None:
         policy = get_peft_model(policy, lora)
     else:
-        reference, _ = load_model_and_tokenizer(sft_dir, trust_remote_code=cfg.model.trust_remote_code,
-                                                dtype=cfg.model.dtype)
+        reference, _ = load_chain(cfg, sft_chain)
         reference.requires_grad_(False)
-    critic = SeparateCritic.from_reward_model(reward_dir) if cfg.ppo.critic == "separate" else None
+    critic = (SeparateCritic.from_reward_model(reward_chain[0], adapters=reward_chain[1:])
+              if cfg.ppo.critic == "separate" else None)
 
     def score(prompts: list[str], responses: list[str]):
         return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.ppo.rollout_batch_size)
@@ -151,8 +154,9 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
     }
 
 
-def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path) -> Path:
-    """The policy (LoRA merged) in Hugging Face format, with its value head beside it. Written aside, renamed."""
+def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path, base_model: str) -> Path:
+    """The policy in Hugging Face format (with LoRA, its adapters naming `base_model`), with its value head
+    beside it. Written aside, renamed."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return save_hf_model(model.policy, tokenizer, out_dir,
-                         also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors"))
+    return save_trained_model(model.policy, tokenizer, out_dir, base_model,
+                              also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors"))

@@ -15,14 +15,15 @@ from peft import LoraConfig, TaskType
 from trl import RewardConfig, RewardTrainer
 
 from models.prompting import prompt_formatter
-from models.reward import load_reward_model, preference_metrics, reward_scores
+from models.reward import preference_metrics, reward_scores
 from tasks.core.config import LoraSection, PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
+from tasks.data.conversations import response_text
 from tasks.data.preferences import preference_dataset
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
-from tasks.registry.logged_models import log_hf_model, resolve_model_source
+from tasks.registry.logged_models import load_stage_reward_model, log_hf_model
 from tasks.registry.versions import register_version, version_tags
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
 from tasks.training.trainer import (
@@ -64,11 +65,11 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
         model, tokenizer = _setup_model(cfg, sft, stage_dir)
         train_file = validated_file(data, "preferences_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
-        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
         model_uri = log_hf_model(hf_dir, cfg, kind="reward")
         eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
         metrics = {
-            **_held_out_metrics(cfg, hf_dir, eval_file, trainer.args.device),
+            **_held_out_metrics(cfg, hf_dir, eval_file, trainer.args.device, stage_dir),
             **_final_metrics(trainer),
         }
         mlflow.log_metrics(metrics)
@@ -87,24 +88,18 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
 
 
 def _setup_model(cfg: PipelineConfig, sft: StageResult, stage_dir: Path):
-    source = resolve_model_source(sft.model_uri, stage_dir / "sft")
-    return load_reward_model(
-        source,
-        revision=cfg.model.revision,
-        trust_remote_code=cfg.model.trust_remote_code,
-        dtype=cfg.model.dtype,
-        init_seed=cfg.reward.seed,  # the new score head starts the same on every run with this seed
-    )
+    # The new score head starts the same on every run with this seed.
+    return load_stage_reward_model(cfg, sft.model_uri, stage_dir / "sft", init_seed=cfg.reward.seed)
 
 
-def reward_peft_config(lora: LoraSection) -> LoraConfig | None:
+def reward_peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
     """LoRA for a sequence classifier: adapters on the targeted projections, the new score head in full.
 
     With the SEQ_CLS task type peft keeps a trainable copy of the score head (`modules_to_save`): the head is
     new and random, so it must train in full, not through a low-rank adapter. `merge_and_unload` then writes
     the trained head into the saved model.
     """
-    config = peft_config(lora)
+    config = peft_config(lora, num_layers)
     if config is None:
         return None
     return dataclasses.replace(config, task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
@@ -124,20 +119,21 @@ def _setup_trainer(
         args=args,
         train_dataset=preference_dataset(train_file, format_prompt),
         processing_class=tokenizer,
-        peft_config=reward_peft_config(cfg.reward.lora),
+        peft_config=reward_peft_config(cfg.reward.lora, model.config.num_hidden_layers),
         callbacks=callbacks(_TRAIN_METRIC_PREFIX),
     )
 
 
-def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device) -> dict[str, float]:
-    """Accuracy and margin of the *saved* model (LoRA merged) on the held-out pairs."""
-    model, tokenizer = load_reward_model(hf_dir, dtype=cfg.model.dtype)
+def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device,
+                      stage_dir: Path) -> dict[str, float]:
+    """Accuracy and margin of the *saved* model (its adapters merged over their base) on the held-out pairs."""
+    model, tokenizer = load_stage_reward_model(cfg, str(hf_dir), stage_dir / "saved")
     model.to(device)
     format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
     rows = read_rows(eval_file)
     prompts = [format_prompt(p) for p in rows["prompt"]]
     n = len(prompts)
-    responses = list(rows["chosen"]) + list(rows["rejected"])
+    responses = [response_text(value) for value in [*rows["chosen"], *rows["rejected"]]]
     scores = reward_scores(model, tokenizer, prompts + prompts, responses, cfg.reward.batch_size)  # (2N,)
     accuracy, margin = preference_metrics(scores[:n], scores[n:])
     return {f"{STAGE}/accuracy": accuracy, f"{STAGE}/margin": margin, f"{STAGE}/eval_pairs": float(n)}

@@ -15,6 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from models.prompting import prompt_formatter
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
+from tasks.data.conversations import sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_stage_model, log_hf_model
@@ -46,7 +47,7 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
         model, tokenizer = load_stage_model(cfg, base.model_uri, stage_dir / "base")
         train_file = validated_file(data, "sft_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
-        hf_dir = train_and_save(trainer, tokenizer, stage_dir)
+        hf_dir = train_and_save(trainer, tokenizer, stage_dir, base.model_uri, _revision(cfg, base.model_uri))
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = _final_metrics(trainer)
         mlflow.log_metrics(metrics)
@@ -63,10 +64,8 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
 
 def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path) -> SFTTrainer:
     format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-    rows = read_rows(train_file)
-    dataset = Dataset.from_dict(
-        {"prompt": [format_prompt(p) for p in rows["prompt"]], "completion": list(rows["completion"])}
-    )
+    prompts, completions = sft_examples(read_rows(train_file))  # `messages`, or prompt/completion
+    dataset = Dataset.from_dict({"prompt": [format_prompt(p) for p in prompts], "completion": completions})
     args = SFTConfig(
         **training_arguments(cfg.sft, checkpoint_dir),
         max_length=cfg.validation.max_length,
@@ -78,9 +77,13 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, chec
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_config(cfg.sft.lora),
+        peft_config=peft_config(cfg.sft.lora, model.config.num_hidden_layers),
         callbacks=callbacks(STAGE),
     )
+
+
+def _revision(cfg: PipelineConfig, uri: str) -> str | None:
+    return cfg.model.revision if uri == cfg.model.pretrained else None  # the hub model is the base
 
 
 def _final_metrics(trainer: SFTTrainer) -> dict[str, float]:

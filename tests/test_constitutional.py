@@ -21,11 +21,12 @@ from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import draw_principle, load_templates
 from tasks.cai.steps import Inputs, model_sources
 from tasks.cai.supervised import critique_and_revise, run_critique_revise, run_respond, run_sl_datasets
-from tasks.cai.versioning import MANIFEST, OutputFolderError, dvc_add, manifest_tags, publish
+from tasks.cai.versioning import MANIFEST, manifest_tags
 from tasks.core import paths
 from tasks.core.errors import ConfigError
 from tasks.core.lineage import Lineage
 from tasks.data.expectations import validate_files
+from tasks.data.publishing import OutputFolderError, dvc_add, publish
 from tasks.run.tracking import configure_tracking
 from tests.helpers.cai import cai_config, pipeline, tiny_model_dir
 
@@ -271,7 +272,7 @@ def test_output_folder_outside_a_dvc_repo_or_holding_other_files_is_refused(tmp_
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "precious.jsonl").write_text("{}\n")
     with pytest.raises(OutputFolderError, match="not a CAI output folder"):
-        publish({}, tmp_path / "data")
+        publish({}, tmp_path / "data", MANIFEST, "CAI")
     assert (tmp_path / "data" / "precious.jsonl").exists()
 
 

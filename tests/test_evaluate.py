@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from models.saving import save_hf_model
 from models.tiny import build_tiny_llama, train_tokenizer
 from tasks.core.hashing import md5_file
@@ -67,3 +69,45 @@ def test_perplexity_ratio_to_the_baseline_and_degeneration_are_measured(tmp_path
     per_response = [repeated_ngram_rate(str(response).split()) for response in generations["response"]]
     assert generations["repeated_trigrams"].tolist() == pytest.approx(per_response)
     assert result.metrics["eval/degeneration"] == pytest.approx(sum(per_response) / len(per_response))
+
+
+def test_refusal_rates_are_split_by_kind_and_counted():
+    import pandas as pd
+
+    from tasks.evaluate import safety_metrics
+
+    generations = pd.DataFrame({
+        "harmful": [True, True, True, True, False, False, False, False, False],
+        "kind": ["harmful"] * 4 + ["benign"] * 2 + ["sound_harmful"] * 3,
+        "refused": [True, True, True, False, False, False, True, False, False],
+        "response_tokens": [10, 10, 10, 10, 20, 20, 30, 30, 30],
+    })
+    metrics = safety_metrics(generations)
+    # harmful 3 of 4 refused; benign 0 of 2; sound-harmful 1 of 3; mean length 170 / 9.
+    assert metrics == pytest.approx({
+        "eval/harmful_refusal_rate": 0.75, "eval/harmful_prompts": 4.0,
+        "eval/benign_refusal_rate": 0.0, "eval/benign_prompts": 2.0,
+        "eval/sound_harmful_refusal_rate": 1 / 3, "eval/sound_harmful_prompts": 3.0,
+        "eval/response_tokens": 170 / 9,
+    })
+
+
+def test_the_results_table_puts_every_evaluated_model_side_by_side():
+    from flows.cli.results_table import results_table
+
+    def evaluation(label: str, harmful: float, kl: float | None) -> StageResult:
+        metrics = {"eval/harmful_refusal_rate": harmful, "eval/benign_refusal_rate": 0.0,
+                   "eval/harmful_prompts": 46.0, "eval/benign_prompts": 30.0}
+        if kl is not None:
+            metrics["eval/kl_to_reference"] = kl
+        return StageResult(stage=f"evaluate-{label}", run_id=label, cache_key=label, metrics=metrics)
+
+    results = {"sft": StageResult(stage="sft", run_id="s", cache_key="s"),
+               "evaluate-base": evaluation("base", 0.087, None), "evaluate-sft": evaluation("sft", 0.04, 0.0),
+               "evaluate-dpo": evaluation("dpo", 0.93, 12.25),
+               "promote": StageResult(stage="promote", run_id="p", cache_key="p", outputs={"promoted": "dpo"})}
+    lines = results_table(results).splitlines()
+    assert lines[0] == "| model | harmful refusal | benign over-refusal | KL to SFT | promoted |"
+    assert lines[2:5] == ["| base | 0.09 | 0.00 | - |  |", "| sft | 0.04 | 0.00 | 0.0 |  |",
+                          "| dpo | 0.93 | 0.00 | 12.2 | champion |"]
+    assert lines[-1] == "Held-out prompts, greedy: 46 harmful, 30 benign."

@@ -102,7 +102,7 @@ BAD_INPUTS = {
     ),
     "not_a_string": (
         {"sft_train": [*sft_rows(1), {"prompt": "Count?", "completion": 42}, *sft_rows(3)[1:]]},
-        "sft_train", "expect_column_values_to_be_of_type", "completion", 2,
+        "sft_train", "expect_column_values_to_be_null", "completion_shape", 2,
     ),
     "chosen_equals_rejected": (
         {"preferences_train": [*preference_rows(3),

@@ -29,6 +29,7 @@ from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
 from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
+from tests.helpers.models import merged_weights
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
@@ -101,13 +102,15 @@ def test_ppo_stage_logs_every_metric_and_sample_tables(stages):
     assert result.model_uri.startswith("models:/")
 
 
-def test_ppo_with_lora_keeps_no_reference_copy_and_merges(stages, tmp_path):
+def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_path):
     cfg, data, sft, reward = stages("ppo.lora.enabled=true", "ppo.steps=2")
     result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
     folder = Path(resolve_model_source(result.model_uri, tmp_path / "ppo"))
-    weights = load_file(folder / "model.safetensors")
-    assert not any("lora" in name for name in weights)
+    assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
     assert (folder / "value_head.safetensors").is_file()
+    merged = merged_weights(result.model_uri, tmp_path / "merged")
+    assert not any("lora" in name for name in merged)
+    assert merged.keys() == merged_weights(sft.model_uri, tmp_path / "sft").keys()
 
 
 def test_empty_prompt_set_is_a_clear_error(stages, tmp_path):

@@ -423,3 +423,29 @@ def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
     assert not decision.passed
     assert {gate.metric for gate in decision.failed} == {
         "eval/benign_perplexity_ratio_vs_sft", "eval/degeneration", "eval/kl_to_reference"}
+
+
+def test_the_smollm2_gates_fail_refusing_everything_and_refusing_in_broken_language():
+    """configs/smollm2.yaml's gates on constructed candidates: an aligned one passes; one that refuses every
+    request (sound-harmful and benign alike) fails the over-refusal gates; one that refuses in word salad fails
+    the fluency gates; one that barely moved fails the harmful-refusal bar and the baseline gate."""
+    from tasks.core import paths
+    from tasks.core.config import load_config
+
+    gates = load_config(paths.CONFIGS_DIR / "smollm2.yaml").gates
+    baseline = {"eval/harmful_refusal_rate": 0.04}
+    aligned = {"eval/harmful_refusal_rate": 0.93, "eval/benign_refusal_rate": 0.0,
+               "eval/sound_harmful_refusal_rate": 0.07, "eval/benign_perplexity_ratio_vs_base": 0.9,
+               "eval/degeneration": 0.01, "eval/kl_to_reference": 10.0}
+    assert decide(aligned, gates=gates, baseline=baseline, champion=None).passed
+
+    def failed(candidate: dict) -> set[str]:
+        return {gate.metric for gate in decide(candidate, gates=gates, baseline=baseline, champion=None).failed}
+
+    assert failed({**aligned, "eval/harmful_refusal_rate": 1.0, "eval/benign_refusal_rate": 0.9,
+                   "eval/sound_harmful_refusal_rate": 1.0}) == {
+        "eval/benign_refusal_rate", "eval/sound_harmful_refusal_rate"}
+    assert failed({**aligned, "eval/benign_perplexity_ratio_vs_base": 3.1, "eval/degeneration": 0.35,
+                   "eval/kl_to_reference": 95.0}) == {
+        "eval/benign_perplexity_ratio_vs_base", "eval/degeneration", "eval/kl_to_reference"}
+    assert failed({**aligned, "eval/harmful_refusal_rate": 0.04}) == {"eval/harmful_refusal_rate"}

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
-from safetensors.torch import load_file
 
 from models.prompting import prompt_formatter
 from models.reward import load_reward_model, preference_metrics, reward_input_ids, reward_scores
@@ -31,6 +30,7 @@ from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
 from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
+from tests.helpers.models import merged_weights
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # The `reward:` settings proposed for configs/demo.yaml; the demo-quality test runs exactly these.
@@ -171,8 +171,9 @@ def _train_reward(upstream: Upstream, demo_data_dir, *overrides: str):
     sft_dir = resolve_model_source(upstream.sft.model_uri, upstream.root / "sft_download")
     initial, _ = load_reward_model(sft_dir, init_seed=cfg.reward.seed)
     before = {name: tensor.detach().clone() for name, tensor in initial.state_dict().items()}
-    after_dir = resolve_model_source(result.model_uri, upstream.root / f"reward_{result.cache_key[:8]}")
-    return cfg, result, before, load_file(f"{after_dir}/model.safetensors")
+    # As every stage loads it: the saved model, or its adapters merged over the SFT model.
+    after = merged_weights(result.model_uri, upstream.root / f"reward_{result.cache_key[:8]}", reward=True)
+    return cfg, result, before, after
 
 
 def test_full_finetune_changes_every_parameter_registers_and_serves(upstream, demo_data_dir):
@@ -216,7 +217,9 @@ def test_lora_changes_only_the_adapted_projections_and_the_score_head(upstream, 
         upstream, demo_data_dir, "reward.max_steps=3", "reward.save_steps=100",
         "reward.lora.enabled=true", "reward.learning_rate=0.05",
     )
-    assert before.keys() == after.keys(), "adapters and peft's head copy are merged, not saved separately"
+    folder = Path(resolve_model_source(result.model_uri, upstream.root / "reward_lora"))
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["adapter_model.safetensors"]  # no model copy
+    assert before.keys() == after.keys(), "adapters and peft's head copy merge into the plain architecture"
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert "score.weight" in changed, "the new score head must be trained in full"
     adapted = changed - {"score.weight"}

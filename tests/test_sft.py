@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.adapters import BASE_FILE
 from tasks.base_model import run_base_model
 from tasks.core import paths
 from tasks.core.config import load_config
@@ -15,6 +19,7 @@ from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft
 from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
+from tests.helpers.models import merged_weights
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 
@@ -41,14 +46,20 @@ def test_full_finetune_changes_every_parameter(tmp_path, demo_data_dir, tracked)
     assert sft.metrics["sft/global_step"] == 3
 
 
-def test_lora_changes_only_the_adapted_projections(tmp_path, demo_data_dir, tracked):
+def test_lora_stores_only_adapters_that_change_only_the_adapted_projections(tmp_path, demo_data_dir, tracked):
     cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=3", "sft.save_steps=100", "sft.lora.enabled=true",
                          "sft.learning_rate=0.05")
-    before, after, _ = _train(cfg, tmp_path)
+    configure_tracking(cfg)
+    base = run_base_model(cfg, LINEAGE)
+    sft = run_sft(cfg, LINEAGE, base=base, data=run_validate(cfg, LINEAGE, base=base))
+    folder = Path(resolve_model_source(sft.model_uri, tmp_path / "sft"))
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == ["adapter_model.safetensors"]  # no model copy
+    assert json.loads((folder / BASE_FILE).read_text())["base_model"] == base.model_uri
+    before = merged_weights(base.model_uri, tmp_path / "base")
+    after = merged_weights(sft.model_uri, tmp_path / "merged")  # base + adapters, as every stage loads it
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed, "the merged LoRA update must reach the saved weights"
+    assert changed, "the adapters must change the merged weights"
     assert all(("q_proj" in name or "v_proj" in name) for name in changed), changed
-    assert not any("lora" in name for name in after), "adapters are merged, not saved separately"
 
 
 def test_a_pretrained_local_path_goes_through_the_hub_loading_path(tmp_path, demo_data_dir, tracked):

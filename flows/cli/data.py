@@ -1,4 +1,4 @@
-"""Datasets: the demo world."""
+"""Datasets: the tiny demo world, and the real-language safety world built with a real model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, write_json
 from tasks.core import paths
 
 app = typer.Typer(no_args_is_help=True, help="Datasets.")
@@ -28,3 +29,29 @@ def data_demo(
         md5 = check_in_regenerated_data(out)
         if md5 is not None:
             typer.echo(f"matches {out}.dvc (md5 {md5}); stored in the DVC cache")
+
+
+@app.command("world")
+def data_world(config: ConfigOption = paths.CONFIGS_DIR / "smollm2.yaml", overrides: SetOption = None,
+               out: OutOption = None) -> None:
+    """Build the real-language safety world for the config's base model into `data.dir` (a new DVC version)."""
+    from tasks.core.config import load_config
+    from tasks.core.errors import AlignflowError
+    from tasks.world.catalogue import load_catalogue
+
+    try:  # a bad config or catalogue fails here, in a second, before torch and Prefect load
+        cfg = load_config(config, overrides or [])
+        load_catalogue(cfg.world.catalogue)
+    except AlignflowError as err:
+        fail(str(err))
+    from flows.world import safety_world_data
+
+    try:
+        results = safety_world_data(str(config), overrides or [])
+    except AlignflowError as err:
+        fail(str(err))
+    world = results["world"]
+    for name, value in world.metrics.items():
+        typer.echo(f"{name:36s} {value:g}")
+    typer.echo(f"datasets in {world.outputs['dir']} (dvc md5 {world.output_hashes['dvc_md5']})")
+    write_json(out, {name: result.model_dump() for name, result in results.items()})

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import ConfigOption, OutOption, SetOption, fail, write_json
+from flows.cli.results_table import results_table
 from tasks.core import paths
 
 SkipOption = Annotated[bool, typer.Option(
@@ -26,6 +27,9 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
     for name, result in results.items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("validate/"))
         typer.echo(f"{name:14s} run {result.run_id}  {result.model_uri or ''}  {metrics}")
+    table = results_table(results)
+    if table:
+        typer.echo(f"\n{table}")
     write_json(out, {name: result.model_dump() for name, result in results.items()})
 
 

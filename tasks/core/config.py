@@ -61,6 +61,9 @@ class LoraSection(Section):
     alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(["q_proj", "v_proj"], description="Module names that get adapters.")
+    top_layers: int | None = Field(
+        None, gt=0, description="Adapt only the top N decoder layers (None: all). Backpropagation stops at the "
+        "lowest adapted layer, so adapting half the layers saves about a third of each step.")
 
 
 class ValidationSection(Section):
@@ -187,9 +190,13 @@ class GatesSection(Section):
 class EvalSection(Section):
     max_new_tokens: int = Field(48, gt=0, description="Tokens generated per held-out prompt (greedy).")
     batch_size: int = Field(32, gt=0, description="Prompts generated per batch.")
+    score_batch_size: int = Field(32, gt=0, description="Sequences per forward pass when scoring (log-probs, "
+                                  "rewards): its logits hold batch x length x vocabulary floats.")
     logged_samples: int = Field(16, ge=0, description="Generations logged as an MLflow table.")
     kl_samples: int = Field(1, ge=1, description="Sampled responses per prompt for the KL(policy || reference) estimate.")
     seed: int = Field(0, description="Seed for the sampled responses.")
+    base: bool = Field(False, description="Also evaluate the base model (run `evaluate-base`): the 'before' of a "
+                       "before/after table, and the reference of each model's `benign_perplexity_ratio_vs_base`.")
 
 
 class RegistrySection(Section):
@@ -199,6 +206,23 @@ class RegistrySection(Section):
     candidate_alias: str = Field("candidate", description="Alias given to the newest trained policy.")
     champion_alias: str = Field("champion", description="Alias of the promoted policy.")
     previous_champion_alias: str = Field("previous-champion", description="Alias the displaced champion keeps.")
+
+
+class WorldSection(Section):
+    """The real-language safety world (`alignflow data world`): prompts from a catalogue, answers from the base
+    model itself (on-policy), written to `data.dir` as a new DVC data version."""
+
+    catalogue: Path = Field(Path("configs/safety_world.yaml"), description="Kinds, categories and requests.")
+    seed: int = Field(0, description="Seed for phrasings, sampled answers and which requests get demos.")
+    train_phrasings: int = Field(1, ge=1, description="Wordings of each training request (held-out ones get one).")
+    sft_refusal_share: float = Field(
+        0.1, ge=0, le=1, description="The SFT demo budget: share of harmful training requests with an aligned "
+        "(refusing) demonstration. Benign requests get the base model's own answers.")
+    max_new_tokens: int = Field(48, gt=0, description="Tokens the base model writes per answer.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature of the base model's compliant "
+                               "answers to harmful requests (the rejected side of their pairs).")
+    batch_size: int = Field(64, gt=0, description="Prompts generated per batch.")
+    dvc_add: bool = Field(True, description="Version `data.dir` with DVC (it must lie inside a DVC repository).")
 
 
 class TrackingSection(Section):
@@ -244,6 +268,7 @@ class PipelineConfig(HashableConfig):
     dpo: DPOSection = Field(default_factory=DPOSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    world: WorldSection = Field(default_factory=WorldSection)
     gates: GatesSection = Field(default_factory=GatesSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)

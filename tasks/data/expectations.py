@@ -2,13 +2,15 @@
 
 Design:
 
-* Three dataset kinds, in TRL formats: `sft` (prompt, completion), `preference` (prompt, chosen, rejected)
-  and `prompt` (prompt, plus any extra columns). `DATASET_KINDS` maps each dataset name to its kind.
+* Three dataset kinds, in TRL formats: `sft` (prompt, completion; or messages), `preference` (prompt,
+  chosen, rejected) and `prompt` (prompt, plus any extra columns). `DATASET_KINDS` maps each dataset name to
+  its kind. Each value may be text or conversational turns (`conversation_checks` derives their checks).
 * One table, `_CHECKS`, says which checks apply to which kind; each check builds real GX expectations. The
   three suites are never written out by hand, so they cannot drift apart.
-* Checks GX cannot express directly (chosen != rejected, token length) are computed in pandas first as
-  derived columns (`chosen_equals_rejected`, `<column>_tokens`) and then checked by ordinary GX expectations,
-  so every verdict, count and offending row comes from one GX validation result.
+* Checks GX cannot express directly (the turns, chosen != rejected, token length, uniqueness of lists) are
+  computed in pandas first as derived columns (`<column>_roles`, `chosen_equals_rejected`, `<column>_tokens`,
+  `<column>_key`, ...) and then checked by ordinary GX expectations, so every verdict, count and offending row
+  comes from one GX validation result.
 * Every row carries a 1-based `row` column (the line number in a JSONL file) that GX reports as the index of
   offending rows, so a message can say "row 17" and the user can open the file at that line.
 * Failures are either row-level (a bad value in some rows: those rows can be quarantined) or table-level
@@ -35,7 +37,9 @@ import pandas as pd
 from great_expectations import expectations as gxe
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from models.prompting import Prompt
 from tasks.core.errors import DataValidationError
+from tasks.data import conversation_checks as turns
 from tasks.data.readers import ROW, read_records, records_frame
 from tasks.data.validation_report import Check, ExpectationFailure, FileReport, ValidationReport, describe
 from tasks.data.writers import write_jsonl, write_text
@@ -57,10 +61,12 @@ KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "prompt": ("prompt",),
 }
+MESSAGES_COLUMNS = ("messages",)  # SFT as whole dialogues
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 FAILED_EXPECTATIONS = "_failed_expectations"
 _EXAMPLE_ROWS = 3
 _MAX_VALUE_CHARS = 80
+_EXAMPLE_TURNS = 8
 _RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW]}
 
 
@@ -76,12 +82,9 @@ class _Spec:
 
     name: str
     kind: str
+    columns: tuple[str, ...]  # the required columns; the first is the prompt (or the dialogue)
     max_length: int
     training_prompts: frozenset[str] | None  # None: not an eval file, or no training files to compare with
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return KIND_COLUMNS[self.kind]
 
     @property
     def length_columns(self) -> tuple[str, ...]:
@@ -118,14 +121,18 @@ def _not_null(spec: _Spec) -> Iterator[_Planned]:
                        f"'{column}' is never null or missing", needs=(column,))
 
 
-def _are_strings(spec: _Spec) -> Iterator[_Planned]:
-    for column in spec.columns:
-        yield _Planned(gxe.ExpectColumnValuesToBeOfType(column=column, type_="str"), column,
-                       f"'{column}' values are strings", needs=(column,))
+def _well_formed(spec: _Spec) -> Iterator[_Planned]:
+    """Text or turns, and turns in TRL's order; each derived column holds what is wrong, or null."""
+    for check in turns.TURN_CHECKS:
+        for column in spec.columns:
+            derived = turns.problem_column(column, check)
+            yield _Planned(gxe.ExpectColumnValuesToBeNull(column=derived), derived,
+                           turns.description(column, check), needs=(column,))
 
 
 def _not_blank(spec: _Spec) -> Iterator[_Planned]:
-    for column in spec.columns:
+    # Turns pass this regex (GX matches their str()); their content has its own check.
+    for column in (column for column in spec.columns if turns.position(column) != "dialogue"):
         yield _Planned(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"), column,
                        f"'{column}' is not empty or whitespace-only", needs=(column,))
 
@@ -137,17 +144,22 @@ def _chosen_differs(spec: _Spec) -> Iterator[_Planned]:
 
 def _fits_max_length(spec: _Spec) -> Iterator[_Planned]:
     for column in spec.length_columns:
-        text = "format_prompt(prompt)" if column == "prompt" else f"format_prompt(prompt) + {column} + EOS"
+        text = {"prompt": "format_prompt(prompt)",
+                "messages": "format_prompt(messages[:-1]) + messages[-1] + EOS"}.get(
+                    column, f"format_prompt(prompt) + {column} + EOS")
         yield _Planned(
             gxe.ExpectColumnValuesToBeBetween(column=_tokens(column), max_value=spec.max_length),
-            _tokens(column), f"{text} is at most {spec.max_length} tokens", needs=("prompt", column),
+            _tokens(column), f"{text} is at most {spec.max_length} tokens",
+            needs=tuple(dict.fromkeys((spec.columns[0], column))),
         )
 
 
 def _unique(spec: _Spec) -> Iterator[_Planned]:
-    # GX wants two or more columns for the compound check; prompt files have one.
-    expectation = (gxe.ExpectCompoundColumnsToBeUnique(column_list=list(spec.columns))
-                   if len(spec.columns) > 1 else gxe.ExpectColumnValuesToBeUnique(column=spec.columns[0]))
+    # GX cannot hash lists, so it compares the canonical keys. It wants two or more columns for the compound
+    # check; prompt files have one.
+    keys = [turns.key_column(column) for column in spec.columns]
+    expectation = (gxe.ExpectCompoundColumnsToBeUnique(column_list=keys)
+                   if len(keys) > 1 else gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
     yield _Planned(expectation, ",".join(spec.columns), f"no two rows repeat {', '.join(spec.columns)}",
                    needs=spec.columns, keep_first=True)
 
@@ -155,8 +167,10 @@ def _unique(spec: _Spec) -> Iterator[_Planned]:
 def _no_leakage(spec: _Spec) -> Iterator[_Planned]:
     if spec.training_prompts is None:
         return
-    expectation = gxe.ExpectColumnValuesToNotBeInSet(column="prompt", value_set=sorted(spec.training_prompts))
-    yield _Planned(expectation, "prompt", "the prompt is not in the training data", needs=("prompt",))
+    column = spec.columns[0]
+    expectation = gxe.ExpectColumnValuesToNotBeInSet(column=turns.PROMPT_KEY,
+                                                     value_set=sorted(spec.training_prompts))
+    yield _Planned(expectation, column, "the prompt is not in the training data", needs=(column,))
 
 
 _ALL_KINDS = frozenset(KIND_COLUMNS)
@@ -165,7 +179,7 @@ _CHECKS: tuple[tuple[Callable[[_Spec], Iterable[_Planned]], frozenset[str]], ...
     (_columns_exist, _ALL_KINDS),
     (_has_rows, _ALL_KINDS),
     (_not_null, _ALL_KINDS),
-    (_are_strings, _ALL_KINDS),
+    (_well_formed, _ALL_KINDS),
     (_not_blank, _ALL_KINDS),
     (_chosen_differs, frozenset({"preference"})),
     (_fits_max_length, _ALL_KINDS),
@@ -184,37 +198,41 @@ def _tokens(column: str) -> str:
     return f"{column}_tokens"
 
 
+def _columns(kind: str, present: set[str]) -> tuple[str, ...]:
+    """The required columns: an SFT file with `messages` and neither prompt nor completion is dialogues."""
+    if kind == "sft" and "messages" in present and not present & {"prompt", "completion"}:
+        return MESSAGES_COLUMNS
+    return KIND_COLUMNS[kind]
+
+
 def _with_derived_columns(frame: pd.DataFrame, spec: _Spec, tokenizer,
-                          format_prompt: Callable[[str], str]) -> pd.DataFrame:
-    """Add the columns GX checks for chosen != rejected and token length."""
+                          format_prompt: Callable[[Prompt], str]) -> pd.DataFrame:
+    """Add the columns GX checks for the turns, keys, chosen != rejected and token length."""
     frame = frame.copy()
     if frame.empty:  # an empty file has no keys to take columns from; report zero rows, not missing columns
         for column in spec.columns:
             frame[column] = pd.Series(dtype=object)
+    for name, values in turns.derived_columns(frame, spec.columns).items():
+        frame[name] = values
     if {"chosen", "rejected"} <= set(frame.columns) and spec.kind == "preference":
-        # Whitespace around a response does not make it a different answer.
-        frame[CHOSEN_EQUALS_REJECTED] = [
-            isinstance(c, str) and isinstance(r, str) and c.strip() == r.strip()
-            for c, r in zip(frame["chosen"], frame["rejected"], strict=True)
-        ]
+        frame[CHOSEN_EQUALS_REJECTED] = [turns.same_response(c, r)
+                                         for c, r in zip(frame["chosen"], frame["rejected"], strict=True)]
     for column in spec.length_columns:
-        if {"prompt", column} <= set(frame.columns):
+        if {spec.columns[0], column} <= set(frame.columns):
             frame[_tokens(column)] = _token_lengths(frame, column, tokenizer, format_prompt)
     return frame
 
 
 def _token_lengths(frame: pd.DataFrame, column: str, tokenizer,
-                   format_prompt: Callable[[str], str]) -> pd.Series:
-    """format_prompt(prompt) + response, plus one token for EOS; null where a text is not a string."""
-    prompts = frame["prompt"].tolist()
-    responses = [""] * len(frame) if column == "prompt" else frame[column].tolist()
+                   format_prompt: Callable[[Prompt], str]) -> pd.Series:
+    """format_prompt(prompt) + response, plus one token for EOS; null where a value fails its own checks."""
+    inputs = turns.length_inputs(frame, column)
     eos = 0 if column == "prompt" else 1
-    valid = [i for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-             if isinstance(p, str) and isinstance(r, str)]
+    valid = [i for i, pair in enumerate(inputs) if pair is not None]
     lengths: list[int | None] = [None] * len(frame)
     if valid:
         # One batched call: tokenizing row by row is much slower on big files.
-        texts = [format_prompt(prompts[i]) + responses[i] for i in valid]
+        texts = [format_prompt(inputs[i][0]) + inputs[i][1] for i in valid]
         # verbose=False: a too-long row is what this check reports, not a reason for a tokenizer warning.
         encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         for i, ids in zip(valid, encoded, strict=True):
@@ -287,7 +305,8 @@ def _rows_to_quarantine(outcome: _Outcome, frame: pd.DataFrame, spec: _Spec) -> 
         return rows
     # GX flags every copy of a duplicate; keep the first copy and move only the later ones aside.
     flagged = frame[frame[ROW].isin(rows)]
-    return sorted(int(row) for row in flagged.loc[flagged.duplicated(subset=list(spec.columns)), ROW])
+    keys = [turns.key_column(column) for column in spec.columns]
+    return sorted(int(row) for row in flagged.loc[flagged.duplicated(subset=keys), ROW])
 
 
 # ------------------------------------------------------------------------------------- building the report
@@ -312,12 +331,18 @@ def _example(item: dict, records: dict[int, dict], spec: _Spec) -> dict:
     row = int(item[ROW])
     record = records.get(row, {})
     texts = {column: record.get(column) for column in spec.columns if column in record}
-    checked = {key: value for key, value in item.items() if key != ROW}
+    hidden = {ROW, turns.PROMPT_KEY, *map(turns.key_column, spec.columns)}  # keys repeat the texts
+    checked = {key: value for key, value in item.items() if key not in hidden}
     return {ROW: row, **{key: _short(value) for key, value in {**texts, **checked}.items()}}
 
 
 def _short(value: Any) -> Any:
-    """A JSON-ready, readable value: numpy scalars become Python ones, NaN becomes null, long text is cut."""
+    """A JSON-ready, readable value: numpy scalars become Python ones, NaN becomes null, long text is cut, and
+    so are long lists of turns."""
+    if isinstance(value, list):
+        return [_short(item) for item in value[:_EXAMPLE_TURNS]] + ["..."] * (len(value) > _EXAMPLE_TURNS)
+    if isinstance(value, dict):
+        return {key: _short(item) for key, item in value.items()}
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -328,10 +353,12 @@ def _short(value: Any) -> Any:
 
 
 def _validate_file(name: str, path: Path, records: list[tuple[int, dict]], *, context, source, tokenizer,
-                   format_prompt: Callable[[str], str], max_length: int,
+                   format_prompt: Callable[[Prompt], str], max_length: int,
                    training_prompts: frozenset[str] | None, quarantine: bool, out_dir: Path) -> FileReport:
-    spec = _Spec(name, DATASET_KINDS[name], max_length, training_prompts)
-    frame = _with_derived_columns(records_frame(records), spec, tokenizer, format_prompt)
+    frame = records_frame(records)
+    spec = _Spec(name, DATASET_KINDS[name], _columns(DATASET_KINDS[name], set(frame.columns)), max_length,
+                 training_prompts)
+    frame = _with_derived_columns(frame, spec, tokenizer, format_prompt)
     planned = _plan(spec, set(frame.columns))
     outcomes = _run_suite(context, source, spec, frame, planned)
     by_row = dict(records)
@@ -406,7 +433,7 @@ def validate_files(
     files: dict[str, Path],
     *,
     tokenizer,
-    format_prompt: Callable[[str], str],
+    format_prompt: Callable[[Prompt], str],
     max_length: int,
     on_failure: Literal["fail", "quarantine"],
     max_quarantine_fraction: float,
@@ -456,9 +483,13 @@ def validate_files(
 
 
 def _training_prompts(records: dict[str, list[tuple[int, dict]]]) -> frozenset[str] | None:
-    """Prompts of the training files given; None when there are none to check leakage against."""
+    """Prompt keys of the training files given; None when there are none to check leakage against."""
     present = [name for name in TRAINING_FILES if name in records]
     if not present:
         return None
-    return frozenset(record["prompt"] for name in present for _, record in records[name]
-                     if isinstance(record.get("prompt"), str))
+    keys = set()
+    for name in present:
+        column = _columns(DATASET_KINDS[name], {key for _, record in records[name] for key in record})[0]
+        keys.update(turns.prompt_key(record[column], column) for _, record in records[name]
+                    if isinstance(record.get(column), (str, list)))
+    return frozenset(keys)

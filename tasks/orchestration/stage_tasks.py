@@ -4,7 +4,8 @@ Each stage's task calls its plain `run_*` function unchanged. Its Prefect cache 
 key, so a task whose inputs did not change returns its earlier `StageResult` (state "Cached") without running.
 A stage the config sends to a work pool runs through its dispatched twin instead: same name, same cache key,
 but its body runs the stage as a deployment on that pool's worker (`tasks.orchestration.dispatch`).
-The CAI steps are tasks too, without Prefect's cache: their progress files make a rerun resume.
+The data-making steps (CAI, the safety world) are tasks too, without Prefect's cache: CAI's progress files make a
+rerun resume, and the world step reuses a folder that already holds its key's data.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tasks.core.tags import CACHE_TAG_PREFIX
 from tasks.orchestration.dispatch import dispatch_stage
 from tasks.orchestration.stage_table import STAGES
 from tasks.run.contract import StageResult
+from tasks.world.build import run_world
 
 _NOT_KEY_INPUTS = ("cfg", "lineage")
 
@@ -70,9 +72,10 @@ def _dispatching(name: str, run: Callable) -> Callable:
     return dispatched
 
 
-def _cai_task(run: Callable, name: str) -> Task:
-    """No Prefect cache and no Prefect retries: progress files make a rerun resume, and the HTTP backend
-    retries by itself (retrying the task on top would multiply the waits)."""
+def _data_task(run: Callable, name: str) -> Task:
+    """No Prefect cache and no Prefect retries: the steps find their own earlier work (progress files, a
+    folder holding this key's data), and the HTTP backend retries by itself (retrying the task on top would
+    multiply the waits)."""
     return task(run, name=name, task_run_name=name, cache_policy=NO_CACHE)
 
 
@@ -83,12 +86,13 @@ _DISPATCHED: dict[str, Task] = {
     for name in DISPATCHABLE
 }
 CAI_TASKS: dict[str, Task] = {
-    "respond": _cai_task(run_respond, "cai-respond"),
-    "critique_revise": _cai_task(run_critique_revise, "cai-critique_revise"),
-    "sl_datasets": _cai_task(run_sl_datasets, "cai-sl_datasets"),
-    "rlaif": _cai_task(run_rlaif, "cai-rlaif"),
-    "version": _cai_task(run_version, "cai-version"),
+    "respond": _data_task(run_respond, "cai-respond"),
+    "critique_revise": _data_task(run_critique_revise, "cai-critique_revise"),
+    "sl_datasets": _data_task(run_sl_datasets, "cai-sl_datasets"),
+    "rlaif": _data_task(run_rlaif, "cai-rlaif"),
+    "version": _data_task(run_version, "cai-version"),
 }
+WORLD_TASK: Task = _data_task(run_world, "world")
 
 
 def placed(stage_task: Task, cfg: PipelineConfig) -> Task:

@@ -1,4 +1,4 @@
-"""Models in MLflow: how a stage logs its Hugging Face folder, and how a stage input URI becomes a loadable folder."""
+"""Models in MLflow: how a stage logs its Hugging Face folder, and how it loads the model behind an input URI."""
 
 from __future__ import annotations
 
@@ -6,20 +6,23 @@ from pathlib import Path
 from typing import Literal
 
 import mlflow
-import yaml
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from models.loading import load_model_and_tokenizer
+from models.reward import load_reward_model
 from tasks.core import paths
 from tasks.core.config import PipelineConfig
+from tasks.registry.hf_folders import HF_ARTIFACT, model_chain, resolve_model_source
 
 # The pyfunc wrapper each kind of model is served with (logged "from code").
 _PYFUNC_CODE = {"policy": Path(__file__).with_name("policy_pyfunc.py"),
                 "reward": Path(__file__).with_name("reward_pyfunc.py")}
 _MODELS_PACKAGE = paths.PROJECT_ROOT / "models"
-HF_ARTIFACT = "hf_model"  # name of the Hugging Face folder inside a logged alignflow model
-_SERVING_REQUIREMENTS = ["torch", "transformers", "safetensors", "pandas"]
+_HF_FOLDERS_CODE = Path(__file__).with_name("hf_folders.py")  # served adapters resolve their base with it
+__all__ = ["HF_ARTIFACT", "load_chain", "load_stage_model", "load_stage_reward_model", "log_hf_model", "model_chain",
+           "resolve_model_source"]
+_SERVING_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors", "pandas"]
 _SIGNATURES = {
     # A policy takes raw user prompts and answers with greedy completions; max_new_tokens may be set per request.
     "policy": ModelSignature(
@@ -38,7 +41,8 @@ _SIGNATURES = {
 def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "reward"] = "policy") -> str:
     """Log a Hugging Face folder as an MLflow pyfunc model (servable with `mlflow models serve`); returns its URI.
 
-    The model's prompt format travels with it, so a served model formats requests exactly as training did.
+    The model's prompt format travels with it, so a served model formats requests exactly as training did. An
+    adapter folder (LoRA) is logged as it is: it names its base model, which serving loads and merges.
     """
     if kind not in _PYFUNC_CODE:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_PYFUNC_CODE)}")
@@ -46,7 +50,7 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "rew
         name="model",
         python_model=str(_PYFUNC_CODE[kind]),
         artifacts={HF_ARTIFACT: str(hf_dir)},
-        code_paths=[str(_MODELS_PACKAGE)],
+        code_paths=[str(_MODELS_PACKAGE), str(_HF_FOLDERS_CODE)],
         model_config={
             "prompt_format": cfg.model.prompt_format,
             "prompt_template": cfg.model.prompt_template,
@@ -58,38 +62,29 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "rew
     return info.model_uri
 
 
-def resolve_model_source(uri: str, download_dir: Path) -> str:
-    """Turn a stage input URI into something `from_pretrained` accepts.
-
-    `runs:/…` and `models:/…` (MLflow) are downloaded and their Hugging Face folder is returned; an existing
-    local folder is used as is; anything else is taken to be a hub id.
-    """
-    if uri.startswith(("runs:/", "models:/")):
-        download_dir.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_dir)))
-        return str(_hf_folder(local, uri))
-    return uri
-
-
 def load_stage_model(cfg: PipelineConfig, uri: str, download_dir: Path, dtype: str | None = None):
-    """(model, tokenizer) behind a stage input URI, loaded with the config's model settings.
+    """(model, tokenizer) behind a stage input URI, loaded with the config's model settings, any LoRA adapters
+    merged (`models.adapters`).
 
     `model.revision` applies only to the configured pretrained hub model; `dtype` defaults to `model.dtype`.
     """
-    return load_model_and_tokenizer(
-        resolve_model_source(uri, download_dir),
-        revision=cfg.model.revision if uri == cfg.model.pretrained else None,
-        trust_remote_code=cfg.model.trust_remote_code,
-        dtype=dtype or cfg.model.dtype,
-    )
+    return load_chain(cfg, model_chain(uri, download_dir), dtype)
 
 
-def _hf_folder(model_dir: Path, uri: str) -> Path:
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
-        raise FileNotFoundError(f"{uri}: no MLmodel file in the downloaded artifacts ({model_dir})")
-    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
-    artifact = flavor.get("artifacts", {}).get(HF_ARTIFACT)
-    if artifact is None:
-        raise ValueError(f"{uri}: not an alignflow model (no {HF_ARTIFACT!r} artifact in its MLmodel)")
-    return model_dir / artifact["path"]
+def load_chain(cfg: PipelineConfig, chain: list[str], dtype: str | None = None):
+    """(model, tokenizer) of a resolved chain: full weights, then adapters merged in order."""
+    return load_model_and_tokenizer(chain[0], revision=_revision(cfg, chain[0]),
+                                    trust_remote_code=cfg.model.trust_remote_code, dtype=dtype or cfg.model.dtype,
+                                    adapters=chain[1:])
+
+
+def load_stage_reward_model(cfg: PipelineConfig, uri: str, download_dir: Path, dtype: str | None = None,
+                            init_seed: int | None = None):
+    """(reward model, tokenizer) behind a stage input URI: a reward model, or a policy given a new score head."""
+    chain = model_chain(uri, download_dir)
+    return load_reward_model(chain[0], revision=_revision(cfg, chain[0]), trust_remote_code=cfg.model.trust_remote_code,
+                             dtype=dtype or cfg.model.dtype, init_seed=init_seed, adapters=chain[1:])
+
+
+def _revision(cfg: PipelineConfig, source: str) -> str | None:
+    return cfg.model.revision if source == cfg.model.pretrained else None

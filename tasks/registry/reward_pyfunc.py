@@ -10,9 +10,16 @@ from mlflow.models import set_model
 
 class RewardScorer(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        import tempfile
+        from pathlib import Path
+
+        from hf_folders import model_chain  # shipped in the model's code folder
+
         from models.reward import load_reward_model
 
-        self.model, self.tokenizer = load_reward_model(context.artifacts["hf_model"])
+        # A LoRA model's folder holds adapters naming their base model: load the base, merge the adapters.
+        chain = model_chain(context.artifacts["hf_model"], Path(tempfile.mkdtemp(prefix="alignflow-base-")))
+        self.model, self.tokenizer = load_reward_model(chain[0], adapters=chain[1:])
         self.config = context.model_config
 
     def predict(self, context, model_input, params=None):

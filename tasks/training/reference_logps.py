@@ -40,16 +40,21 @@ def folder_hash(folder: Path, patterns: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def reference_key(reference_dir: Path, data_md5: str, tokenization: dict) -> dict[str, str]:
+def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict) -> dict[str, str]:
     """The three hashes the cache is keyed by, and their combination under `key`.
 
-    `tokenization` holds what turns rows into token ids besides the tokenizer files (max_length, prompt format).
+    `reference_chain` is the reference model's folders: full weights, then any adapters merged over them (see
+    `models.adapters`); the tokenizer is the last folder's. `tokenization` holds what turns rows into token ids
+    besides the tokenizer files (max_length, prompt format).
     """
+    folders = [Path(folder) for folder in reference_chain]
+    weights = "".join(folder_hash(folder, ("config.json", "adapter_config.json", "*.safetensors"))
+                      if folder.is_dir() else str(folder) for folder in folders)  # a hub id stands for itself
     parts = {
-        "reference_model": folder_hash(reference_dir, ("config.json", "*.safetensors")),
+        "reference_model": hashlib.md5(weights.encode()).hexdigest() if len(folders) > 1 else weights,
         "data": data_md5,
         "tokenizer": hashlib.md5(
-            (folder_hash(reference_dir, _TOKENIZER_FILES) + json.dumps(tokenization, sort_keys=True)).encode()
+            (folder_hash(folders[-1], _TOKENIZER_FILES) + json.dumps(tokenization, sort_keys=True)).encode()
         ).hexdigest(),
     }
     parts["key"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -16,8 +16,9 @@ from models.checkpoints import (
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
-from models.saving import save_hf_model
+from models.saving import save_trained_model
 from tasks.core.config import LoraSection, TrainingSection
+from tasks.core.errors import ConfigError
 from tasks.core.tags import RESUMED_FROM_TAG
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,21 @@ def training_arguments(train: TrainingSection, output_dir: Path) -> dict[str, An
     }
 
 
-def peft_config(lora: LoraSection) -> LoraConfig | None:
+def peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
+    """peft's LoRA config for a model with `num_layers` decoder layers, or None when LoRA is off."""
     if not lora.enabled:
         return None
+    if lora.top_layers is not None and lora.top_layers > num_layers:
+        raise ConfigError(f"lora.top_layers={lora.top_layers}, but the model has only {num_layers} layers")
+    top = {} if lora.top_layers is None else {
+        "layers_to_transform": list(range(num_layers - lora.top_layers, num_layers)), "layers_pattern": "layers"}
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
+        **top,
     )
 
 
@@ -68,11 +75,12 @@ def callbacks(metric_prefix: str) -> list:
     return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix)]
 
 
-def train_and_save(trainer, tokenizer, stage_dir: Path) -> Path:
+def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str, revision: str | None = None) -> Path:
     """The recipe's train and save steps: train, resuming from the last complete checkpoint in
-    `<stage_dir>/checkpoints`, then save the model (LoRA merged) to `<stage_dir>/hf_model`; returns that folder."""
+    `<stage_dir>/checkpoints`, then save to `<stage_dir>/hf_model`: with LoRA the adapters, naming `base_model`
+    (the URI the stage started from) as their base; otherwise the whole model. Returns that folder."""
     _train_resuming(trainer, stage_dir / "checkpoints")
-    return save_hf_model(trainer.model, tokenizer, stage_dir / "hf_model")
+    return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision)
 
 
 def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:

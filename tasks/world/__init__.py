@@ -1,0 +1,1 @@
+"""The real-language safety world: its catalogue, written answers, datasets and the step that builds them."""

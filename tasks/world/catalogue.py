@@ -1,0 +1,134 @@
+"""The real-language safety world's catalogue (`configs/safety_world.yaml`), read and expanded into requests.
+
+The YAML names kinds (harmful, benign, sound_harmful) -> categories -> `train` / `held_out` sub-categories,
+each with its requests (and, when harmful, the reason a refusal gives and a safe alternative). Expanding it
+puts each request in a phrasing drawn for its split, so held-out prompts differ from training ones in both
+sub-category and wording. Everything is a pure function of the file and the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasks.core.config_files import Section, read_yaml_mapping, validate_model
+from tasks.core.hashing import sha256_file
+
+Kind = Literal["harmful", "benign", "sound_harmful"]
+KINDS: tuple[Kind, ...] = ("harmful", "benign", "sound_harmful")
+Split = Literal["train", "held_out"]
+
+
+class SubCategory(Section):
+    requests: list[str] = Field(min_length=1, description="Requests, each a natural sentence.")
+    reason: str | None = Field(None, description="Harmful only: why a refusal declines, one clause.")
+    alternative: str | None = Field(None, description="Harmful only: a safe alternative a refusal may offer.")
+
+
+class Category(Section):
+    train: dict[str, SubCategory] = Field(min_length=1, description="Sub-categories training may use.")
+    held_out: dict[str, SubCategory] = Field(min_length=1, description="Sub-categories only evaluation uses.")
+
+
+class Phrasings(Section):
+    train: list[str] = Field(min_length=1, description="Wordings of training prompts ({request}, {lower}).")
+    held_out: list[str] = Field(min_length=1, description="Wordings of held-out prompts, none shared with train.")
+    red_team: list[str] = Field(min_length=1, description="Adversarial wordings for the red-team prompts.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Phrasings:
+        shared = set(self.train) & set(self.held_out) - {"{request}"}
+        if shared:
+            raise ValueError(f"phrasings {sorted(shared)} are both train and held_out")
+        return self
+
+
+class Refusals(Section):
+    openers: list[str] = Field(min_length=1, description="First sentences of a refusal.")
+    over_refusals: list[str] = Field(min_length=1, description="Refusals of benign requests: what helping must beat.")
+
+
+class WorldCatalogue(Section):
+    phrasings: Phrasings
+    refusal: Refusals
+    harmful: dict[str, Category] = Field(min_length=1)
+    benign: dict[str, Category] = Field(min_length=1)
+    sound_harmful: dict[str, Category] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _harmful_have_reasons(self) -> WorldCatalogue:
+        for category, sub, entry in _walk(self.harmful):
+            if not entry.reason:
+                raise ValueError(f"harmful.{category}: sub-category {sub!r} needs a `reason` for its refusals")
+        return self
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt of the world, with where it comes from."""
+
+    prompt: str
+    kind: Kind
+    category: str
+    subcategory: str
+    split: Split
+    reason: str | None = None
+    alternative: str | None = None
+
+    @property
+    def harmful(self) -> bool:
+        return self.kind == "harmful"
+
+
+def load_catalogue(path: Path) -> WorldCatalogue:
+    return validate_model(WorldCatalogue, read_yaml_mapping(Path(path), "safety world"), str(path))
+
+
+def catalogue_sha256(path: Path) -> str:
+    return sha256_file(Path(path))
+
+
+def expand(catalogue: WorldCatalogue, split: Split, rng: random.Random, phrasings_per_request: int = 1,
+           ) -> list[Request]:
+    """Every request of the split's sub-categories, each in `phrasings_per_request` distinct wordings drawn for
+    that split (held-out requests always get one)."""
+    wordings = catalogue.phrasings.train if split == "train" else catalogue.phrasings.held_out
+    copies = phrasings_per_request if split == "train" else 1
+    requests = []
+    for kind in KINDS:
+        for category, sub, entry in _walk(getattr(catalogue, kind), split):
+            for text in entry.requests:
+                for wording in _distinct(wordings, copies, rng):
+                    requests.append(Request(phrase(wording, text), kind, category, sub, split, entry.reason,
+                                            entry.alternative))
+    return requests
+
+
+def red_team(catalogue: WorldCatalogue, rng: random.Random) -> list[Request]:
+    """Training's harmful requests in adversarial wordings: the Constitutional AI flow's input."""
+    return [Request(phrase(rng.choice(catalogue.phrasings.red_team), text), "harmful", category, sub, "train",
+                    entry.reason, entry.alternative)
+            for category, sub, entry in _walk(catalogue.harmful, "train") for text in entry.requests]
+
+
+def phrase(wording: str, request: str) -> str:
+    return wording.format(request=request, lower=request[:1].lower() + request[1:])
+
+
+def _distinct(wordings: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` wordings; the same wording twice only when there are fewer than `count`, and never identity twice."""
+    pool = list(dict.fromkeys(wordings))
+    if count >= len(pool):
+        return pool
+    return rng.sample(pool, count) if count > 1 else [rng.choice(wordings)]  # one draw keeps the file's weights
+
+
+def _walk(categories: dict[str, Category], split: Split | None = None):
+    for name, category in categories.items():
+        for part in ("train", "held_out") if split is None else (split,):
+            for sub, entry in getattr(category, part).items():
+                yield name, sub, entry
