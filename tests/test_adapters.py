@@ -33,12 +33,12 @@ def tiny(tmp_path):
 
 
 def _trained_adapter(model, seed: int):
-    """LoRA on q/v with random (non-zero) B, so merging changes the weights."""
+    """LoRA on q/v with seeded random A and (non-zero) B, so merging changes the weights reproducibly."""
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                             task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(seed)
     for name, parameter in peft.named_parameters():
-        if "lora_B" in name:
+        if "lora_" in name:
             parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
     return peft
 
@@ -101,7 +101,10 @@ def test_a_logged_adapter_resolves_its_base_from_mlflow_and_serves_merged(tiny, 
                                      tmp_path / "adapter", base_uri)
         adapter_uri = log_hf_model(adapter, cfg)
     chain = model_chain(adapter_uri, tmp_path / "download")
-    assert len(chain) == 2 and (chain[1].endswith("hf_model")) and is_adapter_folder(chain[1])
+    assert len(chain) == 2 and is_adapter_folder(chain[1]) and not is_adapter_folder(chain[0])
+    # A local store is read in place: nothing was copied into the download folder.
+    assert all(str(tmp_path / "mlartifacts") in folder for folder in chain)
+    assert not (tmp_path / "download").exists() or not any((tmp_path / "download").rglob("*.safetensors"))
     merged, _ = load_model_and_tokenizer(chain[0], adapters=chain[1:])
     # Served: MLflow loads the pyfunc, which finds the base through the same resolver and merges.
     served = mlflow.pyfunc.load_model(adapter_uri)

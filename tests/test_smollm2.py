@@ -161,7 +161,7 @@ def test_two_lora_dpo_steps_on_conversational_pairs_store_only_adapters(world):
     assert dpo.metrics["dpo/global_step"] == 2
     folder = Path(resolve_model_source(dpo.model_uri, root / "dpo"))
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["adapter_model.safetensors"]
-    assert sum(p.stat().st_size for p in folder.iterdir()) < 5_000_000  # megabytes, not a 538 MB copy
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 50_000_000  # a few megabytes, not a 538 MB copy
     before = merged_weights(base.model_uri, root / "before")
     after = merged_weights(dpo.model_uri, root / "after")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
