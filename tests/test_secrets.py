@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 import mlflow
 import pytest
@@ -26,6 +27,27 @@ def test_redact_masks_url_passwords_token_shapes_and_secret_environment_values()
     assert redact(f"login {PLANTED} then tok-abcdef", env) == "login *** then ***"
     # Only secret-named variables count, and values too short to be secrets are left alone.
     assert redact("/root abc", env) == "/root abc"
+
+
+class _VanishingEnvironment(Mapping):
+    """Like os.environ read while another thread changes it: a listed name is gone by the time it is looked up."""
+
+    def __init__(self, **values):
+        self._values = values
+
+    def __iter__(self):
+        yield from [*self._values, "_TELEMETRY_SESSION_TOKEN"]
+
+    def __len__(self):
+        return len(self._values) + 1
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+
+def test_a_variable_removed_while_reading_the_environment_is_skipped():
+    env = _VanishingEnvironment(HF_TOKEN="tok-abcdef")
+    assert redact("tok-abcdef", env) == "***"
 
 
 def test_redact_mapping_recurses_and_strip_credentials_keeps_the_server():

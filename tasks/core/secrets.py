@@ -28,7 +28,9 @@ _MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of the environment variables named like secrets, longest first (so none is masked in part)."""
     environ = os.environ if environ is None else environ
-    values = {value for name, value in environ.items() if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LENGTH}
+    # Names first, then .get: another thread (MLflow's telemetry) may remove a variable while we read them.
+    values = {environ.get(name) or "" for name in list(environ) if _SECRET_NAME.search(name)}
+    values = {value for value in values if len(value) >= _MIN_SECRET_LENGTH}
     return sorted(values, key=len, reverse=True)
 
 
