@@ -198,13 +198,14 @@ def test_only_training_prompts_count_as_leakage(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("{not json", "line 3 is not valid JSON"),
-        ('["a", "list"]', "line 3 is a JSON list, expected an object"),
+        (b"{not json", "line 3 is not valid JSON"),
+        (b'["a", "list"]', "line 3 is a JSON list, expected an object"),
+        (b'{"prompt": "caf\xe9"}', "line 3 is not UTF-8 text (byte 16 of the line is 0xe9)"),  # Latin-1
     ],
 )
 def test_unreadable_line_names_file_and_line(tmp_path, tokenizer, line, problem):
     path = tmp_path / "sft_train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in sft_rows(2)) + line + "\n", encoding="utf-8")
+    path.write_bytes("".join(json.dumps(row) + "\n" for row in sft_rows(2)).encode() + line + b"\n")
 
     with pytest.raises(DataValidationError, match=re.escape(f"{path}: {problem}")):
         read_rows(path)

@@ -29,8 +29,9 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
     if path.suffix != ".jsonl":
         raise DataValidationError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
     records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            line = _decoded(raw, path, number)
             if not line.strip():
                 continue  # a blank line holds no record (editors often leave one at the end)
             try:
@@ -43,6 +44,15 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
                 )
             records.append((number, _checked_keys(record, path, number)))
     return records
+
+
+def _decoded(raw: bytes, path: Path, number: int) -> str:
+    """A line as text; bad encoding names the line and the byte in it (a byte offset in the file helps nobody)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataValidationError(f"{path}: line {number} is not UTF-8 text "
+                                  f"(byte {err.start + 1} of the line is 0x{raw[err.start]:02x})") from None
 
 
 def _read_parquet(path: Path) -> list[tuple[int, dict]]:
