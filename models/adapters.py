@@ -15,6 +15,8 @@ from pathlib import Path
 
 from peft import PeftConfig, PeftModel
 
+from models.manifest import check_model_folder
+
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_FILE = "alignflow_base.json"
 
@@ -46,14 +48,15 @@ def adapter_chain(source: str, fetch: Callable[[str], str]) -> list[str]:
     return chain
 
 
-def merge_adapters(model, adapters: Sequence[str | Path]):
-    """`model` with each adapter folder merged into its weights, in order.
+def merge_adapters(model, adapters: Sequence[str | Path], *, trust_remote_code: bool = False):
+    """`model` with each adapter folder merged into its weights, in order, each checked first (`models.manifest`).
 
     Each adapter is attached as a plain `PeftModel`, whatever task it was trained for: a reward model starts
     from the SFT model, so a causal-LM adapter must merge into a sequence classifier too (the task-specific
     wrapper would ask the classifier for generation methods it lacks). Merging needs only the weights.
     """
     for adapter in adapters:
+        check_model_folder(adapter, trust_remote_code=trust_remote_code)
         config = PeftConfig.from_pretrained(str(adapter))
         config.task_type = None
         model = PeftModel.from_pretrained(model, str(adapter), config=config).merge_and_unload()

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from models.adapters import merge_adapters
 from models.loading import DTYPES, load_tokenizer
+from models.manifest import check_model_folder
 
 
 def load_reward_model(
@@ -39,6 +40,7 @@ def load_reward_model(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_model_folder(source, trust_remote_code=trust_remote_code)
     with torch.random.fork_rng(devices=[]):
         if init_seed is not None:
             torch.manual_seed(init_seed)
@@ -50,7 +52,7 @@ def load_reward_model(
             num_labels=1,
             use_safetensors=True,
         )
-    model = merge_adapters(model, adapters)
+    model = merge_adapters(model, adapters, trust_remote_code=trust_remote_code)
     tokenizer = (load_tokenizer(adapters[-1], trust_remote_code=trust_remote_code) if adapters
                  else load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code))
     text_config = model.config.get_text_config()

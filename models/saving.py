@@ -1,7 +1,8 @@
 """Saving model folders so that a crash never leaves half of one behind.
 
 Everything is written beside its final name and renamed into place once complete: a reader sees either the
-old file or folder, or the whole new one.
+old file or folder, or the whole new one. A model folder's last file is its manifest (`models.manifest`): the
+sha256 of everything in it, which loading checks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.adapters import is_peft_model, save_adapter
+from models.manifest import write_manifest
 
 
 def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
@@ -29,7 +31,7 @@ def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
 
 def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None) -> Path:
     """The model (LoRA adapters merged into its weights) and its tokenizer as a Hugging Face folder, safetensors
-    only; `also(folder)` writes any extra file into the folder before it is renamed into place."""
+    only, with its manifest; `also(folder)` writes any extra file into the folder before it is renamed into place."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
 
@@ -38,6 +40,7 @@ def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object
         tokenizer.save_pretrained(folder)
         if also is not None:
             also(folder)
+        write_manifest(folder)
 
     return write_atomically(out_dir, write)
 
@@ -60,5 +63,6 @@ def save_trained_model(model, tokenizer, out_dir: Path, base_model: str | None, 
         save_adapter(model, tokenizer, folder, base_model, revision)
         if also is not None:
             also(folder)
+        write_manifest(folder)
 
     return write_atomically(out_dir, write)

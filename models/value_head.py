@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from models.loading import DTYPES
+from models.manifest import check_model_folder
 from models.reward import load_reward_model
 
 
@@ -120,6 +121,7 @@ class SeparateCritic(nn.Module):
                                           dtype=dtype, adapters=adapters)
             trunk = scorer.base_model
         else:
+            check_model_folder(source, trust_remote_code=trust_remote_code)
             trunk = AutoModel.from_pretrained(
                 str(source),
                 revision=revision,

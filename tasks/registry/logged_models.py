@@ -10,6 +10,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from models.loading import load_model_and_tokenizer
+from models.manifest import check_model_folder, write_manifest
 from models.reward import load_reward_model
 from tasks.core import paths
 from tasks.core.config import PipelineConfig
@@ -43,9 +44,14 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "rew
 
     The model's prompt format travels with it, so a served model formats requests exactly as training did. An
     adapter folder (LoRA) is logged as it is: it names its base model, which serving loads and merges.
+
+    The folder is logged with its sha256 manifest (`models.manifest`), which every later load checks: the one
+    the save path wrote, checked here so that a folder changed since is not logged, or a new one.
     """
     if kind not in _PYFUNC_CODE:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_PYFUNC_CODE)}")
+    if not check_model_folder(hf_dir, trust_remote_code=cfg.model.trust_remote_code):
+        write_manifest(hf_dir)  # a folder not written by `models.saving`
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(_PYFUNC_CODE[kind]),
