@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.pipeline import base_and_data
 from tasks.cai.config import load_cai_config
 from tasks.cai.steps import CONSTITUTION_TAG, Inputs, model_sources
 from tasks.core import stage_names as stage
@@ -23,7 +24,7 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
     """Critique-revision and AI-feedback datasets from red-team prompts and a constitution; one MLflow parent run.
 
     Steps:
-    1. policy: `policy.model_uri`, or else the pipeline's base_model -> validate -> sft stages (cached as in the
+    1. policy: `policy.model_uri`, or else the pipeline's validate, base_model and sft stages (cached as in the
        pipeline: an SFT model trained by `alignflow run` with the same config is reused).
     2. cai-respond: the helpful model answers every red-team prompt.
     3. cai-critique_revise: `critique.rounds` rounds; each draws a principle from the seed, critiques, revises.
@@ -42,9 +43,8 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
                     tags={CONSTITUTION_TAG: inputs.constitution_sha256}) as lineage:
         results: dict[str, StageResult] = {}
         if cai.policy.kind == "local" and cai.policy.model_uri is None:
-            results["base"] = base = run_stage(stage.BASE_MODEL, cfg, lineage)
-            results["data"] = data = run_stage(stage.VALIDATE, cfg, lineage, base=base)
-            results["sft"] = run_stage(stage.SFT, cfg, lineage, base=base, data=data)
+            results.update(base_and_data(cfg, lineage))
+            results["sft"] = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=results["data"])
         step = {"cai": cai, "models": model_sources(cai, results.get("sft"))}
         results["respond"] = responses = run_stage(CAI_TASKS["respond"], cfg, lineage, **step)
         results["critique_revise"] = revisions = run_stage(CAI_TASKS["critique_revise"], cfg, lineage,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks.base_model import needs_validated_data
 from tasks.core import stage_names as stage
-from tasks.core.config import load_config
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task, promotion_lock, unchanged_task
 from tasks.orchestration.stage_tasks import run_stage
 from tasks.run.contract import StageResult
+from tasks.run.lifecycle import reap_dead_runs
 from tasks.run.tracking import configure_tracking
 
 
@@ -21,10 +24,11 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
     """Align a language model, one MLflow parent run per pipeline run.
 
     Steps:
-    0. with skip_if_unchanged (scheduled runs): stop with "nothing changed" when the champion was trained on
-       this DVC data version with this config.
-    1. base_model: the pretrained model, or the tiny Llama built from config with its own tokenizer.
-    2. validate: Great Expectations suites on every dataset; bad data stops here (or is quarantined).
+    0. runs of this experiment left RUNNING by a killed process end KILLED. With skip_if_unchanged (scheduled
+       runs): stop with "nothing changed" when the champion was trained on this DVC data version with this config.
+    1. validate: Great Expectations suites on every dataset; bad data stops here (or is quarantined). Nothing
+       reads a dataset before it: validation runs before the base model when that model is made from the data.
+    2. base_model: the pretrained model, or the tiny Llama built from config with its own tokenizer.
     3. sft: supervised fine-tuning on the demonstrations.
     4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
     5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered. With
@@ -37,7 +41,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
     """
     install_log_redaction()
     cfg = load_config(config_path, overrides)
-    configure_tracking(cfg)
+    reap_dead_runs([configure_tracking(cfg)])  # runs a kill -9 left RUNNING end KILLED before new ones start
     check_dispatchable(cfg)
     lineage = flow_lineage(cfg.section_hash(), cfg)
     if skip_if_unchanged:
@@ -46,8 +50,8 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
             get_run_logger().info(unchanged)
             return {}
     with parent_run(f"{cfg.name}-pipeline", lineage, cfg, configs={"config.yaml": cfg}) as lineage:
-        results = {"base": run_stage(stage.BASE_MODEL, cfg, lineage)}
-        results["data"] = data = run_stage(stage.VALIDATE, cfg, lineage, base=results["base"])
+        results = base_and_data(cfg, lineage)
+        data = results["data"]
         results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
         results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
         judged = {"data": data, "reward": reward, "reference": sft}
@@ -83,14 +87,22 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
 def data_validation(config_path: str, overrides: list[str] | None = None) -> StageResult:
     """Validate the datasets only.
 
-    Steps:
-    1. base_model: the tokenizer that token-length checks count with.
-    2. validate: Great Expectations suites on every dataset.
+    Steps: validate (Great Expectations suites on every dataset) and base_model (the tokenizer token lengths are
+    counted with), in the order of the full pipeline.
     """
     install_log_redaction()
     cfg = load_config(config_path, overrides)
     configure_tracking(cfg)
     lineage = flow_lineage(cfg.section_hash(), cfg)
     with parent_run(f"{cfg.name}-validation", lineage, cfg, configs={"config.yaml": cfg}) as lineage:
-        base = run_stage(stage.BASE_MODEL, cfg, lineage)
-        return run_stage(stage.VALIDATE, cfg, lineage, base=base)
+        return base_and_data(cfg, lineage)["data"]
+
+
+def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:
+    """A base model made from the data comes after validation; a pretrained one first, so validation counts
+    token lengths with its tokenizer."""
+    if needs_validated_data(cfg):
+        data = run_stage(stage.VALIDATE, cfg, lineage)
+        return {"data": data, "base": run_stage(stage.BASE_MODEL, cfg, lineage, data=data)}
+    base = run_stage(stage.BASE_MODEL, cfg, lineage)
+    return {"base": base, "data": run_stage(stage.VALIDATE, cfg, lineage, base=base)}

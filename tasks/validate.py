@@ -1,4 +1,8 @@
-"""Stage: validate every dataset with Great Expectations before anything trains on it.
+"""Stage: validate every dataset with Great Expectations before anything reads it.
+
+With a pretrained base, the stage counts token lengths with the base's tokenizer. A tiny model's tokenizer is
+trained on the data, so the stage runs first, without the length checks, and the base-model stage checks token
+lengths on the validated files once it has that tokenizer.
 
 The report (JSON and HTML) and any quarantined rows are logged to MLflow, also when validation fails.
 The validated files (the cleaned copies when rows were quarantined) are logged to MLflow too. Downstream
@@ -25,20 +29,22 @@ STAGE = "validate"
 SECTIONS = ("validation",)
 
 
-def _input_hashes(cfg: PipelineConfig, base: StageResult) -> dict[str, str]:
+def _input_hashes(cfg: PipelineConfig, base: StageResult | None) -> dict[str, str]:
     hashes = {name: md5_file(cfg.data.path(name)) for name in DATASET_KINDS if cfg.data.path(name).exists()}
-    return {**hashes, "tokenizer": base.output_hashes["model"]}
+    return hashes if base is None else {**hashes, "tokenizer": base.output_hashes["model"]}
 
 
-def validate_key(cfg: PipelineConfig, base: StageResult) -> str:
+def validate_key(cfg: PipelineConfig, base: StageResult | None = None) -> str:
     return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg, base))
 
 
-def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) -> StageResult:
+def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult | None = None) -> StageResult:
+    """Validate the datasets; `base` (a pretrained base model) gives the tokenizer token lengths are counted with."""
     key = validate_key(cfg, base)
     stage_dir = work_dir(cfg, STAGE, key)
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
-        tokenizer = load_tokenizer(
+    parents = {"base": base.model_uri} if base is not None else {}
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+        tokenizer = None if base is None else load_tokenizer(
             resolve_model_source(base.model_uri, stage_dir / "base"),
             revision=cfg.model.revision,
             trust_remote_code=cfg.model.trust_remote_code,

@@ -38,17 +38,17 @@ def upstream(tmp_path, demo_data_dir, tracked):
     data_dir = shutil.copytree(demo_data_dir, tmp_path / "data")  # the tests below change files in it
     cfg = reduced_config(tmp_path, data_dir)
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    return cfg, base, run_validate(cfg, LINEAGE, base=base)
+    data = run_validate(cfg, LINEAGE)
+    return cfg, run_base_model(cfg, LINEAGE, data=data), data
 
 
 def test_a_stage_request_survives_json_and_runs_the_same_stage(upstream):
     cfg, base, data = upstream
-    request = StageRequest.build("validate", cfg, LINEAGE, {"base": base})
+    request = StageRequest.build("validate", cfg, LINEAGE, {})
     received = StageRequest.model_validate_json(request.model_dump_json())
     assert received.config["tracking"]["tracking_uri"] == mlflow.get_tracking_uri()
     result = received.run()
-    assert result.stage == "validate" and result.cache_key == validate_key(cfg, base) == data.cache_key
+    assert result.stage == "validate" and result.cache_key == validate_key(cfg) == data.cache_key
     assert mlflow.get_run(result.run_id).data.tags["alignflow.x"] == "y"  # lineage, data tags included
     # Keyword inputs that are not results (evaluate's label) travel as options.
     evaluate = StageRequest.build("evaluate", cfg, LINEAGE, {"policy": base, "data": data, "label": "sft"})
@@ -57,16 +57,16 @@ def test_a_stage_request_survives_json_and_runs_the_same_stage(upstream):
 
 def test_a_requested_stage_runs_under_accelerate_launch(upstream, tmp_path):
     """The path a multi-GPU stage takes on its worker, here with one CPU process."""
-    cfg, base, data = upstream
+    cfg, _, data = upstream
     launch_config = tmp_path / "cpu.yaml"
     launch_config.write_text(yaml.safe_dump({
         "compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "num_machines": 1, "machine_rank": 0,
         "num_processes": 1, "mixed_precision": "no", "use_cpu": True, "main_training_function": "main"}))
-    result = launch(StageRequest.build("validate", cfg, LINEAGE, {"base": base}), str(launch_config))
+    result = launch(StageRequest.build("validate", cfg, LINEAGE, {}), str(launch_config))
     assert result.stage == "validate" and result.cache_key == data.cache_key
     assert result.run_id != data.run_id and mlflow.get_run(result.run_id).info.status == "FINISHED"
     with pytest.raises(ConfigError, match=r"dispatch.accelerate.validate: .*missing.yaml does not exist"):
-        launch(StageRequest.build("validate", cfg, LINEAGE, {"base": base}), str(tmp_path / "missing.yaml"))
+        launch(StageRequest.build("validate", cfg, LINEAGE, {}), str(tmp_path / "missing.yaml"))
 
 
 def test_validated_files_come_from_mlflow_when_the_local_copy_is_missing_or_changed(upstream, tmp_path):

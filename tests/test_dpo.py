@@ -30,8 +30,8 @@ def stages(tmp_path, demo_data_dir, tracked):
     def build(data_dir=demo_data_dir, *overrides):
         cfg = reduced_config(tmp_path, data_dir, *SHORT, *overrides)
         configure_tracking(cfg)
-        base = run_base_model(cfg, LINEAGE)
-        data = run_validate(cfg, LINEAGE, base=base)
+        data = run_validate(cfg, LINEAGE)
+        base = run_base_model(cfg, LINEAGE, data=data)
         return cfg, data, run_sft(cfg, LINEAGE, base=base, data=data)
     return build
 
@@ -71,7 +71,7 @@ def test_reference_logps_hit_on_same_key_and_miss_when_model_or_data_change(stag
 
     # Another reference model (SFT trained one step longer): a miss.
     longer = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"max_steps": 21})})
-    base = run_base_model(longer, LINEAGE)
+    base = run_base_model(longer, LINEAGE, data=data)
     other_sft = run_sft(longer, LINEAGE, base=base, data=data)
     assert run_dpo(longer, LINEAGE, sft=other_sft, data=data).metrics["dpo/reference_cache_hit"] == 0.0
 

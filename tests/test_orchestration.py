@@ -1,12 +1,19 @@
-"""Prefect retries transient failures but never bad input."""
+"""Prefect retries transient faults of the infrastructure, and nothing else: not bad input, not a bug."""
 
 from __future__ import annotations
 
+import sqlite3
+
+import httpx
 import pytest
+import requests
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from prefect import flow, task
 
 from tasks.core.errors import DataValidationError
 from tasks.orchestration.stage_tasks import _retry_if_transient
+from tasks.orchestration.transient import is_transient
 
 
 def _flaky_flow(error: Exception, failures: int) -> tuple[list[int], object]:
@@ -46,3 +53,58 @@ def test_retries_are_bounded(prefect_harness, failures):
     attempts, result = _flaky_flow(ConnectionError("down"), failures=failures)
     assert isinstance(result, ConnectionError)
     assert len(attempts) == 3
+
+
+def test_a_bug_or_bad_bytes_is_not_retried(prefect_harness):
+    for error in (KeyError("sft"), UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")):
+        attempts, result = _flaky_flow(error, failures=5)
+        assert type(result) is type(error)
+        assert len(attempts) == 1
+
+
+def _http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"HTTP {status}", response=response)
+
+
+def _wrapped(cause: BaseException) -> RuntimeError:
+    try:
+        raise cause
+    except BaseException as err:  # noqa: BLE001 - building a chain
+        try:
+            raise RuntimeError("stage failed") from err
+        except RuntimeError as outer:
+            return outer
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionRefusedError("mlflow server down"),
+    TimeoutError("read timed out"),
+    requests.ConnectionError("connection reset"),
+    httpx.ConnectError("prefect api unreachable"),
+    _http_error(503),
+    _http_error(429),
+    RestException({"error_code": "INTERNAL_ERROR", "message": "db restarting"}),
+    MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE),
+    sqlite3.OperationalError("database is locked"),
+    _wrapped(ConnectionResetError("peer reset")),  # found through the cause chain
+], ids=repr)
+def test_transient_faults(error):
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("bad value"),
+    KeyError("prompt"),
+    UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte"),
+    DataValidationError("data/x.jsonl: line 3 is not valid JSON"),
+    _http_error(404),
+    _http_error(501),
+    MlflowException("no such run"),  # defaults to INTERNAL_ERROR, but nothing answered 5xx
+    RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such model"}),
+    sqlite3.OperationalError("no such table: runs"),
+    _wrapped(ValueError("bug")),
+], ids=repr)
+def test_not_transient(error):
+    assert not is_transient(error)

@@ -82,8 +82,8 @@ def stages(tmp_path, demo_data_dir, tracked):
                              "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
                              "ppo.save_steps=2", "ppo.sample_table_steps=2", *overrides)
         configure_tracking(cfg)
-        base = run_base_model(cfg, LINEAGE)
-        data = run_validate(cfg, LINEAGE, base=base)
+        data = run_validate(cfg, LINEAGE)
+        base = run_base_model(cfg, LINEAGE, data=data)
         sft = run_sft(cfg, LINEAGE, base=base, data=data)
         return cfg, data, sft, run_reward(cfg, LINEAGE, sft=sft, data=data)
     return build

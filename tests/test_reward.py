@@ -155,8 +155,8 @@ def upstream(tmp_path_factory, demo_data_dir):
         patch.setattr(paths, "DEFAULT_ARTIFACT_ROOT", root / "mlartifacts")
         cfg = reduced_config(root, demo_data_dir)
         configure_tracking(cfg)
-        base = run_base_model(cfg, LINEAGE)
-        data = run_validate(cfg, LINEAGE, base=base)
+        data = run_validate(cfg, LINEAGE)
+        base = run_base_model(cfg, LINEAGE, data=data)
         sft = run_sft(cfg, LINEAGE, base=base, data=data)
         yield Upstream(root, data, sft)
         while mlflow.active_run():

@@ -42,8 +42,8 @@ def _post(url: str, payload: dict) -> dict:
 def test_champion_answers_a_generation_request(tmp_path, demo_data_dir, tracked):
     cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=60", "sft.learning_rate=0.003")
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    sft = run_sft(cfg, LINEAGE, base=base, data=run_validate(cfg, LINEAGE, base=base))
+    data = run_validate(cfg, LINEAGE)
+    sft = run_sft(cfg, LINEAGE, base=run_base_model(cfg, LINEAGE, data=data), data=data)
     version = register_version(sft.model_uri, "alignflow-policy", "champion", tags={})
     assert MlflowClient().get_model_version_by_alias("alignflow-policy", "champion").version == version.version
 

@@ -31,8 +31,8 @@ def _weights(uri: str, tmp_path, name: str) -> dict[str, torch.Tensor]:
 
 def _train(cfg, tmp_path):
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    data = run_validate(cfg, LINEAGE, base=base)
+    data = run_validate(cfg, LINEAGE)
+    base = run_base_model(cfg, LINEAGE, data=data)
     sft = run_sft(cfg, LINEAGE, base=base, data=data)
     return _weights(base.model_uri, tmp_path, "base"), _weights(sft.model_uri, tmp_path, "sft"), sft
 
@@ -50,8 +50,9 @@ def test_lora_stores_only_adapters_that_change_only_the_adapted_projections(tmp_
     cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=3", "sft.save_steps=100", "sft.lora.enabled=true",
                          "sft.learning_rate=0.05")
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    sft = run_sft(cfg, LINEAGE, base=base, data=run_validate(cfg, LINEAGE, base=base))
+    data = run_validate(cfg, LINEAGE)
+    base = run_base_model(cfg, LINEAGE, data=data)
+    sft = run_sft(cfg, LINEAGE, base=base, data=data)
     folder = Path(resolve_model_source(sft.model_uri, tmp_path / "sft"))
     assert sorted(p.name for p in folder.glob("*.safetensors")) == ["adapter_model.safetensors"]  # no model copy
     assert json.loads((folder / BASE_FILE).read_text())["base_model"] == base.model_uri
@@ -66,7 +67,8 @@ def test_a_pretrained_local_path_goes_through_the_hub_loading_path(tmp_path, dem
     """The GPU configs name a hub id; here the same `pretrained` path is exercised with a local folder."""
     tiny_cfg = reduced_config(tmp_path, demo_data_dir)
     configure_tracking(tiny_cfg)
-    tiny_dir = resolve_model_source(run_base_model(tiny_cfg, LINEAGE).model_uri, tmp_path / "as_hub_repo")
+    tiny = run_base_model(tiny_cfg, LINEAGE, data=run_validate(tiny_cfg, LINEAGE))
+    tiny_dir = resolve_model_source(tiny.model_uri, tmp_path / "as_hub_repo")
 
     cfg = reduced_config(tmp_path, demo_data_dir, f"model.pretrained={tiny_dir}", "sft.max_steps=2")
     base = run_base_model(cfg, LINEAGE)

@@ -24,8 +24,8 @@ def test_dpo_stage_runs_from_pipeline_results(tmp_path, demo_data_dir, tracked):
                  f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.max_steps=5", "dpo.max_steps=1"]
     cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=5", "dpo.max_steps=1")
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    data = run_validate(cfg, LINEAGE, base=base)
+    data = run_validate(cfg, LINEAGE)
+    base = run_base_model(cfg, LINEAGE, data=data)
     sft = run_sft(cfg, LINEAGE, base=base, data=data)
     inputs = tmp_path / "pipeline.json"
     inputs.write_text(json.dumps({"base": base.model_dump(), "data": data.model_dump(), "sft": sft.model_dump()}))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from flows.cli import cai, data, pipeline, registry
-from flows.cli.common import prepare_environment
+from flows.cli import cai, data, pipeline, registry, runs
+from flows.cli.common import debugging, prepare_environment, report_error
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Align language models: SFT, RLHF, DPO, CAI.")
+# Tracebacks are for --debug (see `main`); typer's own pretty printer would show them to everyone.
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Align language models: SFT, RLHF, DPO, CAI.")
 app.callback()(prepare_environment)
 app.command()(pipeline.run)
 app.command()(pipeline.validate)
@@ -17,3 +21,17 @@ app.command()(registry.rollback)
 app.command()(registry.status)
 app.add_typer(data.app, name="data")
 app.add_typer(cai.app, name="cai")
+app.add_typer(runs.app, name="runs")
+
+
+def main() -> None:
+    """The console entry point: a failure prints its message for people and exits 1; the traceback only with
+    --debug or ALIGNFLOW_DEBUG=1. The Prefect flow run and the MLflow runs have recorded the failure by now."""
+    try:
+        app()
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # every failure ends here, as a message; a signal too (Prefect's SIGTERM)
+        if debugging():
+            raise
+        sys.exit(report_error(error))

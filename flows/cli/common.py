@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -12,10 +14,14 @@ import typer
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set sft.epochs=2.")]
 OutOption = Annotated[Path | None, typer.Option(help="Also write the stage results as JSON here (for DVC).")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ALIGNFLOW_DEBUG=1).")]
+DEBUG_VARIABLE = "ALIGNFLOW_DEBUG"
 
 
-def prepare_environment() -> None:
+def prepare_environment(debug: DebugOption = False) -> None:
     """Defaults that keep a laptop run self-contained and offline-safe; explicit settings always win."""
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if "PREFECT_API_URL" not in os.environ:
@@ -26,6 +32,61 @@ def prepare_environment() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not debugging():
+        _console_without_tracebacks()
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "").lower() in ("1", "true", "yes")
+
+
+def report_error(error: BaseException) -> int:
+    """Print the one message a failed command shows, and return its exit status. Ours are written for people;
+    a signal says the runs ended KILLED; anything else says what it is."""
+    from tasks.core.errors import AlignflowError
+
+    if isinstance(error, AlignflowError):
+        typer.echo(f"error: {error}", err=True)
+        return 1
+    if not isinstance(error, Exception):  # KeyboardInterrupt, or Prefect's TerminationSignal for SIGTERM
+        signum = getattr(error, "signal", signal.SIGINT)
+        typer.echo(f"stopped by {signal.Signals(signum).name}: the MLflow runs ended KILLED; the same command "
+                   f"resumes from the last complete checkpoint", err=True)
+        return 128 + signum
+    typer.echo(f"error: {type(error).__name__}: {error}\n"
+               f"(an unexpected failure: rerun with --debug or {DEBUG_VARIABLE}=1 for the traceback)", err=True)
+    return 1
+
+
+class _MessageOnly(logging.Formatter):
+    """Formats a record as its own formatter would, less the traceback. The record is restored afterwards, so
+    the handler that sends logs to the Prefect server still sends the traceback with them."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect logs every failed task and flow with its traceback, hundreds of lines before the one that matters;
+    on the terminal, keep the lines and drop the tracebacks (the CLI prints the error itself at the end)."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()  # Prefect's handlers exist before any flow starts, so they can be wrapped now
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _MessageOnly):
+                handler.setFormatter(_MessageOnly(handler.formatter))
 
 
 def fail(message: str) -> NoReturn:

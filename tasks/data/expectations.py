@@ -156,9 +156,10 @@ def _fits_max_length(spec: _Spec) -> Iterator[_Planned]:
 
 def _unique(spec: _Spec) -> Iterator[_Planned]:
     # GX cannot hash lists, so it compares the canonical keys. It wants two or more columns for the compound
-    # check; prompt files have one.
+    # check; prompt files have one. A null key (a missing or malformed value) is reported by its own check,
+    # so a row with one is not judged here.
     keys = [turns.key_column(column) for column in spec.columns]
-    expectation = (gxe.ExpectCompoundColumnsToBeUnique(column_list=keys)
+    expectation = (gxe.ExpectCompoundColumnsToBeUnique(column_list=keys, ignore_row_if="any_value_is_missing")
                    if len(keys) > 1 else gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
     yield _Planned(expectation, ",".join(spec.columns), f"no two rows repeat {', '.join(spec.columns)}",
                    needs=spec.columns, keep_first=True)
@@ -188,9 +189,10 @@ _CHECKS: tuple[tuple[Callable[[_Spec], Iterable[_Planned]], frozenset[str]], ...
 )
 
 
-def _plan(spec: _Spec, present: set[str]) -> list[_Planned]:
-    """The expectations for one file, minus those about missing columns (GX could only report an error)."""
-    planned = [item for build, kinds in _CHECKS if spec.kind in kinds for item in build(spec)]
+def _plan(spec: _Spec, present: set[str], checks: frozenset[Callable]) -> list[_Planned]:
+    """The expectations for one file among `checks`, minus those about missing columns (GX could only report an
+    error)."""
+    planned = [item for build, kinds in _CHECKS if build in checks and spec.kind in kinds for item in build(spec)]
     return [item for item in planned if present.issuperset(item.needs)]
 
 
@@ -217,7 +219,7 @@ def _with_derived_columns(frame: pd.DataFrame, spec: _Spec, tokenizer,
     if {"chosen", "rejected"} <= set(frame.columns) and spec.kind == "preference":
         frame[CHOSEN_EQUALS_REJECTED] = [turns.same_response(c, r)
                                          for c, r in zip(frame["chosen"], frame["rejected"], strict=True)]
-    for column in spec.length_columns:
+    for column in spec.length_columns if tokenizer is not None else ():
         if {spec.columns[0], column} <= set(frame.columns):
             frame[_tokens(column)] = _token_lengths(frame, column, tokenizer, format_prompt)
     return frame
@@ -352,14 +354,14 @@ def _short(value: Any) -> Any:
     return value
 
 
-def _validate_file(name: str, path: Path, records: list[tuple[int, dict]], *, context, source, tokenizer,
+def _validate_file(name: str, path: Path, records: list[tuple[int, dict]], *, checks, context, source, tokenizer,
                    format_prompt: Callable[[Prompt], str], max_length: int,
                    training_prompts: frozenset[str] | None, quarantine: bool, out_dir: Path) -> FileReport:
     frame = records_frame(records)
     spec = _Spec(name, DATASET_KINDS[name], _columns(DATASET_KINDS[name], set(frame.columns)), max_length,
                  training_prompts)
     frame = _with_derived_columns(frame, spec, tokenizer, format_prompt)
-    planned = _plan(spec, set(frame.columns))
+    planned = _plan(spec, set(frame.columns), checks)
     outcomes = _run_suite(context, source, spec, frame, planned)
     by_row = dict(records)
     failed = [outcome for outcome in outcomes if not outcome.success]
@@ -438,8 +440,12 @@ def validate_files(
     on_failure: Literal["fail", "quarantine"],
     max_quarantine_fraction: float,
     out_dir: Path,
+    suite: Literal["full", "token_lengths"] = "full",
 ) -> ValidationReport:
     """Validate every file, write report.json/report.html to out_dir, then raise or quarantine as configured.
+
+    The full suite checks token lengths only with a `tokenizer`: a tokenizer trained on this data does not exist
+    before the data is validated, so its base-model stage runs the `token_lengths` suite on the validated files.
 
     Raises DataValidationError when `on_failure="fail"` and any file failed; and in quarantine mode when a
     file has a table-level failure or loses more than `max_quarantine_fraction` of its rows.
@@ -449,7 +455,13 @@ def validate_files(
         raise ValueError(f"unknown dataset names {unknown}; expected some of {sorted(DATASET_KINDS)}")
     if on_failure not in ("fail", "quarantine"):
         raise ValueError(f"on_failure must be 'fail' or 'quarantine', got {on_failure!r}")
+    if suite == "token_lengths" and tokenizer is None:
+        raise ValueError("the token_lengths suite needs a tokenizer")
     out_dir = Path(out_dir)
+    if suite == "token_lengths":
+        checks = frozenset({_fits_max_length})
+    else:
+        checks = frozenset(build for build, _ in _CHECKS if tokenizer is not None or build is not _fits_max_length)
     records, errors = {}, {}
     for name, path in files.items():
         try:
@@ -467,8 +479,8 @@ def validate_files(
                 _remove_stale_outputs(name, out_dir)
                 continue
             reports.append(_validate_file(
-                name, Path(path), records[name], context=context, source=source, tokenizer=tokenizer,
-                format_prompt=format_prompt, max_length=max_length,
+                name, Path(path), records[name], checks=checks, context=context, source=source,
+                tokenizer=tokenizer, format_prompt=format_prompt, max_length=max_length,
                 training_prompts=training_prompts if name in EVAL_FILES else None,
                 quarantine=on_failure == "quarantine", out_dir=out_dir,
             ))
@@ -492,4 +504,4 @@ def _training_prompts(records: dict[str, list[tuple[int, dict]]]) -> frozenset[s
         column = _columns(DATASET_KINDS[name], {key for _, record in records[name] for key in record})[0]
         keys.update(turns.prompt_key(record[column], column) for _, record in records[name]
                     if isinstance(record.get(column), (str, list)))
-    return frozenset(keys)
+    return frozenset(keys - {None})  # a malformed prompt has no key

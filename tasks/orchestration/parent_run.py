@@ -17,6 +17,7 @@ from tasks.core.config_files import HashableConfig
 from tasks.core.lineage import Lineage, dvc_data_md5, git_sha
 from tasks.core.secrets import redact_mapping, strip_credentials
 from tasks.data.expectations import TRAINING_FILES
+from tasks.run.lifecycle import tracked_run
 
 
 def flow_lineage(config_hash: str, cfg: PipelineConfig) -> Lineage:
@@ -40,7 +41,7 @@ def parent_run(run_name: str, lineage: Lineage, params: HashableConfig, *,
 
     Yields the lineage with this run as the parent of every stage run.
     """
-    with mlflow.start_run(run_name=run_name, tags=redact_mapping({**lineage.tags(), **(tags or {})})) as run:
+    with tracked_run(run_name=run_name, tags=redact_mapping({**lineage.tags(), **(tags or {})})) as run:
         mlflow.log_params(params.flat_params())
         for artifact, config in configs.items():
             mlflow.log_dict(config.redacted_dump(), artifact)

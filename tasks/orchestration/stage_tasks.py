@@ -1,4 +1,4 @@
-"""The thin Prefect layer over the stage functions: retries for transient errors, caching on the stage key.
+"""The thin Prefect layer over the stage functions: retries for transient faults only, caching on the stage key.
 
 Each stage's task calls its plain `run_*` function unchanged. Its Prefect cache key is the stage's own cache
 key, so a task whose inputs did not change returns its earlier `StageResult` (state "Cached") without running.
@@ -21,12 +21,12 @@ from tasks.cai.rlaif import run_rlaif
 from tasks.cai.supervised import run_critique_revise, run_respond, run_sl_datasets
 from tasks.cai.versioning import run_version
 from tasks.core.config import PipelineConfig
-from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
 from tasks.core.stage_names import DISPATCHABLE
 from tasks.core.tags import CACHE_TAG_PREFIX
 from tasks.orchestration.dispatch import dispatch_stage
 from tasks.orchestration.stage_table import STAGES
+from tasks.orchestration.transient import is_transient
 from tasks.run.contract import StageResult
 from tasks.world.build import run_world
 
@@ -34,14 +34,15 @@ _NOT_KEY_INPUTS = ("cfg", "lineage")
 
 
 def _retry_if_transient(task, task_run, state) -> bool:
-    """Retry crashes and infrastructure errors, never bad input: that would fail the same way again."""
+    """Retry only faults of the infrastructure (see `tasks.orchestration.transient`); a crash or cancellation
+    (the run was killed or interrupted) is never retried."""
+    if not state.is_failed():
+        return False
     try:
         state.result()
-    except AlignflowError:
-        return False
-    except Exception:  # noqa: BLE001 - any other failure is worth another try
-        return True
-    return True
+    except Exception as error:  # noqa: BLE001 - classified, not swallowed: the state keeps it
+        return is_transient(error)
+    return False
 
 
 def _stage_task(run: Callable, key: Callable, name: str, run_name: str) -> Task:

@@ -25,6 +25,7 @@ from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import redact_mapping, strip_credentials
 from tasks.core.tags import CACHE_KEY_TAG, CODE_VERSION_TAG, PARENT_TAG_PREFIX, STAGE_TAG
+from tasks.run.lifecycle import tracked_run
 
 log = logging.getLogger(__name__)
 _CODE_PACKAGES = ("tasks", "models")
@@ -118,8 +119,8 @@ def stage_run(
     for name, uri in (parents or {}).items():
         tags[f"{PARENT_TAG_PREFIX}{name}"] = uri
     with work_dir_lock(work_dir(cfg, stage, cache_key)), \
-            mlflow.start_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id,
-                             tags=redact_mapping(tags)) as run:
+            tracked_run(run_name=stage, nested=True, parent_run_id=lineage.parent_run_id,
+                        tags=redact_mapping(tags)) as run:
         params = cfg.flat_params()
         mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
         yield run

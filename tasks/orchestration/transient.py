@@ -1,0 +1,48 @@
+"""Which failures are worth another try: only faults of the infrastructure that may be gone a moment later.
+
+Bad input, a bug, a crash or a cancelled run fails the same way every time, so retrying it only delays the error
+(and a UnicodeDecodeError retried three times cost a user 15 s before this). The rule is an allow-list.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+import requests
+from mlflow.exceptions import MlflowException, RestException
+
+# MLflow error codes a server uses for "try again later".
+_TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"}
+_LOCK_MESSAGES = ("database is locked", "lock timeout", "could not obtain lock", "deadlock detected")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Network errors, a server's 5xx (or 429) answer, a lock timeout: here, or anywhere in the cause chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if _transient_itself(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _transient_itself(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
+                          httpx.TransportError)):
+        return True
+    if isinstance(error, (requests.HTTPError, httpx.HTTPStatusError)) and error.response is not None:
+        return _retryable_status(error.response.status_code)
+    if isinstance(error, RestException) and _retryable_status(error.get_http_status_code()):
+        return True  # the tracking server answered 5xx (a plain MlflowException defaults to 500: not that)
+    if isinstance(error, MlflowException):
+        return error.error_code in _TRANSIENT_MLFLOW_CODES
+    # sqlite3's and SQLAlchemy's OperationalError: a lock held by another writer is released soon.
+    if isinstance(error, sqlite3.OperationalError) or type(error).__name__ == "OperationalError":
+        return any(message in str(error).lower() for message in _LOCK_MESSAGES)
+    return False
+
+
+def _retryable_status(status: int | None) -> bool:
+    return status is not None and (status == 429 or 500 <= status < 600) and status != 501
