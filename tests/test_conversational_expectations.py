@@ -119,7 +119,7 @@ BAD_TURNS = {
                                {"prompt": [user("Hi?"), {"role": "bot", "content": " Hello."}, user("Paint?")],
                                 "chosen": [assistant(" Sand.")], "rejected": [assistant(" No.")]}]},
         "preferences_train", "prompt_roles", "'prompt' turns have roles system, user or assistant",
-        2, "turn 2 has role 'bot'",
+        2, "turn 2 has role 'bot', not one of system, user, assistant",
     ),
     "two_user_turns_in_a_row": (
         {"sft_train": [*dialogues(2), {"messages": [user("A?"), user("B?"), assistant(" C.")]}]},
@@ -304,11 +304,7 @@ def test_bad_turns_are_quarantined_with_their_checks(tmp_path, tokenizer):
     (file,) = report.files
     assert file.quarantined_rows == [2, 5]
     quarantined = [json.loads(line) for line in file.quarantine_path.read_text().splitlines()]
-    assert quarantined[0]["_failed_expectations"] == [
-        "expect_column_values_to_be_null(messages_roles)",
-        "expect_column_values_to_be_null(messages_order)",
-        "expect_column_values_to_be_null(messages_last)",
-    ]
+    assert quarantined[0]["_failed_expectations"] == ["expect_column_values_to_be_null(messages_roles)"]
     assert quarantined[1]["_failed_expectations"] == ["expect_column_values_to_be_null(messages_content)"]
     assert quarantined[1]["messages"] == rows[4]["messages"]  # the row as it was, turns and all
     kept = [row for number, row in enumerate(rows, start=1) if number not in (2, 5)]
@@ -323,10 +319,10 @@ def test_report_shows_the_turns_and_the_problem(tmp_path, tokenizer):
     roles = next(failure for failure in file["failures"] if failure["column"] == "messages_roles")
     assert roles["row_level"] is True and roles["unexpected_count"] == 1
     (example,) = roles["example_rows"]
-    assert example["messages_roles"] == "turn 2 has role 'bot'"
+    assert example["messages_roles"] == "turn 2 has role 'bot', not one of system, user, assistant"
     assert example["messages"] == rows[1]["messages"]  # the turns as they are, not escaped into a string
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "turn 2 has role &#x27;bot&#x27;" in page
+    assert "turn 2 has role &#x27;bot&#x27;, not one of system, user, assistant" in page
 
 
 def test_conversational_parquet_passes(tmp_path, tokenizer):
@@ -341,7 +337,32 @@ def test_long_dialogues_are_shortened_in_the_report(tmp_path, tokenizer):
 
     (file,) = json.loads((tmp_path / "out" / "report.json").read_text())["files"]
     (example,) = next(f for f in file["failures"] if f["column"] == "messages_roles")["example_rows"]
-    assert example["messages_roles"] == "turn 14 has role 'bot'"
+    assert example["messages_roles"] == "turn 14 has role 'bot', not one of system, user, assistant"
     shown = example["messages"]
     assert len(shown) == 9 and shown[-1] == "..."  # eight turns, then a mark that more were left out
     assert shown[0] == {"role": "user", "content": "x" * 77 + "..."}
+
+
+def failed_checks(tmp_path: Path) -> dict[tuple[str, str], list[dict]]:
+    """(expectation, column) -> example rows of every failure in the last report.json (one file)."""
+    (file,) = json.loads((tmp_path / "out" / "report.json").read_text())["files"]
+    return {(failure["expectation"], failure["column"]): failure["example_rows"] for failure in file["failures"]}
+
+
+def test_an_unknown_role_is_the_one_failure_and_names_the_role(tmp_path, tokenizer):
+    rows = [{"messages": [{"role": "wizard", "content": "hi"}, assistant("hello")]}]
+    failure_message(tmp_path, tokenizer, {"sft_train": write(tmp_path, "sft_train", rows)})
+
+    failed = failed_checks(tmp_path)
+    assert set(failed) == {("expect_column_values_to_be_null", "messages_roles")}  # not order, last or unique
+    (example,) = failed["expect_column_values_to_be_null", "messages_roles"]
+    assert example["messages_roles"] == "turn 1 has role 'wizard', not one of system, user, assistant"
+
+
+@pytest.mark.parametrize("value", [["a"], {"x": 1}], ids=["list", "object"])
+@pytest.mark.parametrize(("name", "row"), [("sft_train", {"completion": " ok"}), ("eval_prompts", {})])
+def test_a_malformed_value_is_a_shape_failure_and_never_a_duplicate(tmp_path, tokenizer, value, name, row):
+    rows = [{"prompt": value, **row}] * 2  # the same malformed row twice: a duplicate, were it judged
+    failure_message(tmp_path, tokenizer, {name: write(tmp_path, name, rows)})
+
+    assert set(failed_checks(tmp_path)) == {("expect_column_values_to_be_null", "prompt_shape")}

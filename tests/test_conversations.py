@@ -110,11 +110,11 @@ def test_a_malformed_list_is_a_shape_problem_and_nothing_else_is_judged(value, s
     assert problems(value, "prompt") == {**NO_PROBLEMS, "shape": shape}
 
 
-def test_an_unknown_role_is_named_with_its_turn():
-    found = problems([user("Hi?"), {"role": "bot", "content": " Hello."}, user("And?")], "prompt")
-    assert found["roles"] == "turn 2 has role 'bot'"
-    assert found["order"] == "turn 2 is 'bot', expected 'assistant'" + ALTERNATE
-    assert found["last"] is None and found["content"] is None
+def test_an_unknown_role_is_named_with_its_turn_and_order_is_not_judged():
+    # The order and last checks would only restate the unknown role.
+    found = problems([user("Hi?"), {"role": "bot", "content": " Hello."}, {"role": "bot", "content": " Bye."}],
+                     "prompt")
+    assert found == {**NO_PROBLEMS, "roles": "turn 2 has role 'bot', not one of system, user, assistant"}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@
   wrong with the row's value (e.g. "turn 2 has role 'bot'"), or null. The suite expects it to be null, so
   a failure's example rows say exactly what is wrong.
 * A canonical string key per value, `<column>_key`, and the row's prompt key, `prompt_key` (for `messages`:
-  the turns before the last): GX cannot hash lists, and the uniqueness and leakage checks compare these.
+  the turns before the last): GX cannot hash lists, and the uniqueness and leakage checks compare these. A
+  value that fails its own checks has no key (null): it is reported once, as what it is, not again as a
+  duplicate or a leak.
 * The (prompt, response text) pairs the token-length check renders, for rows whose values pass the checks.
 """
 
@@ -71,8 +73,9 @@ def value_problems(value: Any, where: Position) -> dict[str, str | None]:
 
 def key(value: Any, where: Position) -> str | None:
     """A canonical string for a value. A single turn of the column's own role is keyed as its text: the model
-    sees a one-turn prompt exactly as the bare request, and a one-turn response as its text."""
-    if _missing(value):
+    sees a one-turn prompt exactly as the bare request, and a one-turn response as its text. None for a
+    missing value or one that fails its checks (a list of strings, an object): those checks report it."""
+    if not _valid(value, where):
         return None
     own_role = {"prompt": "user", "response": "assistant"}.get(where)
     if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)
@@ -84,7 +87,7 @@ def key(value: Any, where: Position) -> str | None:
 def prompt_key(value: Any, column: str) -> str | None:
     """The key of a row's prompt: the `prompt` value, or a `messages` dialogue's turns before the last."""
     if column == "messages":
-        value = value[:-1] if isinstance(value, list) else None
+        value = value[:-1] if _valid(value, "dialogue") else None
     return key(value, "prompt")
 
 

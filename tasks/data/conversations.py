@@ -73,7 +73,8 @@ def problems(value: Any, position: Position) -> dict[str, str | None]:
     system/user/assistant), `order` (for a prompt or dialogue: an optional first system turn, then user and
     assistant alternating from the user; for a response: one assistant turn), `last` (a prompt ends with the
     user, a dialogue with the assistant) and `content` (no turn is empty or whitespace-only). A text value
-    passes them all; the checks after a failed `shape` are not judged.
+    passes them all; the checks after a failed `shape` are not judged, nor are `order` and `last` after an
+    unknown role (they would only restate it).
     """
     found: dict[str, str | None] = {"shape": None, "roles": None, "order": None, "last": None, "content": None}
     if not is_conversation(value):
@@ -85,11 +86,12 @@ def problems(value: Any, position: Position) -> dict[str, str | None]:
     unknown = [(i, role) for i, role in enumerate(roles, start=1) if role not in ROLES]
     if unknown:
         turn, role = unknown[0]
-        found["roles"] = f"turn {turn} has role {role!r}"
-    found["order"] = _order_problem(roles, position)
-    expected_last = {"prompt": "user", "dialogue": "assistant", "response": "assistant"}[position]
-    if roles[-1] != expected_last:
-        found["last"] = f"last turn is {roles[-1]!r}, expected {expected_last!r}"
+        found["roles"] = f"turn {turn} has role {role!r}, not one of {', '.join(ROLES)}"
+    else:
+        found["order"] = _order_problem(roles, position)
+        expected_last = {"prompt": "user", "dialogue": "assistant", "response": "assistant"}[position]
+        if roles[-1] != expected_last:
+            found["last"] = f"last turn is {roles[-1]!r}, expected {expected_last!r}"
     empty = [i for i, turn in enumerate(value, start=1) if not turn["content"].strip()]
     if empty:
         found["content"] = f"turn {empty[0]} has empty content"
