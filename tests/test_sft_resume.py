@@ -1,8 +1,10 @@
-"""Kill -9 the SFT stage mid-training, rerun it, and check it resumes from the last complete checkpoint."""
+"""Kill -9 the SFT stage mid-training, rerun it, and check it resumes from the last complete checkpoint; and a
+resume loads the checkpoint's weights exactly, warning only about keys that are really missing."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,13 +13,20 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from models.checkpoints import is_complete
+from models.tiny import build_tiny_llama, train_tokenizer
+from tasks import sft
 from tasks.base_model import run_base_model
 from tasks.core.lineage import Lineage
 from tasks.run.tracking import configure_tracking
 from tasks.sft import run_sft, sft_key
+from tasks.training.trainer import _tied_output_keys, _TiedWeightsAreNotMissing, _train_resuming
 from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
 
@@ -59,8 +68,8 @@ def test_sft_resumes_after_kill_and_matches_an_uninterrupted_run(tmp_path, demo_
     overrides = [f"sft.max_steps={MAX_STEPS}", f"sft.save_steps={SAVE_STEPS}", "sft.logging_steps=5"]
     cfg = reduced_config(tmp_path, demo_data_dir, *overrides)
     configure_tracking(cfg)
-    base = run_base_model(cfg, LINEAGE)
-    data = run_validate(cfg, LINEAGE, base=base)
+    data = run_validate(cfg, LINEAGE)
+    base = run_base_model(cfg, LINEAGE, data=data)
 
     files = {"cfg": tmp_path / "cfg.yaml", "base": tmp_path / "base.json", "data": tmp_path / "data.json"}
     files["cfg"].write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -100,3 +109,86 @@ def test_sft_resumes_after_kill_and_matches_an_uninterrupted_run(tmp_path, demo_
     tail = sorted(history[resumed.run_id])
     for step in tail:
         assert abs(history[resumed.run_id][step] - history[fresh.run_id][step]) < 1e-3, json.dumps(history)
+
+
+MISSING_KEYS = "There were missing keys in the checkpoint model loaded"
+
+
+@pytest.fixture
+def transformers_logs(caplog):
+    """caplog, seeing the transformers loggers (they do not propagate to the root logger outside CI)."""
+    library = logging.getLogger("transformers")
+    propagate, library.propagate = library.propagate, True
+    caplog.set_level(logging.WARNING)
+    yield caplog
+    library.propagate = propagate
+
+
+class _WeightsAtStart(TrainerCallback):
+    """The model's weights when training begins: after the Trainer has loaded the checkpoint to resume from."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _train_tiny_sft(cfg, demo_data_dir, checkpoints: Path, init_seed: int) -> dict[str, torch.Tensor]:
+    """Train the tiny model with the SFT trainer, resuming from `checkpoints`; the weights it started from."""
+    tiny = cfg.model.tiny
+    texts = (demo_data_dir / "sft_train.jsonl").read_text().splitlines()
+    tokenizer = train_tokenizer(texts, tiny.vocab_size, tiny.max_position_embeddings)
+    model = build_tiny_llama(tokenizer, hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_hidden_layers,
+                             num_attention_heads=tiny.num_attention_heads, intermediate_size=tiny.intermediate_size,
+                             max_position_embeddings=tiny.max_position_embeddings, init_seed=init_seed)
+    trainer = sft._setup_trainer(cfg, model, tokenizer, demo_data_dir / "sft_train.jsonl", checkpoints)
+    start = _WeightsAtStart()
+    trainer.add_callback(start)
+    with mlflow.start_run():
+        _train_resuming(trainer, checkpoints)
+    return start.weights
+
+
+def test_a_resumed_model_has_the_checkpoint_weights_and_no_tied_weight_warning(tmp_path, demo_data_dir, tracked,
+                                                                                transformers_logs):
+    def steps(n: int):
+        return reduced_config(tmp_path, demo_data_dir, f"sft.max_steps={n}", "sft.save_steps=2")
+
+    configure_tracking(steps(2))
+    checkpoints = tmp_path / "checkpoints"
+    _train_tiny_sft(steps(2), demo_data_dir, checkpoints, init_seed=0)
+    saved = load_file(checkpoints / "checkpoint-2" / "model.safetensors")
+    assert "lm_head.weight" not in saved  # tied to the input embeddings, so stored once
+    transformers_logs.clear()
+
+    # Another initialisation, so only loading the checkpoint can give its weights.
+    resumed = _train_tiny_sft(steps(4), demo_data_dir, checkpoints, init_seed=1)
+
+    assert MISSING_KEYS not in transformers_logs.text
+    assert set(resumed) == {*saved, "lm_head.weight"}
+    for name, tensor in saved.items():
+        assert torch.equal(resumed[name], tensor), name
+    assert torch.equal(resumed["lm_head.weight"], saved["model.embed_tokens.weight"])
+
+    # A key that is really missing is still reported.
+    newest = checkpoints / "checkpoint-4" / "model.safetensors"
+    weights = load_file(newest)
+    del weights["model.norm.weight"]
+    save_file(weights, newest, metadata={"format": "pt"})
+    _train_tiny_sft(steps(6), demo_data_dir, checkpoints, init_seed=1)
+    (warning,) = [record.getMessage() for record in transformers_logs.records if MISSING_KEYS in record.getMessage()]
+    assert "'model.norm.weight'" in warning
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_only_a_tied_lm_head_is_kept_quiet(tie):
+    config = LlamaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, tie_word_embeddings=tie)
+    quiet = _TiedWeightsAreNotMissing(_tied_output_keys(LlamaForCausalLM(config)))
+
+    def shown(missing: list[str]) -> bool:
+        record = logging.LogRecord("transformers.trainer", logging.WARNING, "trainer.py", 1,
+                                   f"{MISSING_KEYS}: {missing}.", None, None)
+        return quiet.filter(record)
+
+    assert shown(["lm_head.weight"]) is not tie  # an untied lm_head missing is a real loss
+    assert shown(["model.norm.weight"])
+    assert shown(["lm_head.weight", "model.norm.weight"])

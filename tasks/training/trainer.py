@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,47 @@ def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:
     if resume_from is not None:
         log.info("Resuming from complete checkpoint %s", resume_from)
         mlflow.set_tag(RESUMED_FROM_TAG, str(resumed_step))
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with _quiet_about_tied_weights(trainer.model):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return resumed_step
+
+
+_MISSING_KEYS = re.compile(r"There were missing keys in the checkpoint model loaded: (\[.*\])\.")
+
+
+class _TiedWeightsAreNotMissing(logging.Filter):
+    """Drops the Trainer's "missing keys" warning on resume when every key it names is an output embedding tied
+    to the input embeddings (the tiny Llama's lm_head). A checkpoint stores a tied tensor once, and loading the
+    input embeddings fills both, so the weights are right and the warning would only mislead. Any other
+    missing key keeps the warning."""
+
+    def __init__(self, tied: set[str]):
+        super().__init__()
+        self.tied = tied
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _MISSING_KEYS.fullmatch(record.getMessage())
+        return not (found and set(re.findall(r"'([^']+)'", found.group(1))) <= self.tied)
+
+
+def _tied_output_keys(model) -> set[str]:
+    """The state-dict name of the output embedding weight when it is the input embedding's very tensor."""
+    output = model.get_output_embeddings()  # None for a reward model: it has a score head, not an lm_head
+    if output is None or output.weight is not model.get_input_embeddings().weight:
+        return set()
+    return {f"{name}.weight" for name, module in model.named_modules() if module is output}
+
+
+@contextmanager
+def _quiet_about_tied_weights(model):
+    """The Trainer's warnings, less the misleading one about tied weights (no tie: nothing is filtered)."""
+    logger = logging.getLogger("transformers.trainer")  # where Trainer._issue_warnings_after_load logs
+    quiet = _TiedWeightsAreNotMissing(_tied_output_keys(model))
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def final_log(trainer) -> dict[str, float]:
