@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
 
 from flows.cli import cai, data, pipeline, registry, runs
-from flows.cli.common import debugging, prepare_environment, report_error
+from flows.cli.common import Stopped, debugging, prepare_environment, report_error
 
 # Tracebacks are for --debug (see `main`); typer's own pretty printer would show them to everyone.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -26,7 +27,15 @@ app.add_typer(runs.app, name="runs")
 
 def main() -> None:
     """The console entry point: a failure prints its message for people and exits 1; the traceback only with
-    --debug or ALIGNFLOW_DEBUG=1. The Prefect flow run and the MLflow runs have recorded the failure by now."""
+    --debug or ALIGNFLOW_DEBUG=1. The Prefect flow run and the MLflow runs have recorded the failure by now.
+
+    SIGTERM and SIGINT raise `Stopped`, so the command unwinds like a failure: MLflow runs end KILLED, the flow
+    run Crashed, and the interpreter exits normally, stopping its ephemeral Prefect server. (Prefect turns a
+    SIGTERM inside a flow into its own exception, then sends the signal again to the handler it found: this one,
+    not the default handler, which would end the process at once and leave the server running.)
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
     try:
         app()
     except (SystemExit, GeneratorExit):
@@ -35,3 +44,7 @@ def main() -> None:
         if debugging():
             raise
         sys.exit(report_error(error))
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)

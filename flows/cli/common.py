@@ -36,6 +36,14 @@ def prepare_environment(debug: DebugOption = False) -> None:
         _console_without_tracebacks()
 
 
+class Stopped(BaseException):
+    """The command was stopped by a signal. Not an Exception: nothing that handles errors should swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signal = signum
+
+
 def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").lower() in ("1", "true", "yes")
 
@@ -48,7 +56,7 @@ def report_error(error: BaseException) -> int:
     if isinstance(error, AlignflowError):
         typer.echo(f"error: {error}", err=True)
         return 1
-    if not isinstance(error, Exception):  # KeyboardInterrupt, or Prefect's TerminationSignal for SIGTERM
+    if not isinstance(error, Exception):  # Stopped, or Prefect's TerminationSignal
         signum = getattr(error, "signal", signal.SIGINT)
         typer.echo(f"stopped by {signal.Signals(signum).name}: the MLflow runs ended KILLED; the same command "
                    f"resumes from the last complete checkpoint", err=True)
