@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +34,7 @@ def main(
     prepare_environment()
     from tasks.core.secrets import install_log_redaction
     from tasks.orchestration.dispatch import StageRequest
+    from tasks.run.ranks import is_main_process
 
     install_log_redaction()
     if request is not None:
@@ -42,7 +42,7 @@ def main(
     else:
         stage_request = _request_from_results(stage, inputs, config, overrides or [])
     result = stage_request.run()
-    if int(os.environ.get("RANK", "0")) != 0:  # every rank trains; one reports
+    if not is_main_process():  # every process trains; the main one tracks and reports (tasks.run.ranks)
         return
     typer.echo(result.model_dump_json(indent=2))
     if out is not None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from models.saving import write_atomically
+from models.failpoints import failpoint
+from models.saving import partial_path, write_atomically
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -47,10 +48,22 @@ def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
     return removed
 
 
+class StepFailpoint(TrainerCallback):
+    """`failpoint("<stage>.step")` after every optimizer step (see `models.failpoints`)."""
+
+    def __init__(self, stage: str):
+        self.name = f"{stage}.step"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        failpoint(self.name)
+        return control
+
+
 class MarkCompleteCheckpoints(TrainerCallback):
     """Writes the marker once the Trainer has finished writing a checkpoint (`on_save` runs after the save)."""
 
     def on_save(self, args, state, control, **kwargs):
+        failpoint("checkpoint.write")
         if state.is_world_process_zero:
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
@@ -65,9 +78,30 @@ def save_complete_checkpoint(run_dir: Path, step: int, save) -> Path:
 
     def write(folder: Path) -> None:
         save(folder)
+        failpoint("checkpoint.write")
         mark_complete(folder)
 
     return write_atomically(run_dir / f"checkpoint-{step}", write)
+
+
+def save_complete_state(accelerator, run_dir: Path, step: int) -> Path:
+    """`accelerator.save_state` as the complete checkpoint `checkpoint-<step>`; every process of a launch calls it.
+
+    accelerate writes the weights and optimizer from the main process and each process's RNG state from that
+    process, all into one folder. The main process writes it aside, marks it complete and renames it into place
+    (`save_complete_checkpoint`); the others write their part in between, once the folder is ready for them.
+    """
+
+    def save(folder: Path) -> None:
+        accelerator.wait_for_everyone()  # the main process has cleared any leftover: the others may write
+        accelerator.save_state(str(folder))
+        accelerator.wait_for_everyone()  # every part is written: the main process may mark it complete
+
+    if accelerator.is_main_process:
+        return save_complete_checkpoint(run_dir, step, save)
+    final = run_dir / f"checkpoint-{step}"
+    save(partial_path(final))
+    return final
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

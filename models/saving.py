@@ -19,7 +19,7 @@ from models.manifest import write_manifest
 def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
     """Call `write(partial)` to write a file or folder at a temporary sibling path, then rename it to `final`."""
     final = Path(final)
-    partial = final.with_name(final.name + ".partial")
+    partial = partial_path(final)
     _remove(partial)  # a leftover of an earlier crash
     final.parent.mkdir(parents=True, exist_ok=True)
     write(partial)
@@ -27,6 +27,11 @@ def write_atomically(final: Path, write: Callable[[Path], object]) -> Path:
         shutil.rmtree(final)
     os.replace(partial, final)
     return final
+
+
+def partial_path(final: Path) -> Path:
+    """Where `write_atomically` writes `final` before renaming it."""
+    return final.with_name(final.name + ".partial")
 
 
 def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None) -> Path:

@@ -21,7 +21,8 @@ from tasks.core.tags import TAG_PREFIX
 from tasks.data.preferences import preference_dataset
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, log_hf_model, model_chain
-from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
+from tasks.run.ranks import is_main_process
 from tasks.training.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
 from tasks.training.trainer import (
     callbacks,
@@ -56,6 +57,8 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
                                  stage_dir / "checkpoints", reference_cache)
         setup_seconds = time.perf_counter() - started
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
+        if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
+            return follower_result(STAGE, key)
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = {
             **_final_metrics(trainer),
@@ -81,7 +84,8 @@ def _setup_reference_cache(cfg: PipelineConfig, reference_chain: list[str], data
         "prompt_template": cfg.model.prompt_template,
     }
     parts = reference_key(reference_chain, data.output_hashes["preferences_train"], tokenization)
-    mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
+    if is_main_process():  # the process that tracks the stage's run
+        mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
     return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")
 
 

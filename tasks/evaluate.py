@@ -39,7 +39,7 @@ from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
 from tasks.registry.logged_models import load_stage_model, load_stage_reward_model
-from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 
 STAGE = "evaluate"
 RUN_NAME = "evaluate-{label}"  # one evaluate stage, a run per model it judges
@@ -84,6 +84,8 @@ def run_evaluate(
     stage_dir = work_dir(cfg, f"{STAGE}-{label}", key)
     parents = {"policy": policy.model_uri, **({"reward": reward.model_uri} if reward else {})}
     with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+        if run is None:  # another process of a launch: evaluating needs no collectives, the main one does it all
+            return follower_result(f"{STAGE}-{label}", key)
         # Scored in full precision, whatever the training dtype.
         model, tokenizer = load_stage_model(cfg, policy.model_uri, stage_dir / "policy", dtype="float32")
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)

@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import get_peft_model
 
-from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_checkpoint
+from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_state
+from models.failpoints import failpoint
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
@@ -32,7 +33,8 @@ from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, load_stage_reward_model, log_hf_model, model_chain
-from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
+from tasks.run.ranks import is_main_process
 from tasks.training.trainer import peft_config
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         prompts = _setup_prompts(cfg, validated_file(data, "preferences_train", stage_dir / "data"), stage_dir)
         trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
         metrics = _train(cfg, trainer, prompts, stage_dir / "checkpoints")
+        if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
+            return follower_result(STAGE, key)
         hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri)
         model_uri = log_hf_model(hf_dir, cfg)
         mlflow.log_metrics(metrics)
@@ -119,29 +123,28 @@ def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_source, rewa
 
 def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpoint_dir: Path) -> dict[str, float]:
     format_prompt = prompt_formatter(trainer.tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    main = is_main_process()  # under a multi-process launch every process trains, the main one tracks
     resume_from = last_complete_checkpoint(checkpoint_dir)
     if resume_from is not None:
         trainer.accelerator.load_state(str(resume_from))
         log.info("Resuming PPO from complete checkpoint %s (step %d)", resume_from, trainer.counter.step)
-        mlflow.set_tag(RESUMED_FROM_TAG, str(trainer.counter.step))
+        if main:
+            mlflow.set_tag(RESUMED_FROM_TAG, str(trainer.counter.step))
     started, totals, metrics = time.perf_counter(), {"rollout": 0.0, "update": 0.0, "tokens": 0.0}, {}
     while trainer.counter.step < cfg.ppo.steps:
         step = trainer.counter.step
         batch = [format_prompt(p) for p in sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step)]
         metrics, rollout = trainer.step(batch)
-        mlflow.log_metrics({f"ppo/{name}": value for name, value in metrics.items()}, step=step + 1,
-                           synchronous=False)
         totals["rollout"] += metrics["rollout_seconds"]
         totals["update"] += metrics["update_seconds"]
         totals["tokens"] += metrics["generated_tokens"]
-        if (step + 1) % cfg.ppo.sample_table_steps == 0:
-            mlflow.log_table(pd.DataFrame({"prompt": rollout.prompts, "response": rollout.responses,
-                                           "reward": rollout.scores.tolist()}).head(16),
-                             artifact_file=f"samples/step_{step + 1:05d}.json")
+        if main:
+            _log_step(cfg, step, metrics, rollout)
         if (step + 1) % cfg.ppo.save_steps == 0 or step + 1 == cfg.ppo.steps:
-            save_complete_checkpoint(checkpoint_dir, step + 1, lambda folder: trainer.accelerator.save_state(
-                str(folder)))
-            prune_checkpoints(checkpoint_dir, keep=2)
+            save_complete_state(trainer.accelerator, checkpoint_dir, step + 1)
+            if main:
+                prune_checkpoints(checkpoint_dir, keep=2)
+        failpoint("ppo.step")
     mlflow.flush_async_logging()
     elapsed = time.perf_counter() - started
     return {
@@ -152,6 +155,14 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
         "ppo/generated_tokens_per_second": totals["tokens"] / max(totals["rollout"], 1e-9),
         "ppo/seconds": elapsed,
     }
+
+
+def _log_step(cfg: PipelineConfig, step: int, metrics: dict[str, float], rollout) -> None:
+    mlflow.log_metrics({f"ppo/{name}": value for name, value in metrics.items()}, step=step + 1, synchronous=False)
+    if (step + 1) % cfg.ppo.sample_table_steps == 0:
+        mlflow.log_table(pd.DataFrame({"prompt": rollout.prompts, "response": rollout.responses,
+                                       "reward": rollout.scores.tolist()}).head(16),
+                         artifact_file=f"samples/step_{step + 1:05d}.json")
 
 
 def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path, base_model: str) -> Path:

@@ -25,7 +25,7 @@ from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_stage_reward_model, log_hf_model
 from tasks.registry.versions import register_version, version_tags
-from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 from tasks.training.trainer import (
     callbacks,
     final_log,
@@ -66,6 +66,8 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
         train_file = validated_file(data, "preferences_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
+        if run is None:  # another process of a launch: it trained; the main one saves, measures, logs and reports
+            return follower_result(STAGE, key)
         model_uri = log_hf_model(hf_dir, cfg, kind="reward")
         eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
         metrics = {
@@ -120,7 +122,7 @@ def _setup_trainer(
         train_dataset=preference_dataset(train_file, format_prompt),
         processing_class=tokenizer,
         peft_config=reward_peft_config(cfg.reward.lora, model.config.num_hidden_layers),
-        callbacks=callbacks(_TRAIN_METRIC_PREFIX),
+        callbacks=callbacks(STAGE, _TRAIN_METRIC_PREFIX),
     )
 
 

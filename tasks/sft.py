@@ -19,7 +19,7 @@ from tasks.data.conversations import sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_stage_model, log_hf_model
-from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
+from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 from tasks.training.trainer import (
     callbacks,
     final_log,
@@ -48,6 +48,8 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
         train_file = validated_file(data, "sft_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, base.model_uri, _revision(cfg, base.model_uri))
+        if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
+            return follower_result(STAGE, key)
         model_uri = log_hf_model(hf_dir, cfg)
         metrics = _final_metrics(trainer)
         mlflow.log_metrics(metrics)

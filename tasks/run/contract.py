@@ -8,7 +8,6 @@ and is the Prefect cache key, so unchanged inputs are never recomputed.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -23,9 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from tasks.core import paths
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
+from tasks.core.locks import file_lock
 from tasks.core.secrets import redact_mapping, strip_credentials
 from tasks.core.tags import CACHE_KEY_TAG, CODE_VERSION_TAG, PARENT_TAG_PREFIX, STAGE_TAG
 from tasks.run.lifecycle import tracked_run
+from tasks.run.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 _CODE_PACKAGES = ("tasks", "models")
@@ -81,19 +82,9 @@ def work_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
     return path
 
 
-@contextmanager
-def work_dir_lock(stage_dir: Path) -> Iterator[None]:
+def work_dir_lock(stage_dir: Path):
     """An exclusive lock on a stage's work folder, across processes; the OS drops it if the holder dies."""
-    with (stage_dir / ".lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for %s: another run is computing this stage with the same inputs", stage_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(stage_dir / ".lock", "another run is computing this stage with the same inputs")
 
 
 @contextmanager
@@ -105,11 +96,18 @@ def stage_run(
     cache_key: str,
     sections: tuple[str, ...],
     parents: Mapping[str, str] | None = None,
-) -> Iterator[mlflow.ActiveRun]:
+) -> Iterator[mlflow.ActiveRun | None]:
     """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags.
 
     Held under the stage's work-folder lock, so two runs with the same inputs never write the same checkpoints.
+
+    Under a multi-process launch only the main process does this (`tasks.run.ranks`). Every other process gets
+    None: it trains with the main one (which holds the lock for them all), and then returns `follower_result`
+    without saving, logging or tracking anything.
     """
+    if not is_main_process():
+        yield None
+        return
     tags = {
         **lineage.tags(),
         STAGE_TAG: stage,
@@ -124,3 +122,9 @@ def stage_run(
         params = cfg.flat_params()
         mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
         yield run
+
+
+def follower_result(stage: str, cache_key: str) -> StageResult:
+    """What a process other than the main one returns once it has trained: no run, model or metrics of its own
+    (the main process's result is the stage's)."""
+    return StageResult(stage=stage, run_id="", cache_key=cache_key)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import mlflow
 import torch
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file, save_file
 from trl import DPOTrainer
 
 from tasks.core.hashing import md5_file
 from tasks.core.tags import TAG_PREFIX
+from tasks.run.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class ReferenceLogpsCache:
         return None
 
     def save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Log them to the active run; under a multi-process launch every process computed them, the main one
+        logs them."""
+        if not is_main_process():
+            return
         path = self.download_dir / f"{name}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
@@ -106,6 +111,19 @@ class CachedReferenceDPOTrainer(DPOTrainer):
             for column in COLUMNS:
                 dataset = dataset.add_column(column, cached[column].tolist())
             return dataset
+        if self.accelerator.num_processes > 1:
+            dataset = self._on_disk(dataset, name)
         dataset = super()._precompute_ref_logps(dataset, name, batch_size)
         self.reference_cache.save(name, {c: torch.tensor(dataset[c], dtype=torch.float32) for c in COLUMNS})
         return dataset
+
+    def _on_disk(self, dataset: Dataset, name: str) -> Dataset:
+        """The dataset saved by the main process and loaded back by every process, for TRL's precompute under
+        several processes: the main process writes the log-probs beside the dataset's files for the others to read.
+        An in-memory dataset has no files, so each process would look for them in its own temporary folder (and
+        under its own random name) and the others fail with FileNotFoundError (TRL 1.16)."""
+        folder = self.reference_cache.download_dir / f"{name}_dataset"
+        if self.accelerator.is_main_process:
+            dataset.save_to_disk(str(folder))
+        self.accelerator.wait_for_everyone()
+        return load_from_disk(str(folder))

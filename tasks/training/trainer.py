@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 from models.checkpoints import (
     MarkCompleteCheckpoints,
+    StepFailpoint,
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
@@ -22,6 +23,7 @@ from models.saving import save_trained_model
 from tasks.core.config import LoraSection, TrainingSection
 from tasks.core.errors import ConfigError
 from tasks.core.tags import RESUMED_FROM_TAG
+from tasks.run.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +75,34 @@ def peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
     )
 
 
-def callbacks(metric_prefix: str) -> list:
-    return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix)]
+def callbacks(stage: str, metric_prefix: str | None = None) -> list:
+    return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix or stage), StepFailpoint(stage)]
 
 
-def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str, revision: str | None = None) -> Path:
+def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str,
+                   revision: str | None = None) -> Path | None:
     """The recipe's train and save steps: train, resuming from the last complete checkpoint in
     `<stage_dir>/checkpoints`, then save to `<stage_dir>/hf_model`: with LoRA the adapters, naming `base_model`
-    (the URI the stage started from) as their base; otherwise the whole model. Returns that folder."""
+    (the URI the stage started from) as their base; otherwise the whole model. Returns that folder.
+
+    Under a multi-process launch every process trains and the main one alone saves: the others get None."""
     _train_resuming(trainer, stage_dir / "checkpoints")
+    if not is_main_process():
+        return None
     return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision)
 
 
 def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:
     """Train, resuming from the last *complete* checkpoint if an earlier attempt died. Returns the resumed step."""
-    for removed in remove_incomplete_checkpoints(checkpoint_dir):
+    main = is_main_process()  # under a multi-process launch one process tidies and tracks for all
+    for removed in remove_incomplete_checkpoints(checkpoint_dir) if main else []:
         log.warning("Ignoring half-written checkpoint %s", removed)
     resume_from = last_complete_checkpoint(checkpoint_dir)
     resumed_step = int(resume_from.name.split("-")[-1]) if resume_from else None
     if resume_from is not None:
         log.info("Resuming from complete checkpoint %s", resume_from)
-        mlflow.set_tag(RESUMED_FROM_TAG, str(resumed_step))
+        if main:
+            mlflow.set_tag(RESUMED_FROM_TAG, str(resumed_step))
     with _quiet_about_tied_weights(trainer.model):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return resumed_step
