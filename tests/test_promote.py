@@ -449,3 +449,72 @@ def test_the_smollm2_gates_fail_refusing_everything_and_refusing_in_broken_langu
                    "eval/kl_to_reference": 95.0}) == {
         "eval/benign_perplexity_ratio_vs_base", "eval/degeneration", "eval/kl_to_reference"}
     assert failed({**aligned, "eval/harmful_refusal_rate": 0.04}) == {"eval/harmful_refusal_rate"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A process killed in the middle of a registry change (kill -9 is simulated by an exception that is not an
+# Exception, which nothing handles; the fault suite kills real runs)
+
+
+class _Killed(BaseException):
+    pass
+
+
+def _die(*_):
+    raise _Killed
+
+
+def test_a_promotion_killed_between_its_aliases_is_undone_by_the_next_reader(cfg, model_uri, monkeypatch):
+    from tasks.registry import promotion
+    from tasks.registry.champion import current_champion
+    from tasks.registry.versions import model_aliases
+
+    first, second = _register(model_uri, CHAMPION), _register(model_uri, GOOD)
+    promote_version(NAME, first, REGISTRY, reason="first")
+    monkeypatch.setattr(promotion, "failpoint", _die)
+    with pytest.raises(_Killed):
+        promote_version(NAME, second, REGISTRY, reason="second")
+    assert _aliases() == {"champion": first, "previous-champion": first, "candidate": second}  # half done
+
+    monkeypatch.undo()
+    assert current_champion(cfg).outputs["version"] == first  # the reader puts the aliases back first
+    assert _aliases() == {"champion": first, "candidate": second}
+    assert "alignflow.alias_change" not in MlflowClient().get_registered_model(NAME).tags
+    assert "alignflow.promotion" not in _tags(second)
+    promote_version(NAME, second, REGISTRY, reason="second")  # and the rerun promotes as if nothing happened
+    assert model_aliases(MlflowClient(), NAME) == {"champion": second, "previous-champion": first,
+                                                   "candidate": second}
+
+
+def test_a_failed_alias_change_is_undone_at_once(cfg, model_uri, monkeypatch):
+    from tasks.registry import promotion
+
+    first, second = _register(model_uri, CHAMPION), _register(model_uri, GOOD)
+    promote_version(NAME, first, REGISTRY, reason="first")
+
+    def server_error(*_):
+        raise mlflow.exceptions.MlflowException("connection reset")
+
+    monkeypatch.setattr(promotion, "failpoint", server_error)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        promote_version(NAME, second, REGISTRY, reason="second")
+    assert _aliases() == {"champion": first, "candidate": second}
+    assert "alignflow.alias_change" not in MlflowClient().get_registered_model(NAME).tags
+
+
+def test_registering_again_after_dying_before_the_alias_reuses_the_version(cfg, model_uri, monkeypatch):
+    from tasks.registry import versions
+
+    tags = {"alignflow.source_run_id": "run-1", "alignflow.eval_run_id": "eval-1", "alignflow.source_stage": "dpo"}
+    monkeypatch.setattr(versions, "failpoint", _die)
+    with pytest.raises(_Killed):
+        versions.register_version(model_uri, NAME, "candidate", tags)
+    monkeypatch.undo()
+    (created,) = MlflowClient().search_model_versions(f"name = '{NAME}'")
+    assert "candidate" not in MlflowClient().get_registered_model(NAME).aliases  # half registered
+
+    again = versions.register_version(model_uri, NAME, "candidate", {**tags, "alignflow.eval/x": "1"})
+    assert again.version == created.version and _aliases() == {"candidate": str(created.version)}
+    assert _tags(str(created.version))["alignflow.eval/x"] == "1"  # completed with the tags it missed
+    other = versions.register_version(model_uri, NAME, "candidate", {**tags, "alignflow.eval_run_id": "eval-2"})
+    assert int(other.version) == int(created.version) + 1  # another evaluation is another version

@@ -30,4 +30,5 @@ GATE_TAG_PREFIX = f"{TAG_PREFIX}gate."  # + GateResult.key: "pass value=… boun
 NOT_PROMOTED_TAG = f"{TAG_PREFIX}not_promoted_reason"
 ROLLED_BACK_TAG = f"{TAG_PREFIX}rolled_back"  # "true" on a champion that a rollback demoted
 ROLLED_BACK_AT_TAG = f"{TAG_PREFIX}rolled_back_at"
+ALIAS_CHANGE_TAG = f"{TAG_PREFIX}alias_change"  # on a registered model while several aliases move: their old values
 METRIC_TAG_PREFIX = f"{TAG_PREFIX}eval/"

@@ -7,19 +7,18 @@ champion model with the current data rather than trusting the metrics it was pro
 from __future__ import annotations
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from tasks.core.config import PipelineConfig
 from tasks.core.tags import TAG_PREFIX
+from tasks.registry.versions import champion_version
 from tasks.run.contract import StageResult
 
 
 def current_champion(cfg: PipelineConfig) -> StageResult | None:
     """The version behind the champion alias, or None when nothing has been promoted yet."""
     name, alias = cfg.registry.policy_name, cfg.registry.champion_alias
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    version = champion_version(MlflowClient(), name, alias)
+    if version is None:
         return None
     model_key = version.tags.get(f"{TAG_PREFIX}cache_key") or f"{name}/{version.version}"
     return StageResult(
@@ -37,9 +36,8 @@ def unchanged_since_champion(cfg: PipelineConfig, data_md5: str, config_hash: st
     DVC data version with this very config. Data DVC cannot vouch for (modified, unverified, untracked) never
     counts as unchanged."""
     name, alias = cfg.registry.policy_name, cfg.registry.champion_alias
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    version = champion_version(MlflowClient(), name, alias)
+    if version is None:
         return None
     if "+" in data_md5 or data_md5 in ("untracked", "unknown"):
         return None

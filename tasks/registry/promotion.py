@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+from models.failpoints import failpoint
 from tasks.core.config import RegistrySection
 from tasks.core.tags import (
     DECISION_TAG,
@@ -25,7 +26,7 @@ from tasks.core.tags import (
     ROLLED_BACK_TAG,
 )
 from tasks.registry.gates import GateDecision
-from tasks.registry.versions import RegistryError, all_versions, get_version, model_aliases
+from tasks.registry.versions import RegistryError, alias_change, all_versions, get_version, model_aliases
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,22 @@ def promote_version(
     if decision is not None and not decision.passed:
         raise RegistryError(f"{name} version {version} failed its gates ({decision.summary()}); not promoted")
     aliases = model_aliases(client, name)
-    get_version(client, name, version)  # raises RegistryError when it does not exist
+    promoted = get_version(client, name, version)  # raises RegistryError when it does not exist
     current = aliases.get(registry.champion_alias)
     if decision is not None:
         tag_decision(client, name, version, decision)
-    if current == version:
+    if current == version and PROMOTED_AT_TAG in promoted.tags:
         log.info("%s version %s is already the %s; nothing to change", name, version, registry.champion_alias)
         return
-    if current is not None:
-        client.set_registered_model_alias(name, registry.previous_champion_alias, current)
-    client.set_registered_model_alias(name, registry.champion_alias, version)
+    if current == version:  # moved by a process that died before tagging it: only the tags are missing
+        current = aliases.get(registry.previous_champion_alias)
+    else:
+        with alias_change(client, name, {registry.champion_alias: current, registry.previous_champion_alias:
+                                         aliases.get(registry.previous_champion_alias)}):
+            if current is not None:
+                client.set_registered_model_alias(name, registry.previous_champion_alias, current)
+                failpoint("promote.alias")
+            client.set_registered_model_alias(name, registry.champion_alias, version)
     tags = {
         PROMOTION_TAG: "gated" if decision is not None else "manual",
         PROMOTED_AT_TAG: _now(),
@@ -104,14 +111,15 @@ def rollback(name: str, registry: RegistrySection) -> str:
     earlier = _champion_before(versions, restored, exclude={restored, demoted})
 
 
-    client.set_registered_model_alias(name, registry.champion_alias, restored)
+    with alias_change(client, name, {registry.champion_alias: demoted, registry.previous_champion_alias: restored}):
+        client.set_registered_model_alias(name, registry.champion_alias, restored)
+        if earlier is None:
+            client.delete_registered_model_alias(name, registry.previous_champion_alias)
+        else:
+            client.set_registered_model_alias(name, registry.previous_champion_alias, earlier)
     if demoted is not None and demoted != restored:
         client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, "true")
         client.set_model_version_tag(name, demoted, ROLLED_BACK_AT_TAG, _now())
-    if earlier is None:
-        client.delete_registered_model_alias(name, registry.previous_champion_alias)
-    else:
-        client.set_registered_model_alias(name, registry.previous_champion_alias, earlier)
     log.warning("%s rolled back: %s %s -> %s; %s now %s", name, registry.champion_alias, demoted, restored,
                 registry.previous_champion_alias, earlier or "unset")
     return restored

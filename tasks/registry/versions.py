@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from models.failpoints import failpoint
 from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
-from tasks.core.tags import EVAL_RUN_TAG, FLOW_RUN_TAG, SOURCE_RUN_TAG, SOURCE_STAGE_TAG, TAG_PREFIX
+from tasks.core.tags import (
+    ALIAS_CHANGE_TAG,
+    EVAL_RUN_TAG,
+    FLOW_RUN_TAG,
+    SOURCE_RUN_TAG,
+    SOURCE_STAGE_TAG,
+    TAG_PREFIX,
+)
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(AlignflowError):
@@ -32,20 +47,90 @@ def version_tags(source_stage: str, source_run_id: str, metrics: dict[str, float
 
 
 def register_version(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
-    """Register `model_uri` as a new version of `name`, tag it, and point `alias` at it."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    """Register `model_uri` as a new version of `name`, tagged, and point `alias` at it.
+
+    Idempotent: a version registered earlier from the same training run and evaluation (a rerun after the
+    process died between creating the version and moving the alias) is completed and reused, not duplicated.
+    """
+    client = MlflowClient()
+    version = _registered_earlier(client, name, tags) or mlflow.register_model(model_uri, name, tags=tags)
+    failpoint("register.version")
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def _registered_earlier(client: MlflowClient, name: str, tags: dict[str, str]) -> ModelVersion | None:
+    source = {key: tags[key] for key in (SOURCE_RUN_TAG, EVAL_RUN_TAG) if key in tags}
+    if SOURCE_RUN_TAG not in source:
+        return None
+    try:
+        earlier = [v for v in all_versions(client, name) if all(v.tags.get(k) == value for k, value in source.items())]
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    if not earlier:
+        return None
+    version = max(earlier, key=lambda v: int(v.version))
+    for key, value in tags.items():  # the earlier attempt may have died before tagging it
+        if version.tags.get(key) != value:
+            client.set_model_version_tag(name, str(version.version), key, value)
     return version
 
 
 def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """The model's aliases, after undoing any alias change a killed process left half done."""
     try:
         model = client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RegistryError(f"no registered model named '{name}' at {mlflow.get_tracking_uri()}") from None
         raise
+    if undo_interrupted_alias_change(client, name, model.tags):
+        model = client.get_registered_model(name)
     return {alias: str(number) for alias, number in model.aliases.items()}
+
+
+@contextmanager
+def alias_change(client: MlflowClient, name: str, before: dict[str, str | None]) -> Iterator[None]:
+    """Move several aliases as one change. MLflow moves one alias per call, so the aliases' values `before` are
+    written down first (a tag on the registered model) and the note is removed once every alias has moved. A
+    process killed in between leaves the note, and the next reader (`model_aliases`, `champion_version`) puts
+    the aliases back as they were: a killed promotion changes no alias."""
+    client.set_registered_model_tag(name, ALIAS_CHANGE_TAG, json.dumps(before, sort_keys=True))
+    try:
+        yield
+    except Exception:  # an error, not a kill: undo now (if the registry is unreachable, the note stays for later)
+        try:
+            undo_interrupted_alias_change(client, name, client.get_registered_model(name).tags)
+        except MlflowException:
+            log.exception("%s: could not undo a failed alias change yet; the next reader will", name)
+        raise
+    client.delete_registered_model_tag(name, ALIAS_CHANGE_TAG)
+
+
+def undo_interrupted_alias_change(client: MlflowClient, name: str, model_tags: dict[str, str]) -> bool:
+    """Restore the aliases an unfinished `alias_change` recorded; returns whether there was one."""
+    if ALIAS_CHANGE_TAG not in model_tags:
+        return False
+    before: dict[str, str | None] = json.loads(model_tags[ALIAS_CHANGE_TAG])
+    for alias, version in before.items():
+        if version is not None:
+            client.set_registered_model_alias(name, alias, version)
+        elif alias in client.get_registered_model(name).aliases:
+            client.delete_registered_model_alias(name, alias)
+    client.delete_registered_model_tag(name, ALIAS_CHANGE_TAG)
+    log.warning("%s: undid an alias change its process did not finish; aliases back to %s", name, before)
+    return True
+
+
+def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version behind `alias` (after undoing an unfinished alias change), or None when it is not set."""
+    try:
+        undo_interrupted_alias_change(client, name, client.get_registered_model(name).tags)
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
