@@ -75,8 +75,8 @@ def _dvc(home: Path, *args: str) -> None:
     subprocess.run([str(BIN / "dvc"), *args], cwd=home, check=True, capture_output=True)
 
 
-def _alignflow(services, home: Path, *args: str) -> subprocess.Popen:
-    env = services.client_env(HF_TOKEN=HF_TOKEN)
+def _alignflow(services, home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = services.client_env(HF_TOKEN=HF_TOKEN, **(env or {}))
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the config's URI carries them
         env.pop(name)
     return subprocess.Popen([str(BIN / "alignflow"), *args], cwd=home, env=env, stdout=subprocess.PIPE,
@@ -228,3 +228,33 @@ def test_two_concurrent_pipelines_both_register_and_gates_pick_the_champion(stac
                        for runs_of in children), key=lambda r: r.info.start_time)
     assert promotes[0].info.end_time <= promotes[1].info.start_time, [(p.info.start_time, p.info.end_time)
                                                                       for p in promotes]
+
+
+def test_a_stopped_mlflow_server_fails_the_run_clearly_and_the_rerun_loses_nothing(stack, mlflow_client):
+    services, home = stack
+    args = ("run", "--config", "loopback.yaml", "--set", "dpo.beta=0.4", "--set", "name=outage")
+    before = {v.version for v in mlflow_client.search_model_versions("name='alignflow-policy'")}
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # fail in seconds
+    process = _alignflow(services, home, *args, env=env)
+    deadline = time.monotonic() + 600
+    while not _runs(mlflow_client, "attributes.run_name = 'dpo' and attributes.status = 'RUNNING'"):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+        time.sleep(1)
+    services.stop_mlflow()  # mid-stage
+    output, _ = process.communicate(timeout=600)
+    services.start_mlflow(create_user=False)
+
+    # The client retried, then the command failed with one message naming the server, and no traceback.
+    assert process.returncode == 1, output[-3000:]
+    assert f"error: the service at 127.0.0.1:{services.mlflow_port} did not answer" in output, output[-3000:]
+    assert "Traceback" not in output
+    # The rerun finishes. The runs the outage left RUNNING (their process could not end them) are reaped, and
+    # nothing is half written: one new version for the new DPO model, no duplicate.
+    _finish(_alignflow(services, home, *args))
+    assert _runs(mlflow_client, "attributes.status = 'RUNNING'") == []
+    reaped = _runs(mlflow_client, "attributes.status = 'KILLED'")
+    assert any(run.info.run_name == "dpo" and run.data.tags["alignflow.ended_by"].startswith("reaped:")
+               for run in reaped)
+    new = [v for v in mlflow_client.search_model_versions("name='alignflow-policy'") if v.version not in before]
+    sources = [(v.tags["alignflow.source_run_id"], v.tags["alignflow.eval_run_id"]) for v in new]
+    assert len(new) == 1 and len(set(sources)) == len(sources)

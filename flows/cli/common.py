@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -61,9 +62,26 @@ def report_error(error: BaseException) -> int:
         typer.echo(f"stopped by {signal.Signals(signum).name}: the MLflow runs ended KILLED; the same command "
                    f"resumes from the last complete checkpoint", err=True)
         return 128 + signum
+    from tasks.orchestration.transient import is_transient
+
+    if is_transient(error):
+        typer.echo(f"error: the service at {_address(error)} did not answer, also when retried "
+                   f"({type(error).__name__}: {str(error).splitlines()[0][:500]})\n"
+                   "Rerun the same command once it answers: finished stages are reused, and runs left RUNNING "
+                   "are ended as KILLED.", err=True)
+        return 1
     typer.echo(f"error: {type(error).__name__}: {error}\n"
                f"(an unexpected failure: rerun with --debug or {DEBUG_VARIABLE}=1 for the traceback)", err=True)
     return 1
+
+
+def _address(error: BaseException) -> str:
+    """host:port of the first URL in the error's messages (its own, then its causes'), else 'a remote service'."""
+    while error is not None:
+        if found := re.search(r"https?://(?:[^@/\s]*@)?([^/\s:]+(?::\d+)?)", str(error)):
+            return found.group(1)
+        error = error.__cause__ or error.__context__
+    return "a remote service"
 
 
 class _MessageOnly(logging.Formatter):

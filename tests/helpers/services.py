@@ -172,7 +172,14 @@ class LoopbackServices:
                             database], check=True, capture_output=True, env={**os.environ, "PGPASSWORD": self.db_password})
         return seconds
 
-    def start_mlflow(self) -> float:
+    def stop_mlflow(self) -> None:
+        """Stop the MLflow server (its data stays in PostgreSQL and its artifact folder)."""
+        (server,) = [service for service in self.services if service.name == "mlflow-server"]
+        server.terminate()
+        server.wait()
+        self.services.remove(server)
+
+    def start_mlflow(self, create_user: bool = True) -> float:
         """`mlflow server` with basic auth, its runs and users in PostgreSQL, artifacts proxied by the server."""
         # infra/mlflow/basic_auth.ini as the compose stack mounts it, pointed at this cluster.
         settings = configparser.ConfigParser()
@@ -192,6 +199,8 @@ class LoopbackServices:
             "--artifacts-destination", str(self.root / "mlflow-artifacts"),
         ], env=env)
         seconds = self.wait_until(service, lambda: requests.get(f"{self.mlflow_url}/health", timeout=5).ok)
+        if not create_user:  # restarted: the pipeline user is already in the auth database
+            return seconds
         created = requests.post(f"{self.mlflow_url}/api/2.0/mlflow/users/create", timeout=30,
                                 json={"username": PIPELINE_USER, "password": self.pipeline_password},
                                 auth=("admin", self.mlflow_admin_password))
