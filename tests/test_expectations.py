@@ -213,6 +213,14 @@ def test_unreadable_line_names_file_and_line(tmp_path, tokenizer, line, problem)
     assert f"{path}: {problem}" in message
 
 
+def test_an_unreadable_parquet_file_is_named(tmp_path, tokenizer):
+    path = tmp_path / "sft_train.parquet"
+    path.write_bytes(b"PAR1 this is not a Parquet file")
+    with pytest.raises(DataValidationError, match=re.escape(f"{path}: cannot read Parquet file (")):
+        read_rows(path)
+    assert f"{path}: cannot read Parquet file" in failure_message(tmp_path, tokenizer, {"sft_train": path})
+
+
 def test_missing_file_is_reported_with_the_others(tmp_path, tokenizer):
     files = {"sft_train": tmp_path / "nope.jsonl",
              "sft_eval": write(tmp_path, "sft_eval", [{"prompt": "Hi?"}])}
