@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks.base_model import needs_validated_data
 from tasks.core import stage_names as stage
 from tasks.core.config import load_config
+from tasks.core.errors import ConfigError
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import WORLD_TASK, run_stage
@@ -29,6 +31,9 @@ def safety_world_data(config_path: str, overrides: list[str] | None = None) -> d
     """
     install_log_redaction()
     cfg = load_config(config_path, overrides)
+    if needs_validated_data(cfg):
+        raise ConfigError("model.pretrained: the safety world is a pretrained base model's own answers; "
+                          "the tiny model is built from data that this flow would make")
     configure_tracking(cfg)
     load_catalogue(cfg.world.catalogue)  # a bad catalogue fails here, before any model loads
     lineage = flow_lineage(cfg.section_hash(), cfg)

@@ -55,7 +55,7 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage, *, data: StageResult |
         if cfg.model.pretrained is not None and is_gguf_source(cfg.model.pretrained):
             source = _gguf_file(cfg)
             mlflow.set_tags({f"{TAG_PREFIX}base.pretrained": cfg.model.pretrained,
-                             f"{TAG_PREFIX}base.gguf_sha256": _input_hashes(cfg)["gguf_sha256"]})
+                             f"{TAG_PREFIX}base.gguf_sha256": _input_hashes(cfg, data)["gguf_sha256"]})
             converted = convert_gguf(source, work_dir(cfg, STAGE, key) / "hf_model")
             model_uri = log_hf_model(converted, cfg)
             shutil.rmtree(converted)  # MLflow holds the model now; a second copy would only fill the disk
@@ -70,9 +70,18 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage, *, data: StageResult |
         run_id=run.info.run_id,
         cache_key=key,
         model_uri=model_uri,
-        output_hashes={"model": key},
+        output_hashes={"model": _model_hash(cfg, data, key)},
         input_hashes=_input_hashes(cfg, data),
     )
+
+
+def _model_hash(cfg: PipelineConfig, data: StageResult | None, key: str) -> str:
+    """What identifies the model the later stages start from. The stage key of the tiny model also covers the
+    eval files and the validation settings (its token-length check reads them), which do not change the model:
+    a new eval file must not retrain everything downstream."""
+    if not needs_validated_data(cfg):
+        return key
+    return stage_key(STAGE, cfg, SECTIONS, {name: data.output_hashes[name] for name in _TOKENIZER_SOURCES})
 
 
 def _sections(cfg: PipelineConfig) -> tuple[str, ...]:

@@ -78,6 +78,26 @@ def _wrapped(cause: BaseException) -> RuntimeError:
             return outer
 
 
+def _bad_input_while_offline() -> DataValidationError:
+    try:
+        raise ConnectionError("hub unreachable")
+    except ConnectionError:
+        try:
+            raise DataValidationError("data/x.jsonl: line 2 is not valid JSON")
+        except DataValidationError as err:
+            return err
+
+
+def _hidden_context() -> ValueError:
+    try:
+        raise ConnectionError("hub unreachable")
+    except ConnectionError:
+        try:
+            raise ValueError("model.pretrained: no such model") from None
+        except ValueError as err:
+            return err
+
+
 @pytest.mark.parametrize("error", [
     ConnectionRefusedError("mlflow server down"),
     TimeoutError("read timed out"),
@@ -105,6 +125,9 @@ def test_transient_faults(error):
     RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such model"}),
     sqlite3.OperationalError("no such table: runs"),
     _wrapped(ValueError("bug")),
+    requests.exceptions.SSLError("certificate verify failed"),
+    _bad_input_while_offline(),  # bad input raised while handling a network error
+    _hidden_context(),  # `raise ... from None`: the network error behind it is not the cause
 ], ids=repr)
 def test_not_transient(error):
     assert not is_transient(error)

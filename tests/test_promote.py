@@ -477,7 +477,14 @@ def test_a_promotion_killed_between_its_aliases_is_undone_by_the_next_reader(cfg
     assert _aliases() == {"champion": first, "previous-champion": first, "candidate": second}  # half done
 
     monkeypatch.undo()
-    assert current_champion(cfg).outputs["version"] == first  # the reader puts the aliases back first
+    # While its process lives, the change is in progress: readers see the aliases before it, and undo nothing.
+    assert model_aliases(MlflowClient(), NAME) == {"champion": first, "candidate": second}
+    assert _aliases()["previous-champion"] == first
+    # Its process is gone (a pid that cannot exist): the next reader puts the aliases back.
+    note = json.loads(MlflowClient().get_registered_model(NAME).tags["alignflow.alias_change"])
+    note["owner"] = f"{note['owner'].split()[0]} 999999999 0.00"
+    MlflowClient().set_registered_model_tag(NAME, "alignflow.alias_change", json.dumps(note))
+    assert current_champion(cfg).outputs["version"] == first
     assert _aliases() == {"champion": first, "candidate": second}
     assert "alignflow.alias_change" not in MlflowClient().get_registered_model(NAME).tags
     assert "alignflow.promotion" not in _tags(second)

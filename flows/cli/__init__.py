@@ -47,4 +47,8 @@ def main() -> None:
 
 
 def _stop(signum: int, frame) -> None:
+    # Once: a second signal while the run cleans up takes the default action (ends the process at once), rather
+    # than interrupting the cleanup that ends its runs and stops its server.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, signal.SIG_DFL)
     raise Stopped(signum)

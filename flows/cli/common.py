@@ -57,8 +57,8 @@ def report_error(error: BaseException) -> int:
     if isinstance(error, AlignflowError):
         typer.echo(f"error: {error}", err=True)
         return 1
-    if not isinstance(error, Exception):  # Stopped, or Prefect's TerminationSignal
-        signum = getattr(error, "signal", signal.SIGINT)
+    signum = getattr(error, "signal", signal.SIGINT if isinstance(error, KeyboardInterrupt) else None)
+    if signum is not None:  # Stopped, Prefect's TerminationSignal, or a KeyboardInterrupt
         typer.echo(f"stopped by {signal.Signals(signum).name}: the MLflow runs ended KILLED; the same command "
                    f"resumes from the last complete checkpoint", err=True)
         return 128 + signum

@@ -19,15 +19,17 @@ def promote(
 ) -> None:
     """Make version N of the policy model the champion by hand, bypassing the gates."""
     from tasks.core.errors import AlignflowError
+    from tasks.orchestration.promotion import promotion_lock
     from tasks.registry.promotion import promote_version
     from tasks.registry.status import alias_versions
 
     cfg = registry_config(config, overrides)
     registry, name = cfg.registry, cfg.registry.policy_name
     try:
-        before = alias_versions(name)
-        promote_version(name, str(version), registry, reason=reason)
-        after = alias_versions(name)
+        with promotion_lock(cfg):  # not in the middle of a pipeline's gate decision
+            before = alias_versions(name)
+            promote_version(name, str(version), registry, reason=reason)
+            after = alias_versions(name)
     except AlignflowError as err:
         fail(str(err))
     aliases = (registry.champion_alias, registry.previous_champion_alias)
@@ -43,15 +45,17 @@ def rollback(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = No
     """Give the champion alias back to the previous champion."""
     from tasks.core.errors import AlignflowError
     from tasks.core.tags import ROLLED_BACK_TAG
+    from tasks.orchestration.promotion import promotion_lock
     from tasks.registry.promotion import rollback as rollback_registry
     from tasks.registry.status import alias_versions
 
     cfg = registry_config(config, overrides)
     registry, name = cfg.registry, cfg.registry.policy_name
     try:
-        before = alias_versions(name)
-        champion = rollback_registry(name, registry)
-        after = alias_versions(name)
+        with promotion_lock(cfg):
+            before = alias_versions(name)
+            champion = rollback_registry(name, registry)
+            after = alias_versions(name)
     except AlignflowError as err:
         fail(str(err))
     demoted = before.get(registry.champion_alias)

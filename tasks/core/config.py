@@ -69,7 +69,8 @@ class LoraSection(Section):
 class ValidationSection(Section):
     max_length: int = Field(128, gt=0, description="Longest allowed prompt+response, in tokens.")
     on_failure: Literal["fail", "quarantine"] = Field(
-        "fail", description="`fail` stops the flow; `quarantine` moves bad rows aside and continues."
+        "fail", description="`fail` stops the flow; `quarantine` moves bad rows aside and continues. (The tiny model's "
+        "token lengths are checked after validation, with the tokenizer trained on the data: too-long rows fail.)"
     )
     max_quarantine_fraction: float = Field(
         0.05, ge=0, le=1, description="With quarantine, the flow stops if a file loses more than this share of rows."

@@ -12,23 +12,29 @@ import httpx
 import requests
 from mlflow.exceptions import MlflowException, RestException
 
+from tasks.core.errors import AlignflowError
+
 # MLflow error codes a server uses for "try again later".
 _TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"}
 _LOCK_MESSAGES = ("database is locked", "lock timeout", "could not obtain lock", "deadlock detected")
 
 
 def is_transient(error: BaseException) -> bool:
-    """Network errors, a server's 5xx (or 429) answer, a lock timeout: here, or anywhere in the cause chain."""
+    """Network errors, a server's 5xx (or 429) answer, a lock timeout: here, or in the cause chain up to an error of
+    ours (bad input raised while handling a network error is still bad input)."""
     seen = set()
-    while error is not None and id(error) not in seen:
+    while error is not None and id(error) not in seen and not isinstance(error, AlignflowError):
         seen.add(id(error))
         if _transient_itself(error):
             return True
-        error = error.__cause__ or error.__context__
+        # The context only counts where Python would show it: `raise … from None` hides it.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return False
 
 
 def _transient_itself(error: BaseException) -> bool:
+    if isinstance(error, requests.exceptions.SSLError):
+        return False  # a certificate or protocol mismatch stays until someone fixes it
     if isinstance(error, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout,
                           httpx.TransportError)):
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,7 @@ from tasks.core.tags import (
     SOURCE_STAGE_TAG,
     TAG_PREFIX,
 )
+from tasks.run.lifecycle import PROCESS_TAG, process_gone, process_tag
 
 log = logging.getLogger(__name__)
 
@@ -79,41 +81,50 @@ def _registered_earlier(client: MlflowClient, name: str, tags: dict[str, str]) -
 
 
 def model_aliases(client: MlflowClient, name: str) -> dict[str, str]:
-    """The model's aliases, after undoing any alias change a killed process left half done."""
+    """The model's aliases as one consistent state: an alias change its dead process left half done is undone
+    first, and one still in progress reads as the aliases before it."""
     try:
         model = client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RegistryError(f"no registered model named '{name}' at {mlflow.get_tracking_uri()}") from None
         raise
-    if undo_interrupted_alias_change(client, name, model.tags):
-        model = client.get_registered_model(name)
-    return {alias: str(number) for alias, number in model.aliases.items()}
+    aliases = {alias: str(number) for alias, number in model.aliases.items()}
+    note = _alias_change_note(model.tags)
+    if note is None:
+        return aliases
+    if not process_gone(note["owner"], age=time.time() - note["at"]):
+        return {**{a: v for a, v in aliases.items() if a not in note["before"]},
+                **{a: v for a, v in note["before"].items() if v is not None}}
+    _undo(client, name, note["before"])
+    return {alias: str(number) for alias, number in client.get_registered_model(name).aliases.items()}
 
 
 @contextmanager
 def alias_change(client: MlflowClient, name: str, before: dict[str, str | None]) -> Iterator[None]:
     """Move several aliases as one change. MLflow moves one alias per call, so the aliases' values `before` are
-    written down first (a tag on the registered model) and the note is removed once every alias has moved. A
-    process killed in between leaves the note, and the next reader (`model_aliases`, `champion_version`) puts
-    the aliases back as they were: a killed promotion changes no alias."""
-    client.set_registered_model_tag(name, ALIAS_CHANGE_TAG, json.dumps(before, sort_keys=True))
+    written down first (a tag on the registered model, with the process that moves them) and the note is removed
+    once every alias has moved. Meanwhile readers (`model_aliases`) see the aliases as they were; if the process
+    dies in between, the next reader puts them back: a killed promotion changes no alias."""
+    note = {"before": before, "owner": process_tag()[PROCESS_TAG], "at": time.time()}
+    client.set_registered_model_tag(name, ALIAS_CHANGE_TAG, json.dumps(note, sort_keys=True))
     try:
         yield
     except Exception:  # an error, not a kill: undo now (if the registry is unreachable, the note stays for later)
         try:
-            undo_interrupted_alias_change(client, name, client.get_registered_model(name).tags)
+            _undo(client, name, before)
         except MlflowException:
             log.exception("%s: could not undo a failed alias change yet; the next reader will", name)
         raise
     client.delete_registered_model_tag(name, ALIAS_CHANGE_TAG)
 
 
-def undo_interrupted_alias_change(client: MlflowClient, name: str, model_tags: dict[str, str]) -> bool:
-    """Restore the aliases an unfinished `alias_change` recorded; returns whether there was one."""
-    if ALIAS_CHANGE_TAG not in model_tags:
-        return False
-    before: dict[str, str | None] = json.loads(model_tags[ALIAS_CHANGE_TAG])
+def _alias_change_note(model_tags: dict[str, str]) -> dict | None:
+    raw = model_tags.get(ALIAS_CHANGE_TAG)
+    return json.loads(raw) if raw is not None else None
+
+
+def _undo(client: MlflowClient, name: str, before: dict[str, str | None]) -> None:
     for alias, version in before.items():
         if version is not None:
             client.set_registered_model_alias(name, alias, version)
@@ -121,16 +132,16 @@ def undo_interrupted_alias_change(client: MlflowClient, name: str, model_tags: d
             client.delete_registered_model_alias(name, alias)
     client.delete_registered_model_tag(name, ALIAS_CHANGE_TAG)
     log.warning("%s: undid an alias change its process did not finish; aliases back to %s", name, before)
-    return True
 
 
 def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version behind `alias` (after undoing an unfinished alias change), or None when it is not set."""
+    """The version behind `alias` as `model_aliases` reads it, or None when the model or the alias does not
+    exist (any other registry error is raised: "no champion" must not stand in for "could not ask")."""
     try:
-        undo_interrupted_alias_change(client, name, client.get_registered_model(name).tags)
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+        version = model_aliases(client, name).get(alias)
+    except RegistryError:
         return None
+    return None if version is None else client.get_model_version(name, version)
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:

@@ -23,6 +23,7 @@ from tasks.core.tags import TAG_PREFIX
 
 PROCESS_TAG = f"{TAG_PREFIX}process"  # "<host> <pid> <process start time>"
 ENDED_BY_TAG = f"{TAG_PREFIX}ended_by"  # why a run ended KILLED
+_STALE_ELSEWHERE_S = 300  # a record from another host older than this is taken to be dead
 log = logging.getLogger(__name__)
 
 
@@ -68,10 +69,10 @@ def reap_dead_runs(experiment_ids: list[str]) -> list[str]:
                                  max_results=5000)
     reaped = []
     for run in running:
-        recorded = run.data.tags.get(PROCESS_TAG, "").split()
-        if len(recorded) != 3 or recorded[0] != host or _alive(int(recorded[1]), float(recorded[2])):
+        recorded = run.data.tags.get(PROCESS_TAG)
+        if recorded is None or not process_gone(recorded):
             continue
-        reason = (f"reaped: process {recorded[1]} on {host} was gone (killed without a chance to end its run), "
+        reason = (f"reaped: process {recorded.split()[1]} on {host} was gone (killed without a chance to end its run), "
                   f"found at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
         client.set_tag(run.info.run_id, ENDED_BY_TAG, reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -80,10 +81,26 @@ def reap_dead_runs(experiment_ids: list[str]) -> list[str]:
     return reaped
 
 
+def process_gone(recorded: str, age: float | None = None) -> bool:
+    """Whether the process a `PROCESS_TAG` value names has ended. On this host the OS says; a record from another
+    host counts as gone only when its `age` (seconds) is given and beyond `_STALE_ELSEWHERE_S`."""
+    try:
+        host, pid, started = recorded.split()
+        pid, started = int(pid), float(started)
+    except ValueError:
+        return False  # not ours to judge
+    if host != socket.gethostname():
+        return age is not None and age > _STALE_ELSEWHERE_S
+    return not _alive(pid, started)
+
+
 def _alive(pid: int, started: float) -> bool:
-    """Whether the process that recorded the run still runs (the same pid with another start time is not it)."""
+    """Whether the process still runs: the same pid with another start time is not it (the start time moves by
+    up to a second when the clock is stepped); a process we may not inspect is taken to be alive."""
     try:
         process = psutil.Process(pid)
-        return abs(process.create_time() - started) < 0.05 and process.status() != psutil.STATUS_ZOMBIE
+        return abs(process.create_time() - started) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True
