@@ -68,34 +68,20 @@ def _http_error(status: int) -> requests.HTTPError:
     return requests.HTTPError(f"HTTP {status}", response=response)
 
 
-def _wrapped(cause: BaseException) -> RuntimeError:
+def _raised_while_handling(cause: BaseException, error: BaseException, *, hide_context: bool = False,
+                           as_cause: bool = False) -> BaseException:
+    """`error` as Python leaves it when raised while handling `cause`: `from cause`, `from None`, or plainly."""
     try:
         raise cause
-    except BaseException as err:  # noqa: BLE001 - building a chain
+    except BaseException as handled:  # noqa: BLE001 - building a chain
         try:
-            raise RuntimeError("stage failed") from err
-        except RuntimeError as outer:
-            return outer
-
-
-def _bad_input_while_offline() -> DataValidationError:
-    try:
-        raise ConnectionError("hub unreachable")
-    except ConnectionError:
-        try:
-            raise DataValidationError("data/x.jsonl: line 2 is not valid JSON")
-        except DataValidationError as err:
-            return err
-
-
-def _hidden_context() -> ValueError:
-    try:
-        raise ConnectionError("hub unreachable")
-    except ConnectionError:
-        try:
-            raise ValueError("model.pretrained: no such model") from None
-        except ValueError as err:
-            return err
+            if hide_context:
+                raise error from None
+            if as_cause:
+                raise error from handled
+            raise error
+        except BaseException as raised:  # noqa: BLE001
+            return raised
 
 
 @pytest.mark.parametrize("error", [
@@ -108,7 +94,7 @@ def _hidden_context() -> ValueError:
     RestException({"error_code": "INTERNAL_ERROR", "message": "db restarting"}),
     MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE),
     sqlite3.OperationalError("database is locked"),
-    _wrapped(ConnectionResetError("peer reset")),  # found through the cause chain
+    _raised_while_handling(ConnectionResetError("peer reset"), RuntimeError("stage failed"), as_cause=True),  # found through the cause chain
 ], ids=repr)
 def test_transient_faults(error):
     assert is_transient(error)
@@ -124,10 +110,12 @@ def test_transient_faults(error):
     MlflowException("no such run"),  # defaults to INTERNAL_ERROR, but nothing answered 5xx
     RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such model"}),
     sqlite3.OperationalError("no such table: runs"),
-    _wrapped(ValueError("bug")),
+    _raised_while_handling(ValueError("bug"), RuntimeError("stage failed"), as_cause=True),
     requests.exceptions.SSLError("certificate verify failed"),
-    _bad_input_while_offline(),  # bad input raised while handling a network error
-    _hidden_context(),  # `raise ... from None`: the network error behind it is not the cause
+    _raised_while_handling(ConnectionError("hub unreachable"),  # bad input raised while handling a network error
+                           DataValidationError("data/x.jsonl: line 2 is not valid JSON")),
+    _raised_while_handling(ConnectionError("hub unreachable"), ValueError("model.pretrained: no such model"),
+                           hide_context=True),  # `raise ... from None`: the network error is not the cause
 ], ids=repr)
 def test_not_transient(error):
     assert not is_transient(error)

@@ -77,10 +77,11 @@ def report_error(error: BaseException) -> int:
 
 def _address(error: BaseException) -> str:
     """host:port of the first URL in the error's messages (its own, then its causes'), else 'a remote service'."""
-    while error is not None:
-        if found := re.search(r"https?://(?:[^@/\s]*@)?([^/\s:]+(?::\d+)?)", str(error)):
+    from tasks.orchestration.transient import cause_chain
+
+    for cause in cause_chain(error):
+        if found := re.search(r"https?://(?:[^@/\s]*@)?([^/\s:]+(?::\d+)?)", str(cause)):
             return found.group(1)
-        error = error.__cause__ or error.__context__
     return "a remote service"
 
 

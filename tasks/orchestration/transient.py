@@ -7,6 +7,7 @@ Bad input, a bug, a crash or a cancelled run fails the same way every time, so r
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 import httpx
 import requests
@@ -22,14 +23,22 @@ _LOCK_MESSAGES = ("database is locked", "lock timeout", "could not obtain lock",
 def is_transient(error: BaseException) -> bool:
     """Network errors, a server's 5xx (or 429) answer, a lock timeout: here, or in the cause chain up to an error of
     ours (bad input raised while handling a network error is still bad input)."""
-    seen = set()
-    while error is not None and id(error) not in seen and not isinstance(error, AlignflowError):
-        seen.add(id(error))
-        if _transient_itself(error):
+    for cause in cause_chain(error):
+        if isinstance(cause, AlignflowError):
+            return False
+        if _transient_itself(cause):
             return True
-        # The context only counts where Python would show it: `raise … from None` hides it.
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return False
+
+
+def cause_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """The error, then what it was raised from or while handling, as Python's traceback shows them (`raise … from
+    None` hides the context)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def _transient_itself(error: BaseException) -> bool:
