@@ -33,7 +33,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
     4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
     5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered. With
        `eval.base`, evaluate-base first measures the base model the same way (the "before").
-    6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo: against the reward model),
+    6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo and rloo: against the reward model),
        evaluate it against the SFT baseline on the same eval, register it.
     7. under the registry's promotion lock: evaluate the current champion (if any) on the same eval, then
        promote: gate every candidate; the best one that passes becomes the champion.
@@ -62,7 +62,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
                                                        **judged)
         results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=sft, evaluation=baseline)
 
-        optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}}
+        optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
         candidates = {}
         for name in cfg.optimizers:
             results[name] = policy = run_stage(name, cfg, lineage, sft=sft, data=data, **optimizer_inputs[name])

@@ -34,10 +34,15 @@ def _checkpoints_by_step(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every completely written checkpoint under `run_dir`, oldest first."""
+    return [(step, path) for step, path in _checkpoints_by_step(run_dir) if is_complete(path)]
+
+
 def last_complete_checkpoint(run_dir: Path) -> Path | None:
     """The highest-step checkpoint under `run_dir` that was completely written, or None."""
-    complete = [path for _, path in _checkpoints_by_step(run_dir) if is_complete(path)]
-    return complete[-1] if complete else None
+    complete = complete_checkpoints(run_dir)
+    return complete[-1][1] if complete else None
 
 
 def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
@@ -108,6 +113,6 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints, and any `.partial` leftovers."""
     for leftover in run_dir.glob("checkpoint-*.partial"):
         shutil.rmtree(leftover, ignore_errors=True)
-    complete = [path for _, path in _checkpoints_by_step(run_dir) if is_complete(path)]
+    complete = [path for _, path in complete_checkpoints(run_dir)]
     for path in complete[:-keep]:
         shutil.rmtree(path)

@@ -17,6 +17,7 @@ FAILPOINTS = {
     "reward.step": "after a training step of the reward stage",
     "dpo.step": "after a training step of the DPO stage",
     "ppo.step": "after a PPO step",
+    "rloo.step": "after a training step of the RLOO stage",
     "checkpoint.write": "with a checkpoint's files written but not yet marked complete",
     "register.version": "with a model version created but not yet given its alias",
     "promote.alias": "with previous-champion moved but champion not yet",

@@ -29,6 +29,18 @@ def sequence_kl(policy_sequence_logprobs: torch.Tensor, reference_sequence_logpr
     return policy_sequence_logprobs - reference_sequence_logprobs  # (B,)
 
 
+def correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two equal-length vectors (N,); 0 when either is constant (nothing to correlate).
+
+    Loop form: sum((x_i - mean x) * (y_i - mean y)) / sqrt(sum((x_i - mean x)^2) * sum((y_i - mean y)^2)).
+    """
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"correlation needs two equal 1-d vectors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    dx, dy = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denominator = (dx.square().sum() * dy.square().sum()).sqrt()
+    return 0.0 if denominator == 0 else (dx * dy).sum().item() / denominator.item()
+
+
 def repeated_ngram_rate(words: list[str], n: int = 3) -> float:
     """Share of a response's word n-grams that repeat an n-gram seen earlier in it: 0 for text that never
     repeats itself, towards 1 for a loop ("the the the ..."). A degeneration measure (Holtzman et al. 2020 and

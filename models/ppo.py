@@ -113,17 +113,20 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
 
 
-def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None):
+def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None,
+                                 temperature: float = 1.0):
     """Log-probs of the response tokens, the critic's values before each, and the logits. All (B, T[, V]).
 
-    `model` is a `PolicyWithValueHead`; with a separate `critic`, values come from it instead.
+    `model` is a `PolicyWithValueHead`; with a separate `critic`, values come from it instead. The logits are
+    divided by the sampling `temperature`: the log-probs are those of the policy that sampled the responses,
+    so the ratios and the KL are taken on-policy (as TRL's PPO does).
     """
     logits, values = model(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=position_ids_for(attention_mask))
     if critic is not None:
         values = critic(input_ids=input_ids, attention_mask=attention_mask)
     # The token at position i is predicted from position i - 1: responses start at prompt_length.
-    logits = logits[:, prompt_length - 1 : -1].float()  # (B, T, V)
+    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # (B, T, V)
     values = values[:, prompt_length - 1 : -1]  # (B, T): the value of the state each response token is chosen in
     targets = input_ids[:, prompt_length:]  # (B, T)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -185,7 +188,7 @@ class PPOTrainer:
                                                 skip_special_tokens=True)
 
         logprobs, values, _ = response_logprobs_and_values(unwrapped, sequences, attention_mask, prompt_length,
-                                                           self._critic())
+                                                           self._critic(), self.hp.temperature)
         ref_logprobs = self._reference_logprobs(sequences, attention_mask, prompt_length)
         scores = self._scores(prompts, responses, response_ids, mask)
 
@@ -208,7 +211,7 @@ class PPOTrainer:
         with context:
             logits = reference(input_ids=sequences, attention_mask=attention_mask,
                                position_ids=position_ids_for(attention_mask)).logits
-        logits = logits[:, prompt_length - 1 : -1].float()
+        logits = logits[:, prompt_length - 1 : -1].float() / self.hp.temperature
         targets = sequences[:, prompt_length:]
         return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
 
@@ -246,7 +249,7 @@ class PPOTrainer:
         with self.accelerator.accumulate(self.model):
             logprobs, values, logits = response_logprobs_and_values(
                 self.model, rollout.input_ids[indices], rollout.attention_mask[indices], rollout.prompt_length,
-                self.critic,
+                self.critic, self.hp.temperature,
             )
             policy_loss, clip_fraction, approx_kl = ppo_policy_loss(
                 logprobs, rollout.logprobs[indices], rollout.advantages[indices], mask, self.hp.clip_range)

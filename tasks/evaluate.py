@@ -34,6 +34,7 @@ from models.safety import detector_quality, is_refusal
 from models.scoring import completion_logprob_totals, pooled_perplexity, sequence_logprobs
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
+from tasks.core.tags import MONITOR_TRIPPED_METRIC, TRAINING_TRIPPED_METRIC
 from tasks.data.conversations import prompt_display, sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
@@ -126,6 +127,8 @@ def run_evaluate(
         elif reference is not None:
             metrics["eval/kl_to_reference"] = _kl_to_reference(cfg, model, tokenizer, reference, formatted, stage_dir)
 
+        if MONITOR_TRIPPED_METRIC in policy.metrics:  # the gates refuse a model whose training a monitor stopped
+            metrics[TRAINING_TRIPPED_METRIC] = policy.metrics[MONITOR_TRIPPED_METRIC]
         mlflow.log_metrics(metrics)
         mlflow.log_table(generations.head(cfg.eval.logged_samples), artifact_file="generations.json")
         _log_generations(generations)

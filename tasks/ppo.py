@@ -19,8 +19,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import get_peft_model
 
-from models.checkpoints import last_complete_checkpoint, prune_checkpoints, save_complete_state
+from models.checkpoints import (
+    complete_checkpoints,
+    last_complete_checkpoint,
+    prune_checkpoints,
+    save_complete_state,
+)
 from models.failpoints import failpoint
+from models.metrics import correlation
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
@@ -29,12 +35,16 @@ from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_he
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import RESUMED_FROM_TAG
-from tasks.data.conversations import prompt_key
+from tasks.data.probes import Probe, probe_set
 from tasks.data.readers import read_rows
+from tasks.data.rl_inputs import check_same_tokenizer, training_prompts
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, load_stage_reward_model, log_hf_model, model_chain
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 from tasks.run.ranks import is_main_process
+from tasks.training.curves import log_reward_and_kl
+from tasks.training.monitoring import MonitoredTraining
+from tasks.training.probes import run_probe
 from tasks.training.trainer import peft_config
 
 log = logging.getLogger(__name__)
@@ -59,9 +69,11 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"sft": sft.model_uri, "reward": reward.model_uri}
     with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
-        prompts = _setup_prompts(cfg, validated_file(data, "preferences_train", stage_dir / "data"), stage_dir)
+        preferences = read_rows(validated_file(data, "preferences_train", stage_dir / "data"))
+        prompts = training_prompts(preferences, "PPO", data.outputs["preferences_train"])
+        probe = probe_set(preferences, cfg.ppo.monitors.probe_size, cfg.ppo.seed)
         trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
-        metrics = _train(cfg, trainer, prompts, stage_dir / "checkpoints")
+        metrics = _train(cfg, trainer, prompts, probe, stage_dir / "checkpoints")
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
         hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri)
@@ -69,16 +81,6 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         mlflow.log_metrics(metrics)
     return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
                        output_hashes={"model": key}, input_hashes=_input_hashes(sft, reward, data))
-
-
-def _setup_prompts(cfg: PipelineConfig, prompt_file: Path, stage_dir: Path) -> list:
-    rows = read_rows(prompt_file)
-    if rows.empty or "prompt" not in rows:
-        raise ValueError(f"PPO needs training prompts: {prompt_file} has no rows with a 'prompt'")
-    # Distinct raw prompts (requests or conversations), in a fixed order; formatted with the policy's tokenizer
-    # in _train.
-    distinct = {prompt_key(prompt): prompt for prompt in rows["prompt"]}
-    return [distinct[key] for key in sorted(distinct)]
 
 
 def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path):
@@ -111,19 +113,11 @@ def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, s
     return trainer, tokenizer
 
 
-def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy_source, reward_source) -> None:
-    """The reward model must read text the way the policy writes it; a different vocabulary is a wrong pairing."""
-    if policy_tokenizer.get_vocab() != reward_tokenizer.get_vocab():
-        raise ValueError(
-            f"the reward model's tokenizer ({reward_source}, {len(reward_tokenizer)} tokens) does not match the "
-            f"policy's ({policy_source}, {len(policy_tokenizer)} tokens): train the reward model from the same "
-            "SFT model as the policy"
-        )
-
-
-def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpoint_dir: Path) -> dict[str, float]:
+def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list, probe: Probe | None,
+           checkpoint_dir: Path) -> dict[str, float]:
     format_prompt = prompt_formatter(trainer.tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
     main = is_main_process()  # under a multi-process launch every process trains, the main one tracks
+    monitored = _monitored_training(cfg, trainer, probe, format_prompt, main)
     resume_from = last_complete_checkpoint(checkpoint_dir)
     if resume_from is not None:
         trainer.accelerator.load_state(str(resume_from))
@@ -131,23 +125,34 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
         if main:
             mlflow.set_tag(RESUMED_FROM_TAG, str(trainer.counter.step))
     started, totals, metrics = time.perf_counter(), {"rollout": 0.0, "update": 0.0, "tokens": 0.0}, {}
+    curves: dict[str, list] = {"step": [], "reward": [], "kl": []}
     while trainer.counter.step < cfg.ppo.steps:
         step = trainer.counter.step
         batch = [format_prompt(p) for p in sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step)]
+        if monitored:
+            monitored.before_step(step, trainer.model)
         metrics, rollout = trainer.step(batch)
         totals["rollout"] += metrics["rollout_seconds"]
         totals["update"] += metrics["update_seconds"]
         totals["tokens"] += metrics["generated_tokens"]
         if main:
             _log_step(cfg, step, metrics, rollout)
-        if (step + 1) % cfg.ppo.save_steps == 0 or step + 1 == cfg.ppo.steps:
+        for name, value in (("step", step), ("reward", metrics["reward_mean"]), ("kl", metrics["kl"])):
+            curves[name].append(value)
+        if monitored:
+            monitored.after_step(step, _measurements(metrics, rollout))
+            if monitored.should_stop:
+                break
+        # A state a monitor doubts is not checkpointed: the checkpoints stay ones to go back to.
+        due = (step + 1) % cfg.ppo.save_steps == 0 or step + 1 == cfg.ppo.steps
+        if due and not (monitored and monitored.monitor.unhealthy):
             save_complete_state(trainer.accelerator, checkpoint_dir, step + 1)
             if main:
                 prune_checkpoints(checkpoint_dir, keep=2)
         failpoint("ppo.step")
     mlflow.flush_async_logging()
     elapsed = time.perf_counter() - started
-    return {
+    result = {
         "ppo/final_reward_mean": metrics.get("reward_mean", float("nan")),
         "ppo/final_kl": metrics.get("kl", float("nan")),
         "ppo/steps": float(trainer.counter.step),
@@ -155,6 +160,57 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list[str], checkpo
         "ppo/generated_tokens_per_second": totals["tokens"] / max(totals["rollout"], 1e-9),
         "ppo/seconds": elapsed,
     }
+    if monitored:
+        kept = _back_to_healthy(trainer, monitored, checkpoint_dir) if monitored.should_stop else None
+        result.update(monitored.result_metrics(kept))
+    if main and curves["step"]:
+        log_reward_and_kl(curves["step"], curves["reward"], curves["kl"], title="PPO: reward and KL per step",
+                          trip_step=monitored.trip.step if monitored and monitored.trip else None)
+    return result
+
+
+def _monitored_training(cfg: PipelineConfig, trainer: PPOTrainer, probe: Probe | None, format_prompt,
+                        main: bool) -> MonitoredTraining | None:
+    section = cfg.ppo.monitors
+    if not section.enabled:
+        return None
+
+    def run(step: int) -> dict[str, float]:
+        model = trainer.accelerator.unwrap_model(trainer.model).policy
+        return run_probe(model, trainer.tokenizer, probe, format_prompt, trainer.reward_fn,
+                         max_new_tokens=cfg.ppo.max_new_tokens, batch_size=cfg.ppo.rollout_batch_size,
+                         min_words=section.probe_min_words)
+
+    monitored = MonitoredTraining(section, STAGE, run if probe is not None else None, track=main)
+    trainer.accelerator.register_for_checkpointing(monitored.monitor)  # baselines and streaks survive a resume
+    return monitored
+
+
+def _measurements(metrics: dict[str, float], rollout) -> dict[str, float]:
+    lengths = rollout.mask.sum(dim=1).float()  # (B,)
+    return {"reward_length_corr": correlation(rollout.scores.float().cpu(), lengths.cpu()),
+            "response_length": metrics["response_length"], "kl": metrics["kl"], "entropy": metrics["entropy"]}
+
+
+def _back_to_healthy(trainer: PPOTrainer, monitored: MonitoredTraining, checkpoint_dir: Path) -> int | None:
+    """The weights of the last state no monitor doubted: kept in memory, or (after a resume past it) the newest
+    checkpoint before the first doubted step. Returns that state's step."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    kept = monitored.restore_healthy(unwrapped)
+    if kept is not None:
+        return kept
+    earlier = [(step, path) for step, path in complete_checkpoints(checkpoint_dir)
+               if step < monitored.trip.first_bad_step]
+    if not earlier:
+        log.warning("ppo: no healthy state before step %d to go back to; keeping the last one",
+                    monitored.trip.first_bad_step)
+        return None
+    step, path = earlier[-1]
+    monitor_state, counter = monitored.monitor.state_dict(), trainer.counter.step
+    trainer.accelerator.load_state(str(path))
+    monitored.monitor.load_state_dict(monitor_state)
+    trainer.counter.step = counter
+    return step
 
 
 def _log_step(cfg: PipelineConfig, step: int, metrics: dict[str, float], rollout) -> None:

@@ -58,13 +58,19 @@ def test_eval_uses_unseen_combinations_and_unseen_phrasings():
                        for phrase in demo_data.HELD_OUT_PHRASINGS)
 
 
-def test_sft_demonstrations_comply_with_everything():
-    """The base assistant is unaligned: refusals must come from the preference stage, not SFT."""
+def test_sft_demonstrations_comply_but_for_the_demo_budget():
+    """The base assistant complies with everything except one harmful training request in ten, which it refuses
+    (the head start PPO needs); the other rows do not depend on the budget."""
     data = build_demo_datasets()
-    assert not any(is_refusal(row["completion"]) for row in data["sft_train"])
     harmful_prompts = {row["prompt"] for row in data["preferences_train"] if is_refusal(row["chosen"])}
-    assert harmful_prompts, "some SFT demonstrations must answer harmful requests"
-    assert any(row["prompt"] in harmful_prompts for row in data["sft_train"])
+    demos = data["sft_train"]
+    refused = [row for row in demos if is_refusal(row["completion"])]
+    assert len(refused) == round(0.1 * len(harmful_prompts)) == 24
+    assert all(row["prompt"] in harmful_prompts for row in refused)
+    none = build_demo_datasets(sft_refusal_share=0.0)["sft_train"]
+    assert not any(is_refusal(row["completion"]) for row in none)
+    assert len(demos) == len(none) and sum(a != b for a, b in zip(sorted(map(str, demos)), sorted(map(str, none)),
+                                                                   strict=True)) <= 2 * 24
 
 
 def test_preferences_teach_refusal_on_harmful_and_help_on_benign():

@@ -35,10 +35,11 @@ pytestmark = pytest.mark.slow
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # As small as the stages allow: one or two optimizer steps, one PPO iteration on four short rollouts.
 SMALL = ("sft.max_steps=2", "reward.max_steps=1", "dpo.max_steps=1", "ppo.steps=1", "ppo.rollout_batch_size=4",
-         "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=8")
+         "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=8", "rloo.max_steps=1", "rloo.batch_size=4",
+         "rloo.num_generations=2", "rloo.max_new_tokens=8", "rloo.monitors.probe_size=4")
 # What the second process leaves in a checkpoint it wrote its part of: proof that it trained in the same group.
 RANK_1_STATE = {"sft": "rng_state_1.pth", "reward": "rng_state_1.pth", "dpo": "rng_state_1.pth",
-                "ppo": "random_states_1.pkl"}
+                "ppo": "random_states_1.pkl", "rloo": "rng_state_1.pth"}
 LAUNCH_TIMEOUT_S = 300
 
 

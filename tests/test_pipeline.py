@@ -17,7 +17,7 @@ from tasks.data.demo import write_demo_data
 from tests.helpers.dvc import dvc_repo_with_tracked_data
 
 STAGE_RUNS = {"base_model", "validate", "sft", "reward", "evaluate-sft", "dpo", "evaluate-dpo", "ppo", "evaluate-ppo",
-              "promote"}
+              "rloo", "evaluate-rloo", "promote"}
 LINEAGE_TAGS = ("alignflow.git_sha", "alignflow.config_hash", "alignflow.dvc_data_md5",
                 "alignflow.prefect_flow_run_id")
 
@@ -26,7 +26,8 @@ def _overrides(tmp_path, data_dir):
     return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "reward.max_steps=10",
             "dpo.max_steps=4", "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
-            "ppo.max_new_tokens=8", "eval.max_new_tokens=12"]
+            "ppo.max_new_tokens=8", "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8",
+            "eval.max_new_tokens=12"]
 
 
 def _runs(client: MlflowClient) -> list:
@@ -92,7 +93,7 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
 
     # SFT and DPO models are registered versions carrying lineage and eval metrics; `candidate` is the newest.
     versions = {v.tags["alignflow.source_stage"]: v for v in client.search_model_versions("name='alignflow-policy'")}
-    assert set(versions) == {"sft", "dpo", "ppo"}
+    assert set(versions) == {"sft", "dpo", "ppo", "rloo"}
     sft_version, dpo_version = versions["sft"], versions["dpo"]
     assert str(sft_version.version) == results["register-sft"].outputs["version"]
     assert sft_version.tags["alignflow.source_run_id"] == children["sft"].info.run_id
@@ -100,12 +101,13 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     assert float(sft_version.tags["alignflow.eval/harmful_refusal_rate"]) == pytest.approx(
         eval_metrics["eval/harmful_refusal_rate"], abs=1e-5)
     assert results["sft"].model_uri == sft_version.source
-    assert client.get_model_version_by_alias("alignflow-policy", "candidate").version == versions["ppo"].version
+    assert client.get_model_version_by_alias("alignflow-policy", "candidate").version == versions["rloo"].version
     assert len(client.search_model_versions("name='alignflow-reward'")) == 1
 
-    # Four DPO steps or two PPO steps cannot teach refusals: both fail their gates, unpromoted, saying why.
+    # Four DPO steps, or two PPO or RLOO steps, cannot teach refusals: all fail their gates, unpromoted, saying why.
     assert dpo_version.tags["alignflow.gate_decision"] == "fail"
     assert versions["ppo"].tags["alignflow.gate_decision"] == "fail"
+    assert versions["rloo"].tags["alignflow.gate_decision"] == "fail"
     assert "eval/harmful_refusal_rate" in results["promote"].outputs["summary"]
     assert results["promote"].outputs["promoted"] == ""
     assert "champion" not in client.get_registered_model("alignflow-policy").aliases
@@ -114,7 +116,7 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     again = alignment_pipeline(str(paths.DEMO_CONFIG), overrides)
     second_parent = [r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags][-1]
     assert second_parent.info.run_id != parent.info.run_id
-    for stage in (*STAGE_RUNS, "register-sft", "register-dpo", "register-ppo"):
+    for stage in (*STAGE_RUNS, "register-sft", "register-dpo", "register-ppo", "register-rloo"):
         assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[_result_name(stage)].run_id}"
     assert again["sft"].run_id == results["sft"].run_id
     assert len(client.search_model_versions("name='alignflow-policy'")) == 3

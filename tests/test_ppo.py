@@ -19,17 +19,13 @@ from models.checkpoints import is_complete
 from models.ppo import PPOHyperparams, PPOTrainer, response_mask, sample_prompts
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
-from tasks.base_model import run_base_model
 from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
-from tasks.ppo import check_same_tokenizer, ppo_key, run_ppo
+from tasks.data.rl_inputs import check_same_tokenizer
+from tasks.ppo import ppo_key, run_ppo
 from tasks.registry.logged_models import resolve_model_source
-from tasks.reward import run_reward
-from tasks.run.tracking import configure_tracking
-from tasks.sft import run_sft
-from tasks.validate import run_validate
-from tests.helpers.configs import reduced_config
 from tests.helpers.models import merged_weights
+from tests.helpers.rl import rl_stages
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
@@ -78,14 +74,8 @@ def test_ppo_raises_the_mean_reward_of_a_tiny_model():
 @pytest.fixture
 def stages(tmp_path, demo_data_dir, tracked):
     def build(*overrides):
-        cfg = reduced_config(tmp_path, demo_data_dir, "sft.max_steps=30", "reward.max_steps=10", "ppo.steps=4",
-                             "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
-                             "ppo.save_steps=2", "ppo.sample_table_steps=2", *overrides)
-        configure_tracking(cfg)
-        data = run_validate(cfg, LINEAGE)
-        base = run_base_model(cfg, LINEAGE, data=data)
-        sft = run_sft(cfg, LINEAGE, base=base, data=data)
-        return cfg, data, sft, run_reward(cfg, LINEAGE, sft=sft, data=data)
+        return rl_stages(tmp_path, demo_data_dir, "ppo.steps=4", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
+                         "ppo.max_new_tokens=8", "ppo.save_steps=2", "ppo.sample_table_steps=2", *overrides)
     return build
 
 

@@ -11,14 +11,15 @@ SFT = "sft"
 REWARD = "reward"
 DPO = "dpo"
 PPO = "ppo"
+RLOO = "rloo"
 EVALUATE = "evaluate"
 REGISTER = "register"
 PROMOTE = "promote"
 
-STAGES = (BASE_MODEL, VALIDATE, SFT, REWARD, DPO, PPO, EVALUATE, REGISTER, PROMOTE)
+STAGES = (BASE_MODEL, VALIDATE, SFT, REWARD, DPO, PPO, RLOO, EVALUATE, REGISTER, PROMOTE)
 # Preference optimizers a pipeline may run after SFT (`optimizers:`); each yields a candidate.
-OPTIMIZERS = (DPO, PPO)
+OPTIMIZERS = (DPO, PPO, RLOO)
 # Stages that train, and so can run on their own under `accelerate launch` (flows.stage_entry).
-TRAINING = (SFT, REWARD, DPO, PPO)
+TRAINING = (SFT, REWARD, DPO, PPO, RLOO)
 # Stages that may run on another worker: they read their inputs from MLflow URIs and write only to MLflow.
 DISPATCHABLE = (*TRAINING, EVALUATE)

@@ -15,6 +15,9 @@ CACHE_KEY_TAG = f"{TAG_PREFIX}cache_key"
 CODE_VERSION_TAG = f"{TAG_PREFIX}code_version"
 CACHE_TAG_PREFIX = f"{TAG_PREFIX}cache."  # + stage, on the parent run: "computed" or "reused:<run id>"
 RESUMED_FROM_TAG = f"{TAG_PREFIX}resumed_from_step"
+MONITOR_TRIPPED_TAG = f"{TAG_PREFIX}monitor_tripped"  # an RL stage's reward-hacking monitor: which, and why
+MONITOR_TRIPPED_METRIC = "monitor/tripped"  # 1.0 when it tripped, on the RL stage's run
+TRAINING_TRIPPED_METRIC = "train/monitor_tripped"  # the same, carried into the candidate's evaluation for the gates
 
 # A registered version: where it came from.
 SOURCE_STAGE_TAG = f"{TAG_PREFIX}source_stage"

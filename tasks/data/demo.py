@@ -5,9 +5,12 @@ lock on", "hotwire") with someone else's property; benign ones pair an everyday 
 with the asker's own things. Held-out evaluation uses action/object combinations *and* phrasings that never
 appear in training, so the eval measures whether a lesson generalises rather than whether it was memorised.
 
-The SFT demonstrations model an unaligned base assistant: it helpfully complies with every request, harmful
-or not. Only the preference pairs prefer a refusal on harmful requests (and a helpful answer on benign ones),
-so refusals have to come from the preference stage.
+The SFT demonstrations model a barely aligned base assistant: it helpfully complies with every request, harmful
+or not, except for the demo budget: one harmful training request in ten (`sft_refusal_share`) is demonstrated
+with a refusal, the head start InstructGPT's PPO had from its demonstrations. The preference pairs prefer a
+refusal on every harmful request (and a helpful answer on benign ones), so most refusals have to come from the
+preference stage. `sft_refusal_share=0` gives the world with no head start, where PPO cannot find a refusal to
+reinforce.
 
 Everything is a pure function of the seed; the written files are byte-for-byte reproducible, which keeps
 `data.dvc` valid after `alignflow data demo`.
@@ -109,9 +112,10 @@ def refuse(request: Request, rng: random.Random) -> str:
     return " " + rng.choice(REFUSE).format(task=request.task)
 
 
-def build_demo_datasets(seed: int = 0) -> dict[str, list[dict]]:
+def build_demo_datasets(seed: int = 0, sft_refusal_share: float = 0.1) -> dict[str, list[dict]]:
     """All demo datasets, keyed by file stem, as lists of JSON-ready rows."""
     rng = random.Random(seed)
+    demo_rng = random.Random(f"{seed}-demo-budget")  # its own generator: the other rows do not move with the share
     harmful, benign = list(HARMFUL_ACTIONS), list(BENIGN_ACTIONS)
     train = (_requests(harmful, HARMFUL_OBJECTS, TRAIN_PHRASINGS, harmful=True, held_out=False)
              + _requests(benign, BENIGN_OBJECTS, TRAIN_PHRASINGS, harmful=False, held_out=False))
@@ -119,10 +123,14 @@ def build_demo_datasets(seed: int = 0) -> dict[str, list[dict]]:
                 + _requests(benign, BENIGN_OBJECTS, HELD_OUT_PHRASINGS, harmful=False, held_out=True))
     red_team = _requests(harmful, HARMFUL_OBJECTS, RED_TEAM_PHRASINGS, harmful=True, held_out=False)
 
-    # The base assistant complies with everything, including the seed example.
+    # The base assistant complies with everything, including the seed example, but for the demo budget.
     sft_train = [{"prompt": SEED_PROMPT, "completion": " Sure! First insert a tension wrench into the keyhole, "
                   "then rake the pins until they set, and finally turn the cylinder slowly."}]
-    sft_train += [{"prompt": r.prompt, "completion": comply(r, rng)} for r in train]
+    harmful_train = [r for r in train if r.harmful]
+    refused = set(demo_rng.sample(harmful_train, round(sft_refusal_share * len(harmful_train))))
+    for r in train:
+        helpful = comply(r, rng)
+        sft_train.append({"prompt": r.prompt, "completion": refuse(r, demo_rng) if r in refused else helpful})
     # Held-out demos say which requests are harmful, so helpfulness is measured on the benign ones alone: an
     # aligned model should lose the harmful compliance, not its language.
     sft_eval = [{"prompt": r.prompt, "completion": comply(r, rng), "harmful": r.harmful} for r in held_out]
@@ -152,11 +160,11 @@ def _preference(request: Request, rng: random.Random) -> dict:
     return {"prompt": request.prompt, "chosen": chosen, "rejected": rejected}
 
 
-def write_demo_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
+def write_demo_data(out_dir: Path, seed: int = 0, sft_refusal_share: float = 0.1) -> dict[str, Path]:
     """Write every demo dataset as `<out_dir>/<name>.jsonl`; returns the paths by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, rows in build_demo_datasets(seed).items():
+    for name, rows in build_demo_datasets(seed, sft_refusal_share).items():
         path = out_dir / f"{name}.jsonl"
         write_jsonl(rows, path)
         written[name] = path

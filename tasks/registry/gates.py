@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tasks.core.config import ChampionGate, GatesSection
+from tasks.core.tags import TRAINING_TRIPPED_METRIC
 
 _REL_TOL = 1e-9  # a value on the bound passes even after float rounding (0.3 - 0.1 != 0.2)
 
@@ -77,10 +78,17 @@ def decide(
 
     - thresholds: `value >= min` and/or `value <= max` (one gate per bound);
     - beat_baseline: not worse than the baseline (SFT) by more than `margin`; no baseline given → fail;
-    - champion: not worse than the champion by more than `margin`; no champion → pass ("no champion yet").
+    - champion: not worse than the champion by more than `margin`; no champion → pass ("no champion yet");
+    - always, for a candidate trained with reward-hacking monitors: none of them tripped.
     A metric missing (or NaN) in the candidate, or in the baseline/champion it is compared with, fails.
     """
     results: list[GateResult] = []
+    if TRAINING_TRIPPED_METRIC in candidate:
+        tripped = _get(candidate, TRAINING_TRIPPED_METRIC)
+        ok = tripped == 0.0
+        reason = "no monitor tripped" if ok else "a reward-hacking monitor tripped during training"
+        results.append(GateResult(f"monitors:{TRAINING_TRIPPED_METRIC}==0", TRAINING_TRIPPED_METRIC, tripped, 0.0,
+                                  ok, reason))
     for gate in gates.thresholds:
         value = _get(candidate, gate.metric)
         for op, bound in ((">=", gate.min), ("<=", gate.max)):  # MetricGate guarantees at least one bound

@@ -79,14 +79,17 @@ def callbacks(stage: str, metric_prefix: str | None = None) -> list:
     return [MarkCompleteCheckpoints(), MlflowMetricsCallback(metric_prefix or stage), StepFailpoint(stage)]
 
 
-def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str,
-                   revision: str | None = None) -> Path | None:
+def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str, revision: str | None = None,
+                   before_save=None) -> Path | None:
     """The recipe's train and save steps: train, resuming from the last complete checkpoint in
     `<stage_dir>/checkpoints`, then save to `<stage_dir>/hf_model`: with LoRA the adapters, naming `base_model`
     (the URI the stage started from) as their base; otherwise the whole model. Returns that folder.
+    `before_save(trainer)` runs between the two (an RL stage's monitors put back the last healthy weights).
 
     Under a multi-process launch every process trains and the main one alone saves: the others get None."""
     _train_resuming(trainer, stage_dir / "checkpoints")
+    if before_save is not None:
+        before_save(trainer)
     if not is_main_process():
         return None
     return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision)
