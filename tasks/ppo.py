@@ -130,7 +130,7 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list, probe: Probe
         step = trainer.counter.step
         batch = [format_prompt(p) for p in sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step)]
         if monitored:
-            monitored.before_step(step, trainer.model)
+            monitored.before_step(step, trainer.accelerator.unwrap_model(trainer.model))
         metrics, rollout = trainer.step(batch)
         totals["rollout"] += metrics["rollout_seconds"]
         totals["update"] += metrics["update_seconds"]

@@ -16,9 +16,10 @@ from trl import RewardConfig, RewardTrainer
 
 from models.prompting import prompt_formatter
 from models.reward import preference_metrics, reward_scores
-from tasks.core.config import LoraSection, PipelineConfig
+from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
+from tasks.core.training_sections import LoraSection
 from tasks.data.conversations import response_text
 from tasks.data.preferences import preference_dataset
 from tasks.data.readers import read_rows

@@ -119,7 +119,7 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     for stage in (*STAGE_RUNS, "register-sft", "register-dpo", "register-ppo", "register-rloo"):
         assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[_result_name(stage)].run_id}"
     assert again["sft"].run_id == results["sft"].run_id
-    assert len(client.search_model_versions("name='alignflow-policy'")) == 3
+    assert len(client.search_model_versions("name='alignflow-policy'")) == 4
 
 
 def _result_name(stage: str) -> str:

@@ -22,8 +22,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from models.monitors import MonitorThresholds, RewardHackingMonitor, Trip
-from tasks.core.config import MonitorSection
 from tasks.core.tags import MONITOR_TRIPPED_METRIC, MONITOR_TRIPPED_TAG
+from tasks.core.training_sections import MonitorSection
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,13 @@ class MonitoredTraining:
         if self._healthy is None:
             return None
         step, weights = self._healthy
+        parameters = dict(model.named_parameters())
+        if not weights.keys() <= parameters.keys():
+            raise RuntimeError(f"{self.stage}: the healthy weights name parameters the model lacks, for example "
+                               f"{sorted(weights.keys() - parameters.keys())[:3]}")
         with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name in weights:
-                    parameter.copy_(weights[name])
+            for name, value in weights.items():
+                parameters[name].copy_(value)
         return step
 
     def result_metrics(self, kept_step: int | None = None) -> dict[str, float]:

@@ -20,9 +20,9 @@ from models.checkpoints import (
     remove_incomplete_checkpoints,
 )
 from models.saving import save_trained_model
-from tasks.core.config import LoraSection, TrainingSection
 from tasks.core.errors import ConfigError
 from tasks.core.tags import RESUMED_FROM_TAG
+from tasks.core.training_sections import LoraSection, TrainingSection
 from tasks.run.ranks import is_main_process
 
 log = logging.getLogger(__name__)
