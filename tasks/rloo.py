@@ -26,7 +26,7 @@ from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.data.probes import Probe, probe_set
 from tasks.data.readers import read_rows
-from tasks.data.rl_inputs import check_same_tokenizer, training_prompts
+from tasks.data.rl_inputs import check_same_tokenizer, rl_input_hashes, training_prompts
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, load_stage_reward_model, log_hf_model, model_chain
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
@@ -42,13 +42,8 @@ STAGE = "rloo"
 SECTIONS = ("rloo", "model", "validation")
 
 
-def _input_hashes(sft: StageResult, reward: StageResult, data: StageResult) -> dict[str, str]:
-    return {"sft": sft.output_hashes["model"], "reward": reward.output_hashes["model"],
-            "preferences_train": data.output_hashes["preferences_train"]}
-
-
 def rloo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult, reward: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, reward, data))
+    return stage_key(STAGE, cfg, SECTIONS, rl_input_hashes(sft, reward, data))
 
 
 def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult,
@@ -81,7 +76,7 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
         mlflow.log_metrics(metrics)
         _log_curves(trainer, monitoring)
     return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
-                       output_hashes={"model": key}, input_hashes=_input_hashes(sft, reward, data))
+                       output_hashes={"model": key}, input_hashes=rl_input_hashes(sft, reward, data))
 
 
 class RewardModelReward:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
@@ -25,7 +23,7 @@ from tasks.data.rl_inputs import check_same_tokenizer
 from tasks.ppo import ppo_key, run_ppo
 from tasks.registry.logged_models import resolve_model_source
 from tests.helpers.models import merged_weights
-from tests.helpers.rl import rl_stages
+from tests.helpers.rl import rl_stages, stage_child_command
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
@@ -121,37 +119,23 @@ def test_a_reward_model_with_another_tokenizer_is_rejected():
     check_same_tokenizer(ours, ours, "sft/", "sft/")
 
 
-CHILD = """
-import sys, time, yaml
+SLOW_STEPS = """
+import time
 import models.ppo as ppo
-from tasks.core.config import parse_config
-from tasks.ppo import run_ppo
-from tasks.core.lineage import Lineage
-from tasks.run.contract import StageResult
-from tasks.run.tracking import configure_tracking
-
 step = ppo.PPOTrainer.step
 def slow_step(self, prompts):
     time.sleep(0.5)
     return step(self, prompts)
 ppo.PPOTrainer.step = slow_step
-cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
-configure_tracking(cfg)
-sft, data, reward = (StageResult.model_validate_json(open(p).read()) for p in sys.argv[2:5])
-run_ppo(cfg, Lineage("test", "test", "untracked"), sft=sft, data=data, reward=reward)
 """
 
 
 def test_ppo_resumes_after_kill_and_ends_like_an_uninterrupted_run(stages, tmp_path):
     cfg, data, sft, reward = stages("ppo.steps=6")
-    files = [tmp_path / name for name in ("cfg.yaml", "sft.json", "data.json", "reward.json")]
-    files[0].write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    for path, result in zip(files[1:], (sft, data, reward), strict=True):
-        path.write_text(result.model_dump_json())
+    command = stage_child_command("ppo", tmp_path, cfg, sft, data, reward, preamble=SLOW_STEPS)
     checkpoints = cfg.work_dir / "ppo" / ppo_key(cfg, sft, data, reward)[:16] / "checkpoints"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, files)], env=env, stderr=subprocess.PIPE,
-                             cwd=Path(__file__).parent.parent)
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
     try:
         deadline = time.monotonic() + 300
         while not is_complete(checkpoints / "checkpoint-2"):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from safetensors.torch import load_file
 
 from tasks.core.config import load_config
@@ -18,7 +16,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.paths import DEMO_CONFIG
 from tasks.registry.logged_models import resolve_model_source
 from tasks.rloo import rloo_key, run_rloo
-from tests.helpers.rl import LINEAGE, rl_stages
+from tests.helpers.rl import LINEAGE, rl_stages, stage_child_command
 
 SHORT = ("rloo.max_steps=4", "rloo.batch_size=8", "rloo.num_generations=4", "rloo.max_new_tokens=8",
          "rloo.save_steps=2", "rloo.monitors.probe_size=8", "rloo.monitors.probe_steps=2")
@@ -56,29 +54,11 @@ def test_a_batch_of_partial_groups_is_a_config_error():
         load_config(DEMO_CONFIG, ["rloo.batch_size=6", "rloo.num_generations=4"])
 
 
-CHILD = """
-import sys, yaml
-from tasks.core.config import parse_config
-from tasks.core.lineage import Lineage
-from tasks.rloo import run_rloo
-from tasks.run.contract import StageResult
-from tasks.run.tracking import configure_tracking
-
-cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
-configure_tracking(cfg)
-sft, data, reward = (StageResult.model_validate_json(open(p).read()) for p in sys.argv[2:5])
-run_rloo(cfg, Lineage("test", "test", "untracked"), sft=sft, data=data, reward=reward)
-"""
-
-
 def test_rloo_resumes_after_kill_and_ends_like_an_uninterrupted_run(stages, tmp_path):
     cfg, data, sft, reward = stages("rloo.max_steps=6")
-    files = [tmp_path / name for name in ("cfg.yaml", "sft.json", "data.json", "reward.json")]
-    files[0].write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    for path, result in zip(files[1:], (sft, data, reward), strict=True):
-        path.write_text(result.model_dump_json())
+    command = stage_child_command("rloo", tmp_path, cfg, sft, data, reward)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "ALIGNFLOW_FAILPOINT": "rloo.step@3"}
-    child = subprocess.run([sys.executable, "-c", CHILD, *map(str, files)], env=env, capture_output=True,
+    child = subprocess.run(command, env=env, capture_output=True,
                            cwd=Path(__file__).parent.parent, timeout=600, check=False)
     assert child.returncode == -9, child.stderr.decode()[-3000:]  # killed after step 3, checkpoint-2 written
     checkpoints = cfg.work_dir / "rloo" / rloo_key(cfg, sft, data, reward)[:16] / "checkpoints"

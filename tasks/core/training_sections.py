@@ -87,7 +87,18 @@ class MonitorSection(Section):
                                  "needs to count as an answer.")
 
 
-class PPOSection(Section):
+class RolloutSection(Section):
+    """What the RL optimizers (PPO, RLOO) share: how answers are sampled and scored, and the monitors."""
+
+    max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per answer.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are taken at it too.")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of answers with no EOS.")
+    length_penalty: float = Field(0.0, ge=0, description="Subtracted from the score per answer token.")
+    monitors: MonitorSection = Field(default_factory=MonitorSection, description="Reward-hacking monitors.")
+
+
+class PPOSection(RolloutSection):
     """Our PPO (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022) on a policy with a value head."""
 
     steps: int = Field(60, gt=0, description="PPO iterations: one rollout batch and its updates each.")
@@ -96,7 +107,6 @@ class PPOSection(Section):
     ppo_epochs: int = Field(4, gt=0, description="Passes over each rollout batch (K epochs).")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate for policy and value head.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     clip_range_value: float = Field(0.2, gt=0, description="Value prediction clip epsilon.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
     ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
@@ -108,10 +118,6 @@ class PPOSection(Section):
     init_kl_coef: float = Field(0.05, ge=0, description="Initial per-token KL penalty coefficient.")
     kl_target: float | None = Field(6.0, gt=0, description="Target sequence KL for the adaptive controller.")
     kl_horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in samples.")
-    max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per response.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature for rollouts.")
-    missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of responses with no EOS.")
-    length_penalty: float = Field(0.0, ge=0, description="Subtracted from the score per response token.")
     critic: Literal["value_head", "separate"] = Field(
         "value_head", description="Value head on the policy trunk, or a separate critic from the reward model."
     )
@@ -119,7 +125,6 @@ class PPOSection(Section):
     sample_table_steps: int = Field(20, gt=0, description="Log a table of sample completions every N iterations.")
     seed: int = Field(0, description="Seed for sampling and prompt order.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters; the reference is then the base.")
-    monitors: MonitorSection = Field(default_factory=MonitorSection, description="Reward-hacking monitors.")
 
     @model_validator(mode="after")
     def _minibatch_divides_batch(self) -> PPOSection:
@@ -131,19 +136,13 @@ class PPOSection(Section):
         return self
 
 
-class RLOOSection(TrainingSection):
+class RLOOSection(TrainingSection, RolloutSection):
     """RLOO (Ahmadian et al. 2024) on TRL's `RLOOTrainer`: `batch_size` answers per step, `num_generations` per
     prompt, each judged against the mean of its siblings; no value head."""
 
     num_generations: int = Field(4, ge=2, description="Answers sampled per prompt: the leave-one-out group.")
-    max_new_tokens: int = Field(32, gt=0, description="Tokens sampled per answer.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     beta: float = Field(0.05, ge=0, description="KL coefficient against the SFT reference (0: no reference).")
-    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     normalize_advantages: bool = Field(True, description="Normalise advantages per batch.")
-    missing_eos_penalty: float | None = Field(None, description="Subtracted from the reward of answers with no EOS.")
-    length_penalty: float = Field(0.0, ge=0, description="Subtracted from the reward per answer token.")
-    monitors: MonitorSection = Field(default_factory=MonitorSection, description="Reward-hacking monitors.")
 
     @model_validator(mode="after")
     def _groups_fill_the_batch(self) -> RLOOSection:

@@ -1,11 +1,18 @@
-"""What the RL stages (PPO, RLOO) read before they train: the prompts they sample, and a check that the reward
-model reads text the way the policy writes it."""
+"""What the RL stages (PPO, RLOO) read before they train: the inputs that key them, the prompts they sample,
+and a check that the reward model reads text the way the policy writes it."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from tasks.data.conversations import prompt_key
+from tasks.run.contract import StageResult
+
+
+def rl_input_hashes(sft: StageResult, reward: StageResult, data: StageResult) -> dict[str, str]:
+    """What an RL stage's output depends on besides its config: the SFT and reward models and the prompts."""
+    return {"sft": sft.output_hashes["model"], "reward": reward.output_hashes["model"],
+            "preferences_train": data.output_hashes["preferences_train"]}
 
 
 def training_prompts(rows: pd.DataFrame, stage: str, source: str) -> list:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import yaml
 
 from tasks.base_model import run_base_model
 from tasks.core.config import PipelineConfig
@@ -29,3 +32,28 @@ def train_sft_and_reward(cfg: PipelineConfig):
     base = run_base_model(cfg, LINEAGE, data=data)
     sft = run_sft(cfg, LINEAGE, base=base, data=data)
     return data, sft, run_reward(cfg, LINEAGE, sft=sft, data=data)
+
+
+def stage_child_command(stage: str, tmp_path: Path, cfg: PipelineConfig, sft, data, reward,
+                        preamble: str = "") -> list[str]:
+    """A command running `run_<stage>` in a fresh process on these inputs (written under tmp_path), after
+    `preamble` (code that patches the stage, say): a process a test can kill."""
+    files = [tmp_path / name for name in ("cfg.yaml", "sft.json", "data.json", "reward.json")]
+    files[0].write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    for path, result in zip(files[1:], (sft, data, reward), strict=True):
+        path.write_text(result.model_dump_json())
+    script = f"""
+import sys, yaml
+{preamble}
+from tasks.core.config import parse_config
+from tasks.core.lineage import Lineage
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
+from tasks.{stage} import run_{stage}
+
+cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
+configure_tracking(cfg)
+sft, data, reward = (StageResult.model_validate_json(open(p).read()) for p in sys.argv[2:5])
+run_{stage}(cfg, Lineage("test", "test", "untracked"), sft=sft, data=data, reward=reward)
+"""
+    return [sys.executable, "-c", script, *map(str, files)]
