@@ -218,12 +218,9 @@ class PPOTrainer:
     def _scores(self, prompts, responses, response_ids, mask) -> torch.Tensor:
         """Reward-model scores, minus the optional missing-EOS and length penalties."""
         scores = self.reward_fn(prompts, responses).to(self.accelerator.device).float()  # (B,)
-        if self.hp.missing_eos_penalty is not None:
-            has_eos = ((response_ids == self.tokenizer.eos_token_id) & mask.bool()).any(dim=1)
-            scores = scores - self.hp.missing_eos_penalty * (~has_eos).float()
-        if self.hp.length_penalty:
-            scores = scores - self.hp.length_penalty * mask.sum(dim=1).float()
-        return scores
+        has_eos = ((response_ids == self.tokenizer.eos_token_id) & mask.bool()).any(dim=1)
+        return penalized_scores(scores, mask.sum(dim=1).float(), has_eos, self.hp.missing_eos_penalty,
+                                self.hp.length_penalty)
 
     # ------------------------------------------------------------------------------------------------ update
 
@@ -291,6 +288,15 @@ class PPOTrainer:
             "update_seconds": trained - generated,
             "generated_tokens": lengths.sum().item(),
         }, rollout
+
+
+def penalized_scores(scores: torch.Tensor, lengths: torch.Tensor, has_eos: torch.Tensor,
+                     missing_eos_penalty: float | None, length_penalty: float) -> torch.Tensor:
+    """Reward-model scores (B,) less `missing_eos_penalty` for an answer with no EOS (when set) and
+    `length_penalty` per answer token. Loop form: s_i - p_eos * (not eos_i) - p_len * len_i."""
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~has_eos).float()
+    return scores - length_penalty * lengths
 
 
 def sample_prompts(prompts: list[str], batch_size: int, seed: int, step: int) -> list[str]:

@@ -20,6 +20,7 @@ from trl import RLOOConfig, RLOOTrainer
 
 from models.checkpoints import complete_checkpoints, last_complete_checkpoint
 from models.metrics import correlation
+from models.ppo import penalized_scores
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
 from tasks.core.config import PipelineConfig
@@ -96,9 +97,8 @@ class RewardModelReward:
         if completion_ids is not None:
             lengths = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float)  # (B,)
             has_eos = torch.tensor([bool(ids) and ids[-1] == self.eos_token_id for ids in completion_ids])
-            if self.section.missing_eos_penalty is not None:
-                scores = scores - self.section.missing_eos_penalty * (~has_eos).float()
-            scores = scores - self.section.length_penalty * lengths
+            scores = penalized_scores(scores, lengths, has_eos, self.section.missing_eos_penalty,
+                                      self.section.length_penalty)
             self.last = (scores, lengths)
         return scores.tolist()
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
-from models.ppo import PPOHyperparams, PPOTrainer, response_mask, sample_prompts
+from models.ppo import PPOHyperparams, PPOTrainer, penalized_scores, response_mask, sample_prompts
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
 from tasks.core.hashing import md5_file
@@ -156,3 +156,11 @@ def test_ppo_resumes_after_kill_and_ends_like_an_uninterrupted_run(stages, tmp_p
     b = load_file(Path(resolve_model_source(fresh.model_uri, tmp_path / "b")) / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert resumed.metrics["ppo/final_reward_mean"] == pytest.approx(fresh.metrics["ppo/final_reward_mean"], abs=1e-4)
+
+
+def test_penalized_scores_by_hand():
+    scores, lengths = torch.tensor([1.0, 2.0]), torch.tensor([10.0, 4.0])
+    has_eos = torch.tensor([True, False])
+    # row 0: 1 - 0 - 0.1 * 10 = 0; row 1: 2 - 0.5 - 0.1 * 4 = 1.1
+    assert penalized_scores(scores, lengths, has_eos, 0.5, 0.1).tolist() == pytest.approx([0.0, 1.1])
+    assert penalized_scores(scores, lengths, has_eos, None, 0.0).tolist() == [1.0, 2.0]
