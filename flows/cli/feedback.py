@@ -1,0 +1,140 @@
+"""Human feedback: export comparison pairs, label them on our page (or in Label Studio / Argilla), import labels."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import ConfigOption, SetOption, fail, registry_config
+from tasks.core import paths
+
+app = typer.Typer(no_args_is_help=True, help="Human feedback: export pairs, label them, import the labels.")
+TOKEN_VARIABLE = "ALIGNFLOW_FEEDBACK_TOKEN"
+
+
+@app.command("export")
+def feedback_export(
+    model: Annotated[str, typer.Option(help="The model that answers: models:/name@alias, runs:/..., or a path.")],
+    out: Annotated[Path, typer.Option(help="Folder for the pairs, Label Studio and Argilla files.")],
+    against: Annotated[str | None, typer.Option(
+        help="A second model (@alias means that alias of --model's registered model); none: two samples of "
+        "--model.")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help="JSONL/Parquet with a `prompt` column (default: the config's preferences_train prompts).")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Prompts to compare on (a seeded sample of the file).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt sample, the answers and the A/B order.")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature.")] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+) -> None:
+    """Sample two answers per prompt into a shuffled A/B order; write our JSONL, Label Studio and Argilla files;
+    log them to MLflow."""
+    from tasks.core.errors import AlignflowError
+    from tasks.feedback.export import Sampling, export_pairs, log_export, resolve_model_uri, write_export
+    from tasks.feedback.prompts import sample_prompts
+
+    cfg = registry_config(config, overrides)
+    try:
+        model_uri = resolve_model_uri(model)
+        against_uri = None if against is None else resolve_model_uri(against, like=model)
+        prompts_file = prompts or cfg.data.path("preferences_train")
+        chosen = sample_prompts(prompts_file, n, seed)
+        sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        pairs = export_pairs(cfg, chosen, model_uri=model_uri, against_uri=against_uri, sampling=sampling,
+                             download_dir=cfg.work_dir / "feedback-export" / "models")
+        manifest = {"model": model, "model_uri": model_uri, "against": against, "against_uri": against_uri,
+                    "prompts_file": str(prompts_file), "prompts": len(chosen), "seed": seed,
+                    "temperature": temperature, "max_new_tokens": max_new_tokens,
+                    "identical_answers_dropped": len(chosen) - len(pairs)}
+        write_export(pairs, out, manifest)
+        run_id = log_export(out, manifest)
+    except AlignflowError as err:
+        fail(str(err))
+    typer.echo(f"{len(pairs)} pairs in {out} ({len(chosen) - len(pairs)} prompts dropped: both answers identical); "
+               f"MLflow run {run_id}")
+    typer.echo(f"label them: alignflow feedback serve --pairs {out / 'pairs.jsonl'} --out {out / 'labels.jsonl'}")
+
+
+@app.command("serve")
+def feedback_serve(
+    pairs: Annotated[Path, typer.Option(help="The pairs.jsonl of an export.")],
+    out: Annotated[Path, typer.Option(help="Labels JSONL: appended to, one line per label; reopening resumes.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the page.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8765,
+    annotator: Annotated[str | None, typer.Option(help="Who labels (default: $USER).")] = None,
+    token: Annotated[str | None, typer.Option(
+        help=f"Access token (default: ${TOKEN_VARIABLE}, else a random one printed in the URL).")] = None,
+) -> None:
+    """Start the labelling page: prompt and answers A/B side by side; A, B, tie, skip (keys 1/2/3/0), a note,
+    back and next. Every label is saved at once."""
+    from tasks.core.errors import AlignflowError
+    from tasks.feedback.page import LabellingServer
+    from tasks.feedback.records import LabelLog, read_pairs
+
+    try:
+        exported = list(read_pairs(pairs).values())
+        log = LabelLog(out)
+    except AlignflowError as err:
+        fail(str(err))
+    if not exported:
+        fail(f"{pairs}: holds no pairs")
+    token = token or os.environ.get(TOKEN_VARIABLE) or secrets.token_urlsafe(16)
+    who = annotator or os.environ.get("USER") or "annotator"
+    try:
+        server = LabellingServer((host, port), exported, log, token=token, annotator=who)
+    except OSError as err:
+        fail(f"cannot listen on {host}:{port} ({err.strerror})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: anyone who can reach it and has the token can label", err=True)
+    done = len([pid for pid in log.current(who) if pid in server.pairs])
+    typer.echo(f"labelling {len(exported)} pairs as {who} ({done} done); labels go to {out}")
+    typer.echo(f"open {server.url}", err=False)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@app.command("import")
+def feedback_import(
+    labels: Annotated[Path, typer.Argument(help="Our labels.jsonl, a Label Studio JSON export, or an Argilla "
+                                           "records JSONL export.")],
+    pairs: Annotated[Path, typer.Option(help="The pairs.jsonl of the export the labels are for.")],
+    out: Annotated[Path, typer.Option(help="New data folder (a DVC data version): the config's datasets with the "
+                                      "labelled pairs in preferences_train.")],
+    format: Annotated[str | None, typer.Option(
+        help="alignflow, labelstudio or argilla (default: from the file).")] = None,
+    replace: Annotated[bool, typer.Option(help="Only the labelled pairs in preferences_train (default: after the "
+                                          "existing pairs).")] = False,
+    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the folder.")] = False,
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+) -> None:
+    """Turn labels into preference pairs (majority vote; ties, skips and disagreements dropped and counted),
+    validate them, and write a new DVC data version to train on with --set data.dir=<out>."""
+    from tasks.core.errors import AlignflowError
+    from tasks.feedback.importing import import_feedback, log_import
+
+    if format not in (None, "alignflow", "labelstudio", "argilla"):
+        fail(f"--format {format!r}: expected alignflow, labelstudio or argilla")
+    cfg = registry_config(config, overrides)
+    try:
+        imported = import_feedback(cfg, labels, pairs, out, kind=format, mode="replace" if replace else "append",
+                                   dvc=not no_dvc)
+        run_id = log_import(imported)
+    except AlignflowError as err:
+        fail(str(err))
+    tally = imported.tally
+    agreement = "n/a (one annotator per pair)" if tally.agreement is None else f"{tally.agreement:.2f}"
+    typer.echo(f"{tally.kept} preference pairs from {tally.labels} {imported.format} labels on {tally.pairs} pairs: "
+               f"dropped {tally.ties} ties, {tally.skips} skips, {tally.disagreements} disagreements; "
+               f"{tally.unlabelled} unlabelled; {len(tally.annotators)} annotators, agreement {agreement}")
+    typer.echo(f"data version {imported.folder} (dvc md5 {imported.dvc_md5}, {imported.preference_rows} pairs in "
+               f"preferences_train); MLflow run {run_id}")
+    typer.echo(f"train on it: alignflow run --config {config} --set data.dir={imported.folder}")
