@@ -50,36 +50,8 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
             get_run_logger().info(unchanged)
             return {}
     with parent_run(f"{cfg.name}-pipeline", lineage, cfg, configs={"config.yaml": cfg}) as lineage:
-        results = base_and_data(cfg, lineage)
-        data = results["data"]
-        results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
-        results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
-        judged = {"data": data, "reward": reward, "reference": sft}
-        if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
-            results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
-                                                                 label="base", **{**judged, "reference": None})
-        results["evaluate-sft"] = baseline = run_stage(stage.EVALUATE, cfg, lineage, policy=sft, label="sft",
-                                                       **judged)
-        results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=sft, evaluation=baseline)
-
-        optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
-        candidates = {}
-        for name in cfg.optimizers:
-            results[name] = policy = run_stage(name, cfg, lineage, sft=sft, data=data, **optimizer_inputs[name])
-            results[f"evaluate-{name}"] = evaluation = run_stage(stage.EVALUATE, cfg, lineage, policy=policy,
-                                                                 label=name, baseline=baseline, **judged)
-            results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
-                                                                 evaluation=evaluation)
-            candidates[name] = (registered, evaluation)
-
-        with promotion_lock(cfg):  # the champion read here is still the champion when the gates decide
-            champion = champion_task(cfg)
-            if champion is not None:
-                results["evaluate-champion"] = run_stage(stage.EVALUATE, cfg, lineage, policy=champion,
-                                                         label="champion", baseline=baseline, **judged)
-            results["promote"] = run_stage(stage.PROMOTE, cfg, lineage,
-                                           candidates=candidates or {"sft": (results["register-sft"], baseline)},
-                                           baseline=baseline, champion=results.get("evaluate-champion"))
+        results, judged = baseline_stages(cfg, lineage)
+        train_and_promote(cfg, lineage, results, judged, start=results["sft"], data=results["data"])
     return results
 
 
@@ -96,6 +68,50 @@ def data_validation(config_path: str, overrides: list[str] | None = None) -> Sta
     lineage = flow_lineage(cfg.section_hash(), cfg)
     with parent_run(f"{cfg.name}-validation", lineage, cfg, configs={"config.yaml": cfg}) as lineage:
         return base_and_data(cfg, lineage)["data"]
+
+
+def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, StageResult], dict[str, StageResult]]:
+    """Steps 1-5: validated data, base model, SFT, reward model, and the SFT baseline evaluated and registered.
+    Returns the results and the inputs every evaluation is judged with (data, reward model, SFT reference)."""
+    results = base_and_data(cfg, lineage)
+    data = results["data"]
+    results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
+    results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
+    judged = {"data": data, "reward": reward, "reference": sft}
+    if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
+        results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
+                                                             label="base", **{**judged, "reference": None})
+    results["evaluate-sft"] = baseline = run_stage(stage.EVALUATE, cfg, lineage, policy=sft, label="sft", **judged)
+    results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=sft, evaluation=baseline)
+    return results, judged
+
+
+def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, StageResult],
+                      judged: dict[str, StageResult], *, start: StageResult, data: StageResult,
+                      train_cfg: PipelineConfig | None = None) -> None:
+    """Steps 6 and 7: each optimizer trains from `start` on `data` (under `train_cfg`, default `cfg`), then is
+    evaluated against the SFT baseline and registered; under the promotion lock the champion is re-evaluated on
+    the same eval and the gates pick the new champion. Adds every stage's result to `results`."""
+    reward, baseline = results["reward"], results["evaluate-sft"]
+    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
+    candidates = {}
+    for name in cfg.optimizers:
+        results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
+                                           **optimizer_inputs[name])
+        results[f"evaluate-{name}"] = evaluation = run_stage(stage.EVALUATE, cfg, lineage, policy=policy,
+                                                             label=name, baseline=baseline, **judged)
+        results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
+                                                             evaluation=evaluation)
+        candidates[name] = (registered, evaluation)
+
+    with promotion_lock(cfg):  # the champion read here is still the champion when the gates decide
+        champion = champion_task(cfg)
+        if champion is not None:
+            results["evaluate-champion"] = run_stage(stage.EVALUATE, cfg, lineage, policy=champion,
+                                                     label="champion", baseline=baseline, **judged)
+        results["promote"] = run_stage(stage.PROMOTE, cfg, lineage,
+                                       candidates=candidates or {"sft": (results["register-sft"], baseline)},
+                                       baseline=baseline, champion=results.get("evaluate-champion"))
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

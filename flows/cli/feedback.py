@@ -138,3 +138,59 @@ def feedback_import(
     typer.echo(f"data version {imported.folder} (dvc md5 {imported.dvc_md5}, {imported.preference_rows} pairs in "
                f"preferences_train); MLflow run {run_id}")
     typer.echo(f"train on it: alignflow run --config {config} --set data.dir={imported.folder}")
+
+
+def iterate(
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run (finished rounds are reused).")] = 3,
+    labeler: Annotated[str, typer.Option(help="human: export, then wait for people's labels; reward: the reward "
+                                         "model labels; ai: not available yet.")] = "human",
+    pairs_per_round: Annotated[int, typer.Option(min=1, help="Fresh prompts compared per round.")] = 96,
+    first_round_pairs: Annotated[int | None, typer.Option(
+        min=1, help="Fewer prompts in round 1: a deliberately weak start.")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help="Prompt pool (default: the config's preferences_train prompts); no round reuses a prompt.")] = None,
+    feedback_dir: Annotated[Path | None, typer.Option(
+        help="Where the rounds' folders go (default: feedback/<config name>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts, samples and A/B orders (plus the round).")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature of the answers.")] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
+    reward_margin: Annotated[float, typer.Option(min=0.0, help="Reward labels closer than this are ties.")] = 0.1,
+    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data.")] = False,
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+) -> None:
+    """Rounds of fresh feedback as a Prefect flow: the champion answers new prompts, the pairs are labelled, the
+    labels become a new data version, and the optimizers train from the champion on it, then gates decide."""
+    from tasks.core.config import load_config
+    from tasks.core.errors import AlignflowError
+    from tasks.feedback.rounds import RoundSettings
+
+    if labeler not in ("human", "reward", "ai"):
+        fail(f"--labeler {labeler!r}: expected human, reward or ai")
+    try:
+        cfg = load_config(config, overrides or [])
+    except AlignflowError as err:
+        fail(str(err))
+    settings = RoundSettings(
+        feedback_dir=feedback_dir or Path("feedback") / cfg.name,
+        prompts_file=prompts or cfg.data.path("preferences_train"), pairs_per_round=pairs_per_round,
+        first_round_pairs=first_round_pairs, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
+        reward_margin=reward_margin, dvc=not no_dvc)
+    from flows.feedback import feedback_rounds
+
+    try:
+        summaries = feedback_rounds(str(config), overrides or [], rounds, labeler, settings)
+    except AlignflowError as err:
+        fail(str(err))
+    for summary in summaries:
+        if summary["status"] == "waiting":
+            typer.echo(summary["message"])
+            continue
+        evaluations = summary["metrics"]
+        line = " ".join(f"{name.removeprefix('evaluate-')}: harmful {m.get('eval/harmful_refusal_rate', float('nan')):.2f}"
+                        f" benign {m.get('eval/benign_refusal_rate', float('nan')):.2f}"
+                        f" reward {m.get('eval/reward_mean', float('nan')):.2f}"
+                        f" kl {m.get('eval/kl_to_reference', float('nan')):.1f};"
+                        for name, m in evaluations.items() if name != "evaluate-champion")
+        typer.echo(f"round {summary['round']}: from {summary['start']} on {summary['data_dir']} "
+                   f"(dvc {summary['data_md5']}); promoted {summary['promoted'] or 'nothing'}; {line}")

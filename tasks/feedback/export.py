@@ -119,9 +119,10 @@ def write_export(pairs: list[Pair], folder: Path, manifest: dict) -> dict[str, P
     return files
 
 
-def log_export(folder: Path, manifest: dict, *, run_name: str = EXPORT_STAGE, tags: dict | None = None) -> str:
-    """An MLflow run holding the export folder (all three formats) and its counts; returns the run id."""
-    with tracked_run(run_name=run_name, tags={STAGE_TAG: EXPORT_STAGE, **(tags or {})}) as run:
+def log_export(folder: Path, manifest: dict, *, tags: dict | None = None, nested: bool = False) -> str:
+    """An MLflow run holding the export folder (all three formats) and its counts (a child of the active run
+    when `nested`); returns the run id."""
+    with tracked_run(run_name=EXPORT_STAGE, nested=nested, tags={STAGE_TAG: EXPORT_STAGE, **(tags or {})}) as run:
         mlflow.log_params({f"feedback.{k}": v for k, v in manifest.items() if not isinstance(v, dict | list)})
         content = json.loads((folder / EXPORT_MANIFEST).read_text())
         mlflow.log_metrics({"feedback/pairs": content["pairs"], "feedback/swapped": content["swapped"]})

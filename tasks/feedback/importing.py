@@ -81,14 +81,14 @@ def _validate(cfg: PipelineConfig, preferences: Path, report_dir: Path) -> None:
                    on_failure="fail", max_quarantine_fraction=0.0, out_dir=report_dir)
 
 
-def log_import(imported: Imported, *, tags: dict | None = None) -> str:
+def log_import(imported: Imported, *, tags: dict | None = None, nested: bool = False) -> str:
     """An MLflow run for the import: its counts as metrics, the manifest, and the data version's md5 as a tag."""
     import mlflow
 
     from tasks.core.tags import DATA_MD5_TAG, STAGE_TAG
     from tasks.run.lifecycle import tracked_run
 
-    with tracked_run(run_name="feedback-import", tags={STAGE_TAG: "feedback-import", DATA_MD5_TAG: imported.dvc_md5,
+    with tracked_run(run_name="feedback-import", nested=nested, tags={STAGE_TAG: "feedback-import", DATA_MD5_TAG: imported.dvc_md5,
                                                        **(tags or {})}) as run:
         mlflow.log_metrics({f"feedback/{name}": value for name, value in imported.tally.metrics().items()})
         mlflow.log_param("feedback.format", imported.format)

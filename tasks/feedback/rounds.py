@@ -1,0 +1,137 @@
+"""Rounds of fresh feedback (`alignflow iterate`): each round's folder, its plan, its pairs and its labels.
+
+    <feedback_dir>/round-<k>/round.json    the plan, written once: the model the round starts from and its
+                                           fresh prompts (none asked in an earlier round)
+                             export/       the champion's two sampled answers per prompt (`feedback export`)
+                             labels.jsonl  the labels: a person's (our page; or labelstudio-export.json /
+                                           argilla-export.jsonl from those tools), or the reward model's
+                             data/         the round's DVC data version: the datasets, with every labelled pair
+                                           of rounds 1..k in preferences_train
+
+A rerun finds each file and goes on from there, so a round waiting for people resumes once their labels are in
+the folder, and a finished round is not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from models.reward import reward_scores
+from tasks.core.config import PipelineConfig
+from tasks.core.errors import AlignflowError
+from tasks.data.writers import write_text
+from tasks.feedback.export import EXPORT_MANIFEST, Sampling, export_pairs, write_export
+from tasks.feedback.importing import FEEDBACK_MANIFEST
+from tasks.feedback.prompts import sample_prompts
+from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, read_pairs
+from tasks.registry.logged_models import load_stage_reward_model
+from tasks.run.contract import StageResult
+
+Labeler = Literal["human", "reward", "ai"]
+ROUND_FILE = "round.json"
+LABEL_FILES = ("labels.jsonl", "labelstudio-export.json", "argilla-export.jsonl")
+
+
+class RoundSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    feedback_dir: Path
+    prompts_file: Path
+    pairs_per_round: int = 96
+    first_round_pairs: int | None = None  # a deliberately small first round; None: pairs_per_round
+    seed: int = 0
+    temperature: float = 0.8
+    max_new_tokens: int = 48
+    reward_margin: float = 0.1  # reward-model labels closer than this are ties
+    dvc: bool = True
+
+
+def round_dir(settings: RoundSettings, k: int) -> Path:
+    return settings.feedback_dir / f"round-{k}"
+
+
+def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[StageResult, list[str]]:
+    """The round's starting model and fresh prompts, fixed the first time the round runs."""
+    path = round_dir(settings, k) / ROUND_FILE
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        return StageResult.model_validate(plan["start"]), plan["prompts"]
+    asked = {p for j in range(1, k) for p in json.loads((round_dir(settings, j) / ROUND_FILE).read_text())["prompts"]}
+    n = settings.first_round_pairs if k == 1 and settings.first_round_pairs else settings.pairs_per_round
+    prompts = sample_prompts(settings.prompts_file, n, settings.seed + k, exclude=asked)
+    if not prompts:
+        raise AlignflowError(f"{settings.prompts_file}: no prompt left that rounds 1-{k - 1} did not ask; give "
+                             "--prompts a larger file")
+    plan = {"round": k, "start": start.model_dump(), "prompts": prompts, "seed": settings.seed + k}
+    write_text(path, json.dumps(plan, indent=2, ensure_ascii=False) + "\n")
+    return start, prompts
+
+
+def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult,
+                 prompts: list[str]) -> tuple[Path, bool]:
+    """The round's pairs: two samples of the starting model per prompt (kept from an earlier attempt).
+    Returns (pairs file, whether they were made now)."""
+    folder = round_dir(settings, k) / "export"
+    if (folder / EXPORT_MANIFEST).is_file():
+        return folder / PAIRS_FILE, False
+    sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                        seed=settings.seed + k)
+    pairs = export_pairs(cfg, prompts, model_uri=start.model_uri, against_uri=None, sampling=sampling,
+                         download_dir=cfg.work_dir / "feedback-rounds" / f"round-{k}")
+    write_export(pairs, folder, {"round": k, "model_uri": start.model_uri, "prompts": len(prompts),
+                                 "seed": sampling.seed, "temperature": sampling.temperature,
+                                 "max_new_tokens": sampling.max_new_tokens,
+                                 "identical_answers_dropped": len(prompts) - len(pairs)})
+    return folder / PAIRS_FILE, True
+
+
+def labels_file(settings: RoundSettings, k: int) -> Path | None:
+    """The labels people (or a labeler) left in the round's folder, if any."""
+    found = [round_dir(settings, k) / name for name in LABEL_FILES if (round_dir(settings, k) / name).is_file()]
+    if len(found) > 1:
+        raise AlignflowError(f"{round_dir(settings, k)}: several label files ({', '.join(p.name for p in found)}); "
+                             "keep one")
+    return found[0] if found else None
+
+
+def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
+                            reward: StageResult) -> Path:
+    """The reward model labels each pair (recorded as its annotator): the higher-scored answer, a tie within
+    `reward_margin`."""
+    pairs = list(read_pairs(pairs_file).values())
+    model, tokenizer = load_stage_reward_model(cfg, reward.model_uri,
+                                               cfg.work_dir / "feedback-rounds" / f"round-{k}" / "reward",
+                                               dtype="float32")
+    prompts = [p.prompt for p in pairs]
+    score_a = reward_scores(model, tokenizer, prompts, [p.answer_a for p in pairs],
+                            batch_size=cfg.eval.score_batch_size)
+    score_b = reward_scores(model, tokenizer, prompts, [p.answer_b for p in pairs],
+                            batch_size=cfg.eval.score_batch_size)
+    out = round_dir(settings, k) / LABEL_FILES[0]
+    partial = out.with_suffix(".partial")  # a crash never leaves a labels file the next run would trust
+    partial.unlink(missing_ok=True)
+    log = LabelLog(partial)
+    for pair, a, b in zip(pairs, score_a.tolist(), score_b.tolist(), strict=True):
+        log.append(Label(pair_id=pair.pair_id, choice=_reward_choice(a - b, settings.reward_margin),
+                         annotator=f"reward-model:{reward.model_uri}", note=f"reward A {a:.3f}, B {b:.3f}"))
+    partial.replace(out)
+    return out
+
+
+def _reward_choice(difference: float, margin: float) -> str:
+    if difference > margin:
+        return "A"
+    if difference < -margin:
+        return "B"
+    return "tie"
+
+
+def imported_data(settings: RoundSettings, k: int) -> Path | None:
+    """The round's data version, once its import finished (manifest written, and `dvc add` done)."""
+    folder = round_dir(settings, k) / "data"
+    versioned = not settings.dvc or folder.with_name("data.dvc").is_file()
+    return folder if (folder / FEEDBACK_MANIFEST).is_file() and versioned else None
