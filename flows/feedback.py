@@ -39,8 +39,9 @@ def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int
     1. the SFT pipeline's stages (cached: unchanged data), giving the reward model and the SFT baseline;
     2. plan: the champion (the SFT model while there is none) and prompts no earlier round asked;
     3. export: two sampled answers per prompt, in a shuffled A/B order;
-    4. label: `reward` scores both answers with the reward model; `human` stops here until people's labels are
-       in the round's folder (`alignflow feedback serve --out <round>/labels.jsonl`), then rerun;
+    4. label: `reward` scores both answers with the reward model; `ai` asks the CAI feedback model in both
+       orders; `human` stops here until people's labels are in the round's folder (`alignflow feedback serve
+       --out <round>/labels.jsonl`), then rerun;
     5. import: every labelled pair of rounds 1..k as a new DVC data version (validated);
     6. train each optimizer from the round's starting model on it, evaluate, register, gate and promote.
     Stops after a round that waits for people.
@@ -49,9 +50,9 @@ def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int
     cfg = load_config(config_path, overrides)
     reap_dead_runs([configure_tracking(cfg)])
     check_dispatchable(cfg)
-    if labeler == "ai":
-        raise ConfigError("--labeler ai is not available yet: label with `alignflow cai run` (its RLAIF labels) or "
-                          "use --labeler reward or human")
+    if labeler == "ai" and settings.cai_config is None:
+        raise ConfigError("--labeler ai needs --cai-config: the CAI config naming the feedback model, constitution "
+                          "and choice template")
     summaries = []
     for k in range(1, n_rounds + 1):
         summaries.append(feedback_round(config_path, overrides, cfg, k, labeler, settings))
@@ -76,6 +77,8 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         labels = rounds.labels_file(settings, k)
         if labels is None and labeler == "reward":
             labels = rounds.label_with_reward_model(cfg, settings, k, pairs_file, results["reward"])
+        if labels is None and labeler == "ai":
+            labels = rounds.label_with_ai(cfg, settings, k, pairs_file, start.model_uri)
         if labels is None:
             waiting = (f"round {k} waits for labels: alignflow feedback serve --pairs {pairs_file} --out "
                        f"{rounds.round_dir(settings, k) / rounds.LABEL_FILES[0]} (or put a Label Studio / Argilla "

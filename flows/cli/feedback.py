@@ -143,7 +143,7 @@ def feedback_import(
 def iterate(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds to run (finished rounds are reused).")] = 3,
     labeler: Annotated[str, typer.Option(help="human: export, then wait for people's labels; reward: the reward "
-                                         "model labels; ai: not available yet.")] = "human",
+                                         "model labels; ai: the CAI feedback model labels (--cai-config).")] = "human",
     pairs_per_round: Annotated[int, typer.Option(min=1, help="Fresh prompts compared per round.")] = 96,
     first_round_pairs: Annotated[int | None, typer.Option(
         min=1, help="Fewer prompts in round 1: a deliberately weak start.")] = None,
@@ -155,6 +155,8 @@ def iterate(
     temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature of the answers.")] = 0.8,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
     reward_margin: Annotated[float, typer.Option(min=0.0, help="Reward labels closer than this are ties.")] = 0.1,
+    cai_config: Annotated[Path | None, typer.Option(
+        help="CAI config of the ai labeler (feedback model, constitution, choice template).")] = None,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data.")] = False,
     config: ConfigOption = paths.DEMO_CONFIG,
     overrides: SetOption = None,
@@ -175,7 +177,7 @@ def iterate(
         feedback_dir=feedback_dir or Path("feedback") / cfg.name,
         prompts_file=prompts or cfg.data.path("preferences_train"), pairs_per_round=pairs_per_round,
         first_round_pairs=first_round_pairs, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-        reward_margin=reward_margin, dvc=not no_dvc)
+        reward_margin=reward_margin, cai_config=cai_config, dvc=not no_dvc)
     from flows.feedback import feedback_rounds
 
     try:

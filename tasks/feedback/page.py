@@ -85,12 +85,12 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/api/labels":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {url.path}"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "a label is at most 64 KiB"})
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or int(length) > _MAX_BODY:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "a label needs a Content-Length of at most 64 KiB"})
             return
         try:
-            payload = json.loads(self.rfile.read(length) or b"{}")
+            payload = json.loads(self.rfile.read(int(length)) or b"{}")
             self._json(HTTPStatus.OK, self.server.record(payload if isinstance(payload, dict) else {}))
         except (json.JSONDecodeError, ValidationError, ValueError) as err:
             message = f"choice must be one of {', '.join(CHOICES)}" if isinstance(err, ValidationError) else str(err)

@@ -14,6 +14,7 @@ the folder, and a finished round is not recomputed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from models.reward import reward_scores
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import AlignflowError
+from tasks.core.hashing import md5_file
 from tasks.data.writers import write_text
 from tasks.feedback.export import EXPORT_MANIFEST, Sampling, export_pairs, write_export
 from tasks.feedback.importing import FEEDBACK_MANIFEST
@@ -47,6 +49,7 @@ class RoundSettings(BaseModel):
     temperature: float = 0.8
     max_new_tokens: int = 48
     reward_margin: float = 0.1  # reward-model labels closer than this are ties
+    cai_config: Path | None = None  # the AI labeler's feedback model, constitution and choice template
     dvc: bool = True
 
 
@@ -118,6 +121,50 @@ def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int
     for pair, a, b in zip(pairs, score_a.tolist(), score_b.tolist(), strict=True):
         log.append(Label(pair_id=pair.pair_id, choice=_reward_choice(a - b, settings.reward_margin),
                          annotator=f"reward-model:{reward.model_uri}", note=f"reward A {a:.3f}, B {b:.3f}"))
+    partial.replace(out)
+    return out
+
+
+def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
+                  policy_uri: str) -> Path:
+    """The CAI feedback model labels each pair under a drawn principle, asked in both orders (`tasks.cai.rlaif`):
+    calibrated against its position bias by averaging P(A preferred) over the two orders; a pair whose orders
+    disagree, or agree less than `rlaif.min_agreement`, is a tie. The feedback model is `feedback.model_uri` of
+    the CAI config, or the round's starting policy."""
+    from tasks.cai.backends import open_backend
+    from tasks.cai.config import load_cai_config, load_constitution
+    from tasks.cai.progress import ProgressLog
+    from tasks.cai.prompts import load_templates
+    from tasks.cai.rlaif import judge, label_pairs
+
+    if settings.cai_config is None:
+        raise AlignflowError("--labeler ai needs --cai-config (the feedback model, constitution and templates)")
+    cai = load_cai_config(settings.cai_config, [])
+    pairs = list(read_pairs(pairs_file).values())
+    scratch = cfg.work_dir / "feedback-rounds" / f"round-{k}"
+    backend = open_backend(cai.feedback, model_uri=cai.feedback.model_uri or policy_uri, pipeline=cfg, stop=cai.stop,
+                           download_dir=scratch / "feedback-model")
+    # Keyed by the pairs and the CAI settings: a resumed labelling reuses only answers to the very same question.
+    key = hashlib.sha256(f"{md5_file(pairs_file)}:{cai.section_hash()}:{policy_uri}".encode()).hexdigest()[:16]
+    answers = ProgressLog(scratch / f"ai-labels-{key}.jsonl", key=lambda record: record["id"])
+    try:
+        label_pairs(backend, [(p.pair_id, p.prompt, p.answer_a, p.answer_b) for p in pairs], answers,
+                    constitution=load_constitution(cai.constitution), template=load_templates(cai.templates)["choice"],
+                    options=cai.rlaif.options, seed=cai.seed + k, chunk=cai.feedback.batch_size)
+    finally:
+        backend.close()
+    out = round_dir(settings, k) / LABEL_FILES[0]
+    partial = out.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    log = LabelLog(partial)
+    for pair in pairs:
+        answer = answers[pair.pair_id]
+        _, agreement, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_agreement)
+        p_a = (answer["p_first"] + answer["p_second"]) / 2
+        choice = "tie" if reason else "A" if p_a > 0.5 else "B"
+        log.append(Label(pair_id=pair.pair_id, choice=choice, annotator=f"ai:{backend.identity}",
+                         note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), agreement "
+                              f"{agreement:.3f}, principle {answer['principle']}" + (f"; {reason}" if reason else "")))
     partial.replace(out)
     return out
 

@@ -1,0 +1,143 @@
+"""`alignflow iterate` under Prefect's test harness, on the tiny model: rounds labelled by the reward model, and a
+round that waits for people and resumes once their labels are in its folder."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from flows.feedback import LABELER_TAG, ROUND_DATA_TAG, ROUND_TAG, START_TAG, feedback_rounds
+from tasks.core import paths
+from tasks.feedback.records import Label, LabelLog, read_labels, read_pairs
+from tasks.feedback.rounds import RoundSettings
+from tests.helpers.dvc import dvc_repo_with_tracked_data
+
+
+def _overrides(tmp_path, data_dir):
+    return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "optimizers=[dpo]", "sft.max_steps=30",
+            "reward.max_steps=10", "dpo.max_steps=4", "eval.max_new_tokens=12"]
+
+
+def _settings(root, **changes) -> RoundSettings:
+    return RoundSettings(feedback_dir=root / "feedback", prompts_file=root / "data" / "preferences_train.jsonl",
+                         pairs_per_round=12, first_round_pairs=6, max_new_tokens=12, **changes)
+
+
+def _round_parents(client: MlflowClient) -> dict[str, list]:
+    experiment = client.get_experiment_by_name("alignflow")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    parents: dict[str, list] = {}
+    for run in runs:
+        if ROUND_TAG in run.data.tags and "mlflow.parentRunId" not in run.data.tags:
+            parents.setdefault(run.data.tags[ROUND_TAG], []).append(run)
+    return parents
+
+
+def _prompts(root, k: int) -> list[str]:
+    return json.loads((root / "feedback" / f"round-{k}" / "round.json").read_text())["prompts"]
+
+
+def _preferences(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "preferences_train.jsonl").read_text().splitlines()]
+
+
+def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_path):
+    data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
+    root = tmp_path / "repo"
+    summaries = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward",
+                                _settings(root))
+    assert [s["status"] for s in summaries] == ["trained", "trained"]
+
+    # Fresh prompts each round; the round's data holds every labelled pair so far, and nothing else.
+    first, second = _prompts(root, 1), _prompts(root, 2)
+    assert len(first) == 6 and len(second) == 12 and not set(first) & set(second)
+    rounds = [root / "feedback" / f"round-{k}" for k in (1, 2)]
+    kept = [json.loads((r / "data" / "feedback_manifest.json").read_text())["tally"]["kept"] for r in rounds]
+    assert len(_preferences(rounds[0] / "data")) == kept[0] > 0
+    assert len(_preferences(rounds[1] / "data")) == kept[0] + kept[1]
+    assert {row["prompt"] for row in _preferences(rounds[1] / "data")} <= set(first) | set(second)
+
+    # The reward model labelled, and says so; each label follows its scores.
+    for folder in rounds:
+        for label in read_labels(folder / "labels.jsonl"):
+            assert label.annotator.startswith("reward-model:models:/")
+            a, b = (float(part.split()[-1]) for part in label.note.split(","))
+            assert label.choice == ("A" if a - b > 0.1 else "B" if b - a > 0.1 else "tie")
+
+    # MLflow shows the chain: each round's parent run names its round, labeler, starting model and data version.
+    client = MlflowClient()
+    parents = _round_parents(client)
+    assert sorted(parents) == ["1", "2"] and all(len(runs) == 1 for runs in parents.values())
+    for k, folder in zip(("1", "2"), rounds, strict=True):
+        tags = parents[k][0].data.tags
+        md5 = yaml.safe_load((folder / "data.dvc").read_text())["outs"][0]["md5"]
+        assert tags[ROUND_DATA_TAG] == md5 and tags[LABELER_TAG] == "reward"
+        assert tags[START_TAG] == summaries[int(k) - 1]["start"]
+        children = client.search_runs([parents[k][0].info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{parents[k][0].info.run_id}'")
+        names = {run.info.run_name for run in children}
+        assert {"feedback-export", "feedback-import", "dpo", "evaluate-dpo", "promote"} <= names
+        dpo = next(run for run in children if run.info.run_name == "dpo")
+        assert dpo.data.tags["alignflow.dvc_data_md5"] == md5  # the round's training run carries its data version
+        assert dpo.data.tags["alignflow.parent.sft"] == tags[START_TAG]  # trained from the round's start
+
+    # A rerun reuses the finished rounds: same plan, same data version, no stage recomputed.
+    again = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", _settings(root))
+    assert [s["data_md5"] for s in again] == [s["data_md5"] for s in summaries]
+    last = _round_parents(client)["2"][-1]
+    assert last.data.tags["alignflow.cache.dpo"].startswith("reused:")
+
+    # The AI labeler on the same pairs: the CAI feedback model (here the round's own policy) in both orders.
+    from tasks.core.config import load_config
+    from tasks.feedback.rounds import label_with_ai
+
+    cfg = load_config(paths.DEMO_CONFIG, _overrides(tmp_path, data_dir))
+    ai = _settings(root, cai_config=paths.CONFIGS_DIR / "cai.yaml").model_copy(update={"feedback_dir": tmp_path / "ai"})
+    labels = read_labels(label_with_ai(cfg, ai, 1, rounds[0] / "export" / "pairs.jsonl", summaries[0]["start"]))
+    assert [label.pair_id for label in labels] == list(read_pairs(rounds[0] / "export" / "pairs.jsonl"))
+    for label in labels:
+        assert label.annotator == f"ai:local:{summaries[0]['start']}"
+        p_a = float(label.note.split()[1])
+        calibrated = "tie" if ";" in label.note else "A" if p_a > 0.5 else "B"
+        assert label.choice == calibrated, label.note
+
+
+def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp_path):
+    data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
+    root = tmp_path / "repo"
+    overrides = _overrides(tmp_path, data_dir)
+    waiting = feedback_rounds(str(paths.DEMO_CONFIG), overrides, 2, "human", _settings(root))
+    assert [s["status"] for s in waiting] == ["waiting"]  # round 2 does not start while round 1 waits
+    round_1 = root / "feedback" / "round-1"
+    assert "alignflow feedback serve --pairs" in waiting[0]["message"] and not (round_1 / "data").exists()
+    assert not (root / "feedback" / "round-2").exists()
+
+    # People label on our page (here: straight into its labels file): A for every pair but one tie.
+    pairs = read_pairs(round_1 / "export" / "pairs.jsonl")
+    log = LabelLog(round_1 / "labels.jsonl")
+    for i, pid in enumerate(pairs):
+        log.append(Label(pair_id=pid, choice="tie" if i == 0 else "A", annotator="ann"))
+    resumed = feedback_rounds(str(paths.DEMO_CONFIG), overrides, 1, "human", _settings(root))
+    assert resumed[0]["status"] == "trained"
+    rows = _preferences(round_1 / "data")
+    assert [row["chosen"] for row in rows] == [pairs[pid].answer_a for pid in list(pairs)[1:]]
+    manifest = json.loads((round_1 / "data" / "feedback_manifest.json").read_text())
+    assert manifest["tally"]["ties"] == 1 and manifest["labeler"] == "human"
+    # The waiting attempt and the resumed one are two runs of round 1; the resumed one trained.
+    attempts = _round_parents(MlflowClient())["1"]
+    assert len(attempts) == 2 and "alignflow.feedback_waiting" in attempts[0].data.tags
+    assert attempts[1].data.tags["alignflow.cache.dpo"] == "computed"
+
+
+def test_ai_labeler_needs_a_cai_config(prefect_harness, tracked, tmp_path):
+    from tasks.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--labeler ai needs --cai-config"):
+        feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, tmp_path / "data"), 1, "ai",
+                        _settings(tmp_path))
+    assert mlflow.active_run() is None
