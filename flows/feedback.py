@@ -38,7 +38,8 @@ def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int
 
     1. the SFT pipeline's stages (cached: unchanged data), giving the reward model and the SFT baseline;
     2. plan: the champion (the SFT model while there is none) and prompts no earlier round asked;
-    3. export: two sampled answers per prompt, in a shuffled A/B order;
+    3. export: two sampled answers per prompt (with `reward` and samples_per_prompt > 2: the best and the worst
+       of that many), in a shuffled A/B order;
     4. label: `reward` scores both answers with the reward model; `ai` asks the CAI feedback model in both
        orders; `human` stops here until people's labels are in the round's folder (`alignflow feedback serve
        --out <round>/labels.jsonl`), then rerun;
@@ -70,7 +71,8 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         results, judged = baseline_stages(cfg, lineage)
         start, prompts = rounds.plan_round(settings, k, start=champion_task(cfg) or results["sft"])
         mlflow.set_tag(START_TAG, start.model_uri)
-        pairs_file, exported = rounds.export_round(cfg, settings, k, start, prompts)
+        pairs_file, exported = rounds.export_round(cfg, settings, k, start, prompts,
+                                                   reward=results["reward"] if labeler == "reward" else None)
         if exported:
             log_export(pairs_file.parent, {"round": k, "model_uri": start.model_uri}, nested=True,
                        tags={ROUND_TAG: str(k)})

@@ -155,6 +155,8 @@ def iterate(
     temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature of the answers.")] = 0.8,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
     reward_margin: Annotated[float, typer.Option(min=0.0, help="Reward labels closer than this are ties.")] = 0.1,
+    samples_per_prompt: Annotated[int, typer.Option(
+        min=2, help="With --labeler reward: sample this many answers and pair the best with the worst.")] = 2,
     cai_config: Annotated[Path | None, typer.Option(
         help="CAI config of the ai labeler (feedback model, constitution, choice template).")] = None,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data.")] = False,
@@ -177,7 +179,8 @@ def iterate(
         feedback_dir=feedback_dir or Path("feedback") / cfg.name,
         prompts_file=prompts or cfg.data.path("preferences_train"), pairs_per_round=pairs_per_round,
         first_round_pairs=first_round_pairs, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-        reward_margin=reward_margin, cai_config=cai_config, dvc=not no_dvc)
+        reward_margin=reward_margin, samples_per_prompt=samples_per_prompt, cai_config=cai_config,
+        dvc=not no_dvc)
     from flows.feedback import feedback_rounds
 
     try:

@@ -26,7 +26,14 @@ from tasks.core.config import PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.hashing import md5_file
 from tasks.data.writers import write_text
-from tasks.feedback.export import EXPORT_MANIFEST, Sampling, export_pairs, write_export
+from tasks.feedback.export import (
+    EXPORT_MANIFEST,
+    Sampling,
+    build_pairs,
+    export_pairs,
+    sample_answers,
+    write_export,
+)
 from tasks.feedback.importing import FEEDBACK_MANIFEST
 from tasks.feedback.prompts import sample_prompts
 from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, read_pairs
@@ -49,6 +56,7 @@ class RoundSettings(BaseModel):
     temperature: float = 0.8
     max_new_tokens: int = 48
     reward_margin: float = 0.1  # reward-model labels closer than this are ties
+    samples_per_prompt: int = 2  # > 2 with the reward labeler: pair the best and the worst of that many samples
     cai_config: Path | None = None  # the AI labeler's feedback model, constitution and choice template
     dvc: bool = True
 
@@ -74,22 +82,50 @@ def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[Sta
     return start, prompts
 
 
-def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult,
-                 prompts: list[str]) -> tuple[Path, bool]:
-    """The round's pairs: two samples of the starting model per prompt (kept from an earlier attempt).
-    Returns (pairs file, whether they were made now)."""
+def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult, prompts: list[str],
+                 reward: StageResult | None = None) -> tuple[Path, bool]:
+    """The round's pairs (kept from an earlier attempt): two samples of the starting model per prompt; with
+    `samples_per_prompt` > 2 and a `reward` model, the best- and the worst-scored of that many samples (the
+    best-of-n/worst-of-n pairs of iterative DPO: the SFT policy rarely samples a refusal, so two samples seldom
+    differ in what matters). Returns (pairs file, whether they were made now)."""
     folder = round_dir(settings, k) / "export"
     if (folder / EXPORT_MANIFEST).is_file():
         return folder / PAIRS_FILE, False
     sampling = Sampling(temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                         seed=settings.seed + k)
-    pairs = export_pairs(cfg, prompts, model_uri=start.model_uri, against_uri=None, sampling=sampling,
-                         download_dir=cfg.work_dir / "feedback-rounds" / f"round-{k}")
+    scratch = cfg.work_dir / "feedback-rounds" / f"round-{k}"
+    n = settings.samples_per_prompt
+    if n > 2 and reward is not None:
+        drawn = sample_answers(cfg, start.model_uri, prompts, sampling, samples=settings.samples_per_prompt,
+                               download_dir=scratch / "model")
+        scores = _scorer(cfg, reward, scratch)([p for p, answers in zip(prompts, drawn, strict=True)
+                                                for _ in answers], [a for answers in drawn for a in answers])
+        ends = [_best_and_worst(scores[i * n:(i + 1) * n]) for i in range(len(prompts))]
+        pairs = build_pairs(prompts, [d[best] for d, (best, _) in zip(drawn, ends, strict=True)],
+                            [d[worst] for d, (_, worst) in zip(drawn, ends, strict=True)],
+                            source_first=f"{start.model_uri}#best-of-{n}", source_second=f"{start.model_uri}#worst-of-{n}",
+                            seed=sampling.seed)
+    else:
+        pairs = export_pairs(cfg, prompts, model_uri=start.model_uri, against_uri=None, sampling=sampling,
+                             download_dir=scratch)
     write_export(pairs, folder, {"round": k, "model_uri": start.model_uri, "prompts": len(prompts),
+                                 "samples_per_prompt": n if settings.samples_per_prompt > 2 and reward else 2,
                                  "seed": sampling.seed, "temperature": sampling.temperature,
                                  "max_new_tokens": sampling.max_new_tokens,
                                  "identical_answers_dropped": len(prompts) - len(pairs)})
     return folder / PAIRS_FILE, True
+
+
+def _best_and_worst(scores: list[float]) -> tuple[int, int]:
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    return order[-1], order[0]
+
+
+def _scorer(cfg: PipelineConfig, reward: StageResult, scratch: Path):
+    """(prompts, answers) -> reward scores, with the reward model loaded once."""
+    model, tokenizer = load_stage_reward_model(cfg, reward.model_uri, scratch / "reward", dtype="float32")
+    return lambda prompts, answers: reward_scores(model, tokenizer, prompts, answers,
+                                                  batch_size=cfg.eval.score_batch_size).tolist()
 
 
 def labels_file(settings: RoundSettings, k: int) -> Path | None:
@@ -106,19 +142,14 @@ def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int
     """The reward model labels each pair (recorded as its annotator): the higher-scored answer, a tie within
     `reward_margin`."""
     pairs = list(read_pairs(pairs_file).values())
-    model, tokenizer = load_stage_reward_model(cfg, reward.model_uri,
-                                               cfg.work_dir / "feedback-rounds" / f"round-{k}" / "reward",
-                                               dtype="float32")
+    score = _scorer(cfg, reward, cfg.work_dir / "feedback-rounds" / f"round-{k}")
     prompts = [p.prompt for p in pairs]
-    score_a = reward_scores(model, tokenizer, prompts, [p.answer_a for p in pairs],
-                            batch_size=cfg.eval.score_batch_size)
-    score_b = reward_scores(model, tokenizer, prompts, [p.answer_b for p in pairs],
-                            batch_size=cfg.eval.score_batch_size)
+    score_a, score_b = score(prompts, [p.answer_a for p in pairs]), score(prompts, [p.answer_b for p in pairs])
     out = round_dir(settings, k) / LABEL_FILES[0]
     partial = out.with_suffix(".partial")  # a crash never leaves a labels file the next run would trust
     partial.unlink(missing_ok=True)
     log = LabelLog(partial)
-    for pair, a, b in zip(pairs, score_a.tolist(), score_b.tolist(), strict=True):
+    for pair, a, b in zip(pairs, score_a, score_b, strict=True):
         log.append(Label(pair_id=pair.pair_id, choice=_reward_choice(a - b, settings.reward_margin),
                          annotator=f"reward-model:{reward.model_uri}", note=f"reward A {a:.3f}, B {b:.3f}"))
     partial.replace(out)
