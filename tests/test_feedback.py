@@ -237,3 +237,23 @@ def test_a_bad_export_leaves_no_folder(exported):
     assert result.exit_code == 1
     assert "bad.jsonl: line 1: pair id '9999-deadbeef' is not in the export file" in result.output
     assert not (root / "repo" / "round-bad").exists() and not (root / "repo" / "round-bad.dvc").exists()
+
+
+def test_conversational_prompts_stay_conversational(tmp_path):
+    from tasks.feedback.prompts import sample_prompts
+    from tasks.feedback.records import prompt_text
+
+    turns = [{"role": "user", "content": "How do I kill a stuck Python process?"}]
+    pair = Pair(pair_id="c1", prompt=turns, answer_a="Run kill -9 <pid>.", answer_b="I can't help with that.",
+                source_a="m#1", source_b="m#2", swapped=False)
+    rows, _ = preference_rows({"c1": pair}, [_label("c1", "A", "ann")])
+    # TRL's conversational format: the prompt's turns, and the answers as assistant turns.
+    assert rows[0]["prompt"] == turns
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "Run kill -9 <pid>."}]
+    assert rows[0]["rejected"] == [{"role": "assistant", "content": "I can't help with that."}]
+    assert prompt_text(turns) == "How do I kill a stuck Python process?"
+    prompts = tmp_path / "prompts.jsonl"
+    other = [{"role": "user", "content": "How do I hotwire a stranger's car?"}]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (turns, other, turns)))
+    assert sorted(map(prompt_text, sample_prompts(prompts, 5, seed=0))) == sorted(map(prompt_text, (turns, other)))
+    assert sample_prompts(prompts, 5, seed=0, exclude=[turns]) == [other]

@@ -171,6 +171,8 @@ def iterate(
 
     if labeler not in ("human", "reward", "ai"):
         fail(f"--labeler {labeler!r}: expected human, reward or ai")
+    if labeler == "ai" and cai_config is None:
+        fail("--labeler ai needs --cai-config: the CAI config naming the feedback model, constitution and template")
     try:
         cfg = load_config(config, overrides or [])
     except AlignflowError as err:

@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 
 from models.generation import generate
-from models.prompting import prompt_formatter
+from models.prompting import Prompt, prompt_formatter
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.hashing import md5_file
@@ -58,7 +58,7 @@ def resolve_model_uri(uri: str, like: str | None = None) -> str:
     return uri
 
 
-def sample_answers(cfg: PipelineConfig, model_uri: str, prompts: list[str], sampling: Sampling, *, samples: int,
+def sample_answers(cfg: PipelineConfig, model_uri: str, prompts: list[Prompt], sampling: Sampling, *, samples: int,
                    download_dir: Path) -> list[list[str]]:
     """`samples` sampled answers of one model to each prompt."""
     model, tokenizer = load_stage_model(cfg, model_uri, download_dir)
@@ -74,7 +74,7 @@ def sample_answers(cfg: PipelineConfig, model_uri: str, prompts: list[str], samp
     return [[draw[i] for draw in answers] for i in range(len(prompts))]
 
 
-def build_pairs(prompts: list[str], first: list[str], second: list[str], *, source_first: str, source_second: str,
+def build_pairs(prompts: list[Prompt], first: list[str], second: list[str], *, source_first: str, source_second: str,
                 seed: int, start: int = 0) -> list[Pair]:
     """One pair per prompt, its order drawn from `seed`; identical answers make no comparison and are left out."""
     rng = random.Random(seed)
@@ -90,7 +90,7 @@ def build_pairs(prompts: list[str], first: list[str], second: list[str], *, sour
     return pairs
 
 
-def export_pairs(cfg: PipelineConfig, prompts: list[str], *, model_uri: str, against_uri: str | None,
+def export_pairs(cfg: PipelineConfig, prompts: list[Prompt], *, model_uri: str, against_uri: str | None,
                  sampling: Sampling, download_dir: Path) -> list[Pair]:
     """Champion against candidate (`against_uri`), or two samples of `model_uri` when there is none."""
     if against_uri is None:

@@ -24,7 +24,7 @@ from xml.sax.saxutils import quoteattr
 from tasks.core.errors import DataValidationError
 from tasks.data.readers import read_records
 from tasks.data.writers import write_jsonl, write_text
-from tasks.feedback.records import Label, Pair, read_labels
+from tasks.feedback.records import Label, Pair, prompt_text, read_labels
 
 Format = Literal["alignflow", "labelstudio", "argilla"]
 LABELSTUDIO_TASKS, LABELSTUDIO_CONFIG, ARGILLA_RECORDS = ("labelstudio_tasks.json", "labelstudio_config.xml",
@@ -38,7 +38,8 @@ _RANKED_FIRST = {"response1": "A", "response2": "B"}
 
 def write_labelstudio(pairs: list[Pair], folder: Path, title: str) -> list[Path]:
     """The import tasks and the labelling config that shows them."""
-    tasks = [{"data": {"pair_id": p.pair_id, "prompt": p.prompt, "answer1": p.answer_a, "answer2": p.answer_b}}
+    tasks = [{"data": {"pair_id": p.pair_id, "prompt": prompt_text(p.prompt), "answer1": p.answer_a,
+                       "answer2": p.answer_b}}
              for p in pairs]
     config = f"""<View>
   <Header value={quoteattr(title)}/>
@@ -55,7 +56,7 @@ def write_labelstudio(pairs: list[Pair], folder: Path, title: str) -> list[Path]
 
 def write_argilla(pairs: list[Pair], folder: Path) -> Path:
     """Records for `dataset.records.log(...)` on a dataset made with `Settings.for_response_ranking()`."""
-    return write_jsonl(({"id": p.pair_id, "instruction": p.prompt, "response1": p.answer_a,
+    return write_jsonl(({"id": p.pair_id, "instruction": prompt_text(p.prompt), "response1": p.answer_a,
                          "response2": p.answer_b} for p in pairs), folder / ARGILLA_RECORDS)
 
 

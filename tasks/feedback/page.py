@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from pydantic import ValidationError
 
-from tasks.feedback.records import CHOICES, Label, LabelLog, Pair
+from tasks.feedback.records import CHOICES, Label, LabelLog, Pair, prompt_text
 
 _PAGE = (Path(__file__).with_name("page.html")).read_text(encoding="utf-8")
 _MAX_BODY = 64 * 1024
@@ -44,7 +44,7 @@ class LabellingServer(ThreadingHTTPServer):
         return {
             "annotator": self.annotator,
             # Blind labelling: no sources, no `swapped`.
-            "pairs": [{"pair_id": pid, "prompt": self.pairs[pid].prompt, "answer_a": self.pairs[pid].answer_a,
+            "pairs": [{"pair_id": pid, "prompt": prompt_text(self.pairs[pid].prompt), "answer_a": self.pairs[pid].answer_a,
                        "answer_b": self.pairs[pid].answer_b} for pid in self.order],
             "labels": {pid: {"choice": label.choice, "note": label.note} for pid, label in labels.items()
                        if pid in self.pairs},

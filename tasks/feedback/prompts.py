@@ -6,19 +6,21 @@ import random
 from collections.abc import Collection
 from pathlib import Path
 
+from models.prompting import Prompt
 from tasks.core.errors import DataValidationError
-from tasks.data.readers import read_rows
+from tasks.data.readers import read_records
+from tasks.feedback.records import prompt_key
 
 
-def sample_prompts(path: Path, n: int, seed: int, exclude: Collection[str] = ()) -> list[str]:
-    """Up to `n` distinct prompts of the file, none in `exclude`, in a seeded random order."""
-    rows = read_rows(Path(path))
-    if "prompt" not in rows:
-        raise DataValidationError(f"{path}: no `prompt` column")
-    bad = [row for row, prompt in zip(rows["row"], rows["prompt"], strict=True)
-           if not isinstance(prompt, str) or not prompt.strip()]
-    if bad:
-        raise DataValidationError(f"{path}: row {bad[0]}: `prompt` must be a non-empty string")
-    fresh = [p for p in dict.fromkeys(rows["prompt"]) if p not in set(exclude)]
+def sample_prompts(path: Path, n: int, seed: int, exclude: Collection[Prompt] = ()) -> list[Prompt]:
+    """Up to `n` distinct prompts of the file (text or turns), none in `exclude`, in a seeded random order."""
+    distinct: dict[str, Prompt] = {}
+    for row, record in read_records(Path(path)):
+        prompt = record.get("prompt")
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise DataValidationError(f"{path}: row {row}: `prompt` must be non-empty text or a list of turns")
+        distinct.setdefault(prompt_key(prompt), prompt)
+    asked = {prompt_key(p) for p in exclude}
+    fresh = [prompt for key, prompt in distinct.items() if key not in asked]
     random.Random(seed).shuffle(fresh)
     return fresh[:n]

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from models.prompting import Prompt, as_messages
 from tasks.core.errors import DataValidationError
 from tasks.data.readers import read_records
 from tasks.data.writers import write_jsonl
@@ -30,7 +31,7 @@ class Pair(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pair_id: str
-    prompt: str
+    prompt: Prompt  # text, or conversational turns as the dataset holds them
     answer_a: str
     answer_b: str
     source_a: str
@@ -48,9 +49,24 @@ class Label(BaseModel):
     labelled_at: str = ""
 
 
-def pair_id(index: int, prompt: str) -> str:
+def pair_id(index: int, prompt: Prompt) -> str:
     """Stable and readable: the position in the export and a hash of the prompt (`0007-3fa2c1d9`)."""
-    return f"{index:04d}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    return f"{index:04d}-{hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:8]}"
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A prompt as one string that identifies it, text or turns."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """What a person reads: the request itself, or each turn of a conversation on its own line."""
+    if isinstance(prompt, str):
+        return prompt
+    turns = as_messages(prompt)
+    if len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
+    return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns)
 
 
 def write_pairs(pairs: list[Pair], path: Path) -> Path:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from models.prompting import Prompt, prompt_formatter
 from models.reward import reward_scores
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import AlignflowError
@@ -36,7 +37,7 @@ from tasks.feedback.export import (
 )
 from tasks.feedback.importing import FEEDBACK_MANIFEST
 from tasks.feedback.prompts import sample_prompts
-from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, read_pairs
+from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, prompt_text, read_pairs
 from tasks.registry.logged_models import load_stage_reward_model
 from tasks.run.contract import StageResult
 
@@ -65,13 +66,13 @@ def round_dir(settings: RoundSettings, k: int) -> Path:
     return settings.feedback_dir / f"round-{k}"
 
 
-def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[StageResult, list[str]]:
+def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[StageResult, list[Prompt]]:
     """The round's starting model and fresh prompts, fixed the first time the round runs."""
     path = round_dir(settings, k) / ROUND_FILE
     if path.is_file():
         plan = json.loads(path.read_text())
         return StageResult.model_validate(plan["start"]), plan["prompts"]
-    asked = {p for j in range(1, k) for p in json.loads((round_dir(settings, j) / ROUND_FILE).read_text())["prompts"]}
+    asked = [p for j in range(1, k) for p in json.loads((round_dir(settings, j) / ROUND_FILE).read_text())["prompts"]]
     n = settings.first_round_pairs if k == 1 and settings.first_round_pairs else settings.pairs_per_round
     prompts = sample_prompts(settings.prompts_file, n, settings.seed + k, exclude=asked)
     if not prompts:
@@ -82,7 +83,7 @@ def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[Sta
     return start, prompts
 
 
-def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult, prompts: list[str],
+def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult, prompts: list[Prompt],
                  reward: StageResult | None = None) -> tuple[Path, bool]:
     """The round's pairs (kept from an earlier attempt): two samples of the starting model per prompt; with
     `samples_per_prompt` > 2 and a `reward` model, the best- and the worst-scored of that many samples (the
@@ -122,9 +123,11 @@ def _best_and_worst(scores: list[float]) -> tuple[int, int]:
 
 
 def _scorer(cfg: PipelineConfig, reward: StageResult, scratch: Path):
-    """(prompts, answers) -> reward scores, with the reward model loaded once."""
+    """(prompts, answers) -> reward scores, with the reward model loaded once; prompts are shown to it in the
+    model's prompt format, as in training and evaluation."""
     model, tokenizer = load_stage_reward_model(cfg, reward.model_uri, scratch / "reward", dtype="float32")
-    return lambda prompts, answers: reward_scores(model, tokenizer, prompts, answers,
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    return lambda prompts, answers: reward_scores(model, tokenizer, [format_prompt(p) for p in prompts], answers,
                                                   batch_size=cfg.eval.score_batch_size).tolist()
 
 
@@ -179,7 +182,7 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
     key = hashlib.sha256(f"{md5_file(pairs_file)}:{cai.section_hash()}:{policy_uri}".encode()).hexdigest()[:16]
     answers = ProgressLog(scratch / f"ai-labels-{key}.jsonl", key=lambda record: record["id"])
     try:
-        label_pairs(backend, [(p.pair_id, p.prompt, p.answer_a, p.answer_b) for p in pairs], answers,
+        label_pairs(backend, [(p.pair_id, prompt_text(p.prompt), p.answer_a, p.answer_b) for p in pairs], answers,
                     constitution=load_constitution(cai.constitution), template=load_templates(cai.templates)["choice"],
                     options=cai.rlaif.options, seed=cai.seed + k, chunk=cai.feedback.batch_size)
     finally:

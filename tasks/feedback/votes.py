@@ -72,6 +72,8 @@ def preference_rows(pairs: dict[str, Pair], labels: list[Label]) -> tuple[list[d
 
 def _row(pair: Pair, *, a_wins: bool, votes: str) -> dict:
     chosen, rejected = (pair.answer_a, pair.answer_b) if a_wins else (pair.answer_b, pair.answer_a)
+    if not isinstance(pair.prompt, str):  # conversational data: the answers are assistant turns, as TRL expects
+        chosen, rejected = ([{"role": "assistant", "content": answer}] for answer in (chosen, rejected))
     sources = (pair.source_a, pair.source_b) if a_wins else (pair.source_b, pair.source_a)
     return {"prompt": pair.prompt, "chosen": chosen, "rejected": rejected, "pair_id": pair.pair_id,
             "chosen_source": sources[0], "rejected_source": sources[1], "votes_a_b": votes}
