@@ -37,7 +37,8 @@ def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int
     from and its data version. Round k:
 
     1. the SFT pipeline's stages (cached: unchanged data), giving the reward model and the SFT baseline;
-    2. plan: the champion (the SFT model while there is none) and prompts no earlier round asked;
+    2. plan: the champion (the SFT model while there is none; with `start_from: previous`, the last round's
+       candidate) and prompts no earlier round asked;
     3. export: two sampled answers per prompt (with `reward` and samples_per_prompt > 2: the best and the worst
        of that many), in a shuffled A/B order;
     4. label: `reward` scores both answers with the reward model; `ai` asks the CAI feedback model in both
@@ -103,6 +104,8 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         data = run_stage(stage.VALIDATE, round_cfg, round_lineage,
                          **({} if needs_validated_data(cfg) else {"base": results["base"]}))
         train_and_promote(cfg, round_lineage, results, judged, start=start, data=data, train_cfg=round_cfg)
+        if cfg.optimizers:
+            rounds.record_candidate(settings, k, results[cfg.optimizers[0]])
     return {"round": k, "status": "trained", "start": start.model_uri, "data_dir": str(data_dir),
             "data_md5": round_lineage.data_md5, "promoted": results["promote"].model_uri,
             "metrics": {name: result.metrics for name, result in results.items() if name.startswith("evaluate-")}}

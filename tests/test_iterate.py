@@ -49,9 +49,12 @@ def _preferences(folder) -> list[dict]:
 def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_path):
     data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
     root = tmp_path / "repo"
-    summaries = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward",
-                                _settings(root))
+    settings = _settings(root, start_from="previous")
+    summaries = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", settings)
     assert [s["status"] for s in summaries] == ["trained", "trained"]
+    # Round 2 starts from the model round 1 trained (start_from: previous), round 1 from the SFT model.
+    candidate = json.loads((root / "feedback" / "round-1" / "candidate.json").read_text())
+    assert summaries[1]["start"] == candidate["model_uri"] != summaries[0]["start"]
 
     # Fresh prompts each round; the round's data holds every labelled pair so far, and nothing else.
     first, second = _prompts(root, 1), _prompts(root, 2)
@@ -87,7 +90,7 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
         assert dpo.data.tags["alignflow.parent.sft"] == tags[START_TAG]  # trained from the round's start
 
     # A rerun reuses the finished rounds: same plan, same data version, no stage recomputed.
-    again = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", _settings(root))
+    again = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", settings)
     assert [s["data_md5"] for s in again] == [s["data_md5"] for s in summaries]
     last = _round_parents(client)["2"][-1]
     assert last.data.tags["alignflow.cache.dpo"].startswith("reused:")

@@ -157,6 +157,9 @@ def iterate(
     reward_margin: Annotated[float, typer.Option(min=0.0, help="Reward labels closer than this are ties.")] = 0.1,
     samples_per_prompt: Annotated[int, typer.Option(
         min=2, help="With --labeler reward: sample this many answers and pair the best with the worst.")] = 2,
+    start_from: Annotated[str, typer.Option(
+        help="champion: each round starts from the champion (the SFT model while there is none); previous: from "
+        "the last round's candidate, promoted or not.")] = "champion",
     cai_config: Annotated[Path | None, typer.Option(
         help="CAI config of the ai labeler (feedback model, constitution, choice template).")] = None,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data.")] = False,
@@ -171,6 +174,8 @@ def iterate(
 
     if labeler not in ("human", "reward", "ai"):
         fail(f"--labeler {labeler!r}: expected human, reward or ai")
+    if start_from not in ("champion", "previous"):
+        fail(f"--start-from {start_from!r}: expected champion or previous")
     if labeler == "ai" and cai_config is None:
         fail("--labeler ai needs --cai-config: the CAI config naming the feedback model, constitution and template")
     try:
@@ -181,7 +186,8 @@ def iterate(
         feedback_dir=feedback_dir or Path("feedback") / cfg.name,
         prompts_file=prompts or cfg.data.path("preferences_train"), pairs_per_round=pairs_per_round,
         first_round_pairs=first_round_pairs, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-        reward_margin=reward_margin, samples_per_prompt=samples_per_prompt, cai_config=cai_config,
+        reward_margin=reward_margin, samples_per_prompt=samples_per_prompt, start_from=start_from,
+        cai_config=cai_config,
         dvc=not no_dvc)
     from flows.feedback import feedback_rounds
 

@@ -43,6 +43,7 @@ from tasks.run.contract import StageResult
 
 Labeler = Literal["human", "reward", "ai"]
 ROUND_FILE = "round.json"
+CANDIDATE_FILE = "candidate.json"  # the model a round trained (its first optimizer's), for `start_from: previous`
 LABEL_FILES = ("labels.jsonl", "labelstudio-export.json", "argilla-export.jsonl")
 
 
@@ -58,6 +59,7 @@ class RoundSettings(BaseModel):
     max_new_tokens: int = 48
     reward_margin: float = 0.1  # reward-model labels closer than this are ties
     samples_per_prompt: int = 2  # > 2 with the reward labeler: pair the best and the worst of that many samples
+    start_from: Literal["champion", "previous"] = "champion"  # previous: the last round's candidate, promoted or not
     cai_config: Path | None = None  # the AI labeler's feedback model, constitution and choice template
     dvc: bool = True
 
@@ -67,11 +69,14 @@ def round_dir(settings: RoundSettings, k: int) -> Path:
 
 
 def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[StageResult, list[Prompt]]:
-    """The round's starting model and fresh prompts, fixed the first time the round runs."""
+    """The round's starting model and fresh prompts, fixed the first time the round runs. The model is `start`
+    (the champion, or the SFT model), or with `start_from: previous` the candidate the last round trained."""
     path = round_dir(settings, k) / ROUND_FILE
     if path.is_file():
         plan = json.loads(path.read_text())
         return StageResult.model_validate(plan["start"]), plan["prompts"]
+    if settings.start_from == "previous" and k > 1:
+        start = StageResult.model_validate(json.loads((round_dir(settings, k - 1) / CANDIDATE_FILE).read_text()))
     asked = [p for j in range(1, k) for p in json.loads((round_dir(settings, j) / ROUND_FILE).read_text())["prompts"]]
     n = settings.first_round_pairs if k == 1 and settings.first_round_pairs else settings.pairs_per_round
     prompts = sample_prompts(settings.prompts_file, n, settings.seed + k, exclude=asked)
@@ -129,6 +134,10 @@ def _scorer(cfg: PipelineConfig, reward: StageResult, scratch: Path):
     format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
     return lambda prompts, answers: reward_scores(model, tokenizer, [format_prompt(p) for p in prompts], answers,
                                                   batch_size=cfg.eval.score_batch_size).tolist()
+
+
+def record_candidate(settings: RoundSettings, k: int, candidate: StageResult) -> None:
+    write_text(round_dir(settings, k) / CANDIDATE_FILE, candidate.model_dump_json(indent=2) + "\n")
 
 
 def labels_file(settings: RoundSettings, k: int) -> Path | None:
