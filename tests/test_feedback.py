@@ -157,7 +157,7 @@ def test_export_writes_three_formats_with_a_recorded_shuffle(exported):
     _, _, export = exported
     pairs = [json.loads(line) for line in (export / "pairs.jsonl").read_text().splitlines()]
     manifest = json.loads((export / "export_manifest.json").read_text())
-    assert manifest["pairs"] == len(pairs) == 24 - manifest["identical_answers_dropped"] >= 20
+    assert manifest["pairs"] == len(pairs) == 24 - manifest["dropped_identical_or_empty"] >= 20
     assert 0 < sum(p["swapped"] for p in pairs) < len(pairs)  # the order was shuffled, and recorded
     for p in pairs:  # A is the first sample exactly when the pair was not swapped
         assert p["source_a"].endswith("#sample-2" if p["swapped"] else "#sample-1")
@@ -257,3 +257,15 @@ def test_conversational_prompts_stay_conversational(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (turns, other, turns)))
     assert sorted(map(prompt_text, sample_prompts(prompts, 5, seed=0))) == sorted(map(prompt_text, (turns, other)))
     assert sample_prompts(prompts, 5, seed=0, exclude=[turns]) == [other]
+
+
+def test_pairs_leave_out_identical_and_empty_answers():
+    from tasks.feedback.export import build_pairs
+
+    prompts = ["p1", "p2", "p3", "p4"]
+    pairs = build_pairs(prompts, ["same", " ", "x1", "y1"], ["same", "b", "x2", "y2"], source_first="m#1",
+                        source_second="m#2", seed=3)
+    assert [pair.prompt for pair in pairs] == ["p3", "p4"]
+    for pair in pairs:  # whichever order was drawn, the first model's answer keeps its source
+        first = pair.answer_b if pair.swapped else pair.answer_a
+        assert first.endswith("1") and (pair.source_b if pair.swapped else pair.source_a) == "m#1"

@@ -50,12 +50,12 @@ def feedback_export(
         manifest = {"model": model, "model_uri": model_uri, "against": against, "against_uri": against_uri,
                     "prompts_file": str(prompts_file), "prompts": len(chosen), "seed": seed,
                     "temperature": temperature, "max_new_tokens": max_new_tokens,
-                    "identical_answers_dropped": len(chosen) - len(pairs)}
+                    "dropped_identical_or_empty": len(chosen) - len(pairs)}
         write_export(pairs, out, manifest)
         run_id = log_export(out, manifest)
     except AlignflowError as err:
         fail(str(err))
-    typer.echo(f"{len(pairs)} pairs in {out} ({len(chosen) - len(pairs)} prompts dropped: both answers identical); "
+    typer.echo(f"{len(pairs)} pairs in {out} ({len(chosen) - len(pairs)} prompts dropped: answers identical or empty); "
                f"MLflow run {run_id}")
     typer.echo(f"label them: alignflow feedback serve --pairs {out / 'pairs.jsonl'} --out {out / 'labels.jsonl'}")
 

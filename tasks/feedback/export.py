@@ -76,12 +76,14 @@ def sample_answers(cfg: PipelineConfig, model_uri: str, prompts: list[Prompt], s
 
 def build_pairs(prompts: list[Prompt], first: list[str], second: list[str], *, source_first: str, source_second: str,
                 seed: int, start: int = 0) -> list[Pair]:
-    """One pair per prompt, its order drawn from `seed`; identical answers make no comparison and are left out."""
+    """One pair per prompt, its order drawn from `seed`. Identical answers make no comparison, and an empty one
+    no preference pair (the preference suite rejects blank answers): those prompts are left out; the callers
+    count them."""
     rng = random.Random(seed)
     pairs = []
     for index, (prompt, x, y) in enumerate(zip(prompts, first, second, strict=True), start=start):
         swapped = rng.random() < 0.5
-        if x == y:
+        if x == y or not x.strip() or not y.strip():
             continue
         a, b, source_a, source_b = (y, x, source_second, source_first) if swapped else (x, y, source_first,
                                                                                        source_second)

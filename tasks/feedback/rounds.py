@@ -106,7 +106,7 @@ def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: St
                                download_dir=scratch / "model")
         scores = _scorer(cfg, reward, scratch)([p for p, answers in zip(prompts, drawn, strict=True)
                                                 for _ in answers], [a for answers in drawn for a in answers])
-        ends = [_best_and_worst(scores[i * n:(i + 1) * n]) for i in range(len(prompts))]
+        ends = [_best_and_worst(scores[i * n:(i + 1) * n], drawn[i]) for i in range(len(prompts))]
         pairs = build_pairs(prompts, [d[best] for d, (best, _) in zip(drawn, ends, strict=True)],
                             [d[worst] for d, (_, worst) in zip(drawn, ends, strict=True)],
                             source_first=f"{start.model_uri}#best-of-{n}", source_second=f"{start.model_uri}#worst-of-{n}",
@@ -118,12 +118,13 @@ def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: St
                                  "samples_per_prompt": n if settings.samples_per_prompt > 2 and reward else 2,
                                  "seed": sampling.seed, "temperature": sampling.temperature,
                                  "max_new_tokens": sampling.max_new_tokens,
-                                 "identical_answers_dropped": len(prompts) - len(pairs)})
+                                 "dropped_identical_or_empty": len(prompts) - len(pairs)})
     return folder / PAIRS_FILE, True
 
 
-def _best_and_worst(scores: list[float]) -> tuple[int, int]:
-    order = sorted(range(len(scores)), key=scores.__getitem__)
+def _best_and_worst(scores: list[float], answers: list[str]) -> tuple[int, int]:
+    """Indices of the best- and worst-scored non-empty answers (the same index when fewer than two)."""
+    order = sorted((i for i in range(len(scores)) if answers[i].strip()), key=scores.__getitem__) or [0]
     return order[-1], order[0]
 
 
