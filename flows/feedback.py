@@ -99,7 +99,9 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
             log_import(imported, nested=True, tags={ROUND_TAG: str(k)})
             data_dir = imported.folder
         round_cfg = _with_data(config_path, overrides, data_dir)
-        round_lineage = replace(lineage, data_md5=flow_lineage(round_cfg.section_hash(), round_cfg).data_md5)
+        # The round's runs and registered versions carry its data version and its number.
+        round_lineage = replace(lineage, data_md5=flow_lineage(round_cfg.section_hash(), round_cfg).data_md5,
+                                data_tags=(*lineage.data_tags, (ROUND_TAG, str(k))))
         mlflow.set_tag(ROUND_DATA_TAG, round_lineage.data_md5)
         data = run_stage(stage.VALIDATE, round_cfg, round_lineage,
                          **({} if needs_validated_data(cfg) else {"base": results["base"]}))

@@ -87,6 +87,7 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
         assert {"feedback-export", "feedback-import", "dpo", "evaluate-dpo", "promote"} <= names
         dpo = next(run for run in children if run.info.run_name == "dpo")
         assert dpo.data.tags["alignflow.dvc_data_md5"] == md5  # the round's training run carries its data version
+        assert dpo.data.tags[ROUND_TAG] == k
         assert dpo.data.tags["alignflow.parent.sft"] == tags[START_TAG]  # trained from the round's start
 
     # A rerun reuses the finished rounds: same plan, same data version, no stage recomputed.
@@ -94,6 +95,8 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
     assert [s["data_md5"] for s in again] == [s["data_md5"] for s in summaries]
     last = _round_parents(client)["2"][-1]
     assert last.data.tags["alignflow.cache.dpo"].startswith("reused:")
+    versions = client.search_model_versions("name = 'alignflow-policy'")
+    assert {v.tags.get(ROUND_TAG) for v in versions} >= {"1", "2"}  # the registry says which round made a version
 
     # The AI labeler on the same pairs: the CAI feedback model (here the round's own policy) in both orders.
     from tasks.core.config import load_config
