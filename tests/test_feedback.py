@@ -106,7 +106,7 @@ def exported(tmp_path_factory, demo_data_dir):
     result = _cli("feedback", "export", "--model", sft.model_uri, "--n", "24", "--max-new-tokens", "16",
                   "--out", str(root / "export"), *args)
     assert result.exit_code == 0, result.output
-    return root, args, root / "export"
+    return root, args, root / "export", sft.model_uri
 
 
 def _cli(*argv: str):
@@ -154,7 +154,7 @@ def _demo_pairs(root: Path) -> int:
 
 
 def test_export_writes_three_formats_with_a_recorded_shuffle(exported):
-    _, _, export = exported
+    _, _, export, _ = exported
     pairs = [json.loads(line) for line in (export / "pairs.jsonl").read_text().splitlines()]
     manifest = json.loads((export / "export_manifest.json").read_text())
     assert manifest["pairs"] == len(pairs) == 24 - manifest["dropped_identical_or_empty"] >= 20
@@ -170,7 +170,7 @@ def test_export_writes_three_formats_with_a_recorded_shuffle(exported):
 
 
 def test_round_trip_our_labels(exported):
-    root, args, export = exported
+    root, args, export, _ = exported
     pairs = [json.loads(line) for line in (export / "pairs.jsonl").read_text().splitlines()]
     log = LabelLog(root / "ours.jsonl")
     expected = {}
@@ -185,7 +185,7 @@ def test_round_trip_our_labels(exported):
 
 
 def test_round_trip_label_studio_with_three_annotators(exported):
-    root, args, export = exported
+    root, args, export, _ = exported
     tasks = json.loads((export / "labelstudio_tasks.json").read_text())
     expected = {}
     for i, task in enumerate(tasks):
@@ -211,7 +211,7 @@ def test_round_trip_label_studio_with_three_annotators(exported):
 
 
 def test_round_trip_argilla(exported):
-    root, args, export = exported
+    root, args, export, _ = exported
     records = [json.loads(line) for line in (export / "argilla_records.jsonl").read_text().splitlines()]
     expected = {}
     for i, record in enumerate(records):
@@ -229,7 +229,7 @@ def test_round_trip_argilla(exported):
 
 
 def test_a_bad_export_leaves_no_folder(exported):
-    root, args, export = exported
+    root, args, export, _ = exported
     bad = root / "bad.jsonl"
     bad.write_text(json.dumps({"pair_id": "9999-deadbeef", "choice": "A", "annotator": "ann"}) + "\n")
     result = _cli("feedback", "import", str(bad), "--pairs", str(export / "pairs.jsonl"),
@@ -269,3 +269,33 @@ def test_pairs_leave_out_identical_and_empty_answers():
     for pair in pairs:  # whichever order was drawn, the first model's answer keeps its source
         first = pair.answer_b if pair.swapped else pair.answer_a
         assert first.endswith("1") and (pair.source_b if pair.swapped else pair.source_a) == "m#1"
+
+
+def test_export_champion_against_candidate_by_alias(exported):
+    from mlflow import MlflowClient
+
+    root, args, _, model_uri = exported
+    client = MlflowClient()
+    for alias in ("champion", "candidate"):  # two registered versions (of one model: this test checks the wiring)
+        version = client.create_model_version("alignflow-policy", model_uri).version \
+            if client.search_registered_models("name = 'alignflow-policy'") else None
+        if version is None:
+            client.create_registered_model("alignflow-policy")
+            version = client.create_model_version("alignflow-policy", model_uri).version
+        client.set_registered_model_alias("alignflow-policy", alias, version)
+    result = _cli("feedback", "export", "--model", "models:/alignflow-policy@champion", "--against", "@candidate",
+                  "--n", "6", "--max-new-tokens", "12", "--out", str(root / "vs"), *args)
+    assert result.exit_code == 0, result.output
+    pairs = [json.loads(line) for line in (root / "vs" / "pairs.jsonl").read_text().splitlines()]
+    # Aliases are resolved to the versions they point at now, and each pair says which version wrote A.
+    assert pairs and all({p["source_a"], p["source_b"]} == {"models:/alignflow-policy/1", "models:/alignflow-policy/2"}
+                         for p in pairs)
+    for p in pairs:
+        assert p["source_a"] == ("models:/alignflow-policy/2" if p["swapped"] else "models:/alignflow-policy/1")
+    manifest = json.loads((root / "vs" / "export_manifest.json").read_text())
+    assert (manifest["model_uri"], manifest["against_uri"]) == ("models:/alignflow-policy/1",
+                                                                "models:/alignflow-policy/2")
+    missing = _cli("feedback", "export", "--model", "models:/alignflow-policy@nobody", "--out", str(root / "x"),
+                   *args)
+    assert missing.exit_code == 1 and "registered model 'alignflow-policy' has no alias 'nobody'" in missing.output
+    assert not (root / "x").exists()

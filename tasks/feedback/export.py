@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -102,8 +102,9 @@ def export_pairs(cfg: PipelineConfig, prompts: list[Prompt], *, model_uri: str, 
     else:
         first = [d[0] for d in sample_answers(cfg, model_uri, prompts, sampling, samples=1,
                                               download_dir=download_dir / "model")]
-        second = [d[0] for d in sample_answers(cfg, against_uri, prompts, sampling, samples=1,
-                                               download_dir=download_dir / "against")]
+        # Its own draw (seed + 1), as the second sample of one model would be: the two sides never share noise.
+        second = [d[0] for d in sample_answers(cfg, against_uri, prompts, replace(sampling, seed=sampling.seed + 1),
+                                               samples=1, download_dir=download_dir / "against")]
         sources = (model_uri, against_uri)
     return build_pairs(prompts, first, second, source_first=sources[0], source_second=sources[1], seed=sampling.seed)
 
