@@ -276,12 +276,9 @@ def test_export_champion_against_candidate_by_alias(exported):
 
     root, args, _, model_uri = exported
     client = MlflowClient()
+    client.create_registered_model("alignflow-policy")
     for alias in ("champion", "candidate"):  # two registered versions (of one model: this test checks the wiring)
-        version = client.create_model_version("alignflow-policy", model_uri).version \
-            if client.search_registered_models("name = 'alignflow-policy'") else None
-        if version is None:
-            client.create_registered_model("alignflow-policy")
-            version = client.create_model_version("alignflow-policy", model_uri).version
+        version = client.create_model_version("alignflow-policy", model_uri).version
         client.set_registered_model_alias("alignflow-policy", alias, version)
     result = _cli("feedback", "export", "--model", "models:/alignflow-policy@champion", "--against", "@candidate",
                   "--n", "6", "--max-new-tokens", "12", "--out", str(root / "vs"), *args)

@@ -75,13 +75,13 @@ def sample_answers(cfg: PipelineConfig, model_uri: str, prompts: list[Prompt], s
 
 
 def build_pairs(prompts: list[Prompt], first: list[str], second: list[str], *, source_first: str, source_second: str,
-                seed: int, start: int = 0) -> list[Pair]:
+                seed: int) -> list[Pair]:
     """One pair per prompt, its order drawn from `seed`. Identical answers make no comparison, and an empty one
     no preference pair (the preference suite rejects blank answers): those prompts are left out; the callers
     count them."""
     rng = random.Random(seed)
     pairs = []
-    for index, (prompt, x, y) in enumerate(zip(prompts, first, second, strict=True), start=start):
+    for index, (prompt, x, y) in enumerate(zip(prompts, first, second, strict=True)):
         swapped = rng.random() < 0.5
         if x == y or not x.strip() or not y.strip():
             continue

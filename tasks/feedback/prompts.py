@@ -8,8 +8,8 @@ from pathlib import Path
 
 from models.prompting import Prompt
 from tasks.core.errors import DataValidationError
+from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_records
-from tasks.feedback.records import prompt_key
 
 
 def sample_prompts(path: Path, n: int, seed: int, exclude: Collection[Prompt] = ()) -> list[Prompt]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.prompting import Prompt, as_messages
 from tasks.core.errors import DataValidationError
+from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_records
 from tasks.data.writers import write_jsonl
 
@@ -52,11 +53,6 @@ class Label(BaseModel):
 def pair_id(index: int, prompt: Prompt) -> str:
     """Stable and readable: the position in the export and a hash of the prompt (`0007-3fa2c1d9`)."""
     return f"{index:04d}-{hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:8]}"
-
-
-def prompt_key(prompt: Prompt) -> str:
-    """A prompt as one string that identifies it, text or turns."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def prompt_text(prompt: Prompt) -> str:

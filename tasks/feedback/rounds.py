@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -101,9 +102,9 @@ def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: St
                         seed=settings.seed + k)
     scratch = cfg.work_dir / "feedback-rounds" / f"round-{k}"
     n = settings.samples_per_prompt
-    if n > 2 and reward is not None:
-        drawn = sample_answers(cfg, start.model_uri, prompts, sampling, samples=settings.samples_per_prompt,
-                               download_dir=scratch / "model")
+    best_of_n = n > 2 and reward is not None
+    if best_of_n:
+        drawn = sample_answers(cfg, start.model_uri, prompts, sampling, samples=n, download_dir=scratch / "model")
         scores = _scorer(cfg, reward, scratch)([p for p, answers in zip(prompts, drawn, strict=True)
                                                 for _ in answers], [a for answers in drawn for a in answers])
         ends = [_best_and_worst(scores[i * n:(i + 1) * n], drawn[i]) for i in range(len(prompts))]
@@ -115,7 +116,7 @@ def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: St
         pairs = export_pairs(cfg, prompts, model_uri=start.model_uri, against_uri=None, sampling=sampling,
                              download_dir=scratch)
     write_export(pairs, folder, {"round": k, "model_uri": start.model_uri, "prompts": len(prompts),
-                                 "samples_per_prompt": n if settings.samples_per_prompt > 2 and reward else 2,
+                                 "samples_per_prompt": n if best_of_n else 2,
                                  "seed": sampling.seed, "temperature": sampling.temperature,
                                  "max_new_tokens": sampling.max_new_tokens,
                                  "dropped_identical_or_empty": len(prompts) - len(pairs)})
@@ -158,15 +159,10 @@ def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int
     score = _scorer(cfg, reward, cfg.work_dir / "feedback-rounds" / f"round-{k}")
     prompts = [p.prompt for p in pairs]
     score_a, score_b = score(prompts, [p.answer_a for p in pairs]), score(prompts, [p.answer_b for p in pairs])
-    out = round_dir(settings, k) / LABEL_FILES[0]
-    partial = out.with_suffix(".partial")  # a crash never leaves a labels file the next run would trust
-    partial.unlink(missing_ok=True)
-    log = LabelLog(partial)
-    for pair, a, b in zip(pairs, score_a, score_b, strict=True):
-        log.append(Label(pair_id=pair.pair_id, choice=_reward_choice(a - b, settings.reward_margin),
-                         annotator=f"reward-model:{reward.model_uri}", note=f"reward A {a:.3f}, B {b:.3f}"))
-    partial.replace(out)
-    return out
+    return _write_labels(settings, k, (
+        Label(pair_id=pair.pair_id, choice=_reward_choice(a - b, settings.reward_margin),
+              annotator=f"reward-model:{reward.model_uri}", note=f"reward A {a:.3f}, B {b:.3f}")
+        for pair, a, b in zip(pairs, score_a, score_b, strict=True)))
 
 
 def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
@@ -181,8 +177,6 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
     from tasks.cai.prompts import load_templates
     from tasks.cai.rlaif import judge, label_pairs
 
-    if settings.cai_config is None:
-        raise AlignflowError("--labeler ai needs --cai-config (the feedback model, constitution and templates)")
     cai = load_cai_config(settings.cai_config, [])
     pairs = list(read_pairs(pairs_file).values())
     scratch = cfg.work_dir / "feedback-rounds" / f"round-{k}"
@@ -197,18 +191,28 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
                     options=cai.rlaif.options, seed=cai.seed + k, chunk=cai.feedback.batch_size)
     finally:
         backend.close()
+
+    def calibrated(pair) -> Label:
+        answer = answers[pair.pair_id]
+        _, agreement, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_agreement)
+        p_a = (answer["p_first"] + answer["p_second"]) / 2
+        return Label(pair_id=pair.pair_id, choice="tie" if reason else "A" if p_a > 0.5 else "B",
+                     annotator=f"ai:{backend.identity}",
+                     note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), agreement "
+                          f"{agreement:.3f}, principle {answer['principle']}" + (f"; {reason}" if reason else ""))
+
+    return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
+
+
+def _write_labels(settings: RoundSettings, k: int, labels: Iterable[Label]) -> Path:
+    """A labeler's labels as the round's labels file, written aside first: a crash never leaves a labels file
+    the next run would trust."""
     out = round_dir(settings, k) / LABEL_FILES[0]
     partial = out.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     log = LabelLog(partial)
-    for pair in pairs:
-        answer = answers[pair.pair_id]
-        _, agreement, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_agreement)
-        p_a = (answer["p_first"] + answer["p_second"]) / 2
-        choice = "tie" if reason else "A" if p_a > 0.5 else "B"
-        log.append(Label(pair_id=pair.pair_id, choice=choice, annotator=f"ai:{backend.identity}",
-                         note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), agreement "
-                              f"{agreement:.3f}, principle {answer['principle']}" + (f"; {reason}" if reason else "")))
+    for label in labels:
+        log.append(label)
     partial.replace(out)
     return out
 
