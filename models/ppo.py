@@ -113,6 +113,12 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
 
 
+def _response_positions(input_ids: torch.Tensor, prompt_length: int) -> int:
+    """How many last positions need LM-head logits: those predicting a response token, plus the final one. The
+    prompt's positions are never scored, and at 135M the head is a fifth of the model (49k-token vocabulary)."""
+    return input_ids.shape[1] - prompt_length + 1
+
+
 def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None,
                                  temperature: float = 1.0):
     """Log-probs of the response tokens, the critic's values before each, and the logits. All (B, T[, V]).
@@ -122,11 +128,12 @@ def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length
     so the ratios and the KL are taken on-policy (as TRL's PPO does).
     """
     logits, values = model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_for(attention_mask))
+                           position_ids=position_ids_for(attention_mask),
+                           logits_to_keep=_response_positions(input_ids, prompt_length))
     if critic is not None:
         values = critic(input_ids=input_ids, attention_mask=attention_mask)
     # The token at position i is predicted from position i - 1: responses start at prompt_length.
-    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # (B, T, V)
+    logits = logits[:, :-1].float() / temperature  # (B, T, V)
     values = values[:, prompt_length - 1 : -1]  # (B, T): the value of the state each response token is chosen in
     targets = input_ids[:, prompt_length:]  # (B, T)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -210,8 +217,9 @@ class PPOTrainer:
             reference, context = unwrapped.policy, unwrapped.policy.disable_adapter()
         with context:
             logits = reference(input_ids=sequences, attention_mask=attention_mask,
-                               position_ids=position_ids_for(attention_mask)).logits
-        logits = logits[:, prompt_length - 1 : -1].float() / self.hp.temperature
+                               position_ids=position_ids_for(attention_mask),
+                               logits_to_keep=_response_positions(sequences, prompt_length)).logits
+        logits = logits[:, :-1].float() / self.hp.temperature
         targets = sequences[:, prompt_length:]
         return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
 
@@ -252,7 +260,9 @@ class PPOTrainer:
                 logprobs, rollout.logprobs[indices], rollout.advantages[indices], mask, self.hp.clip_range)
             value_loss, value_clip_fraction = ppo_value_loss(
                 values, rollout.values[indices], rollout.returns[indices], mask, self.hp.clip_range_value)
-            entropy = masked_mean(entropy_from_logits(logits), mask)
+            # With no entropy bonus the entropy is only a metric: keep it out of the graph (a (B, T, V) backward).
+            with nullcontext() if self.hp.ent_coef else torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits), mask)
             loss = policy_loss + self.hp.vf_coef * value_loss - self.hp.ent_coef * entropy
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
-from models.ppo import PPOHyperparams, PPOTrainer, penalized_scores, response_mask, sample_prompts
+from models.ppo import (PPOHyperparams, PPOTrainer, penalized_scores, position_ids_for, response_logprobs_and_values,
+                        response_mask, sample_prompts)
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
 from tasks.core.hashing import md5_file
@@ -46,6 +47,31 @@ def test_prompt_sampling_is_a_function_of_seed_and_step():
     assert sample_prompts(prompts, 4, seed=0, step=3) != sample_prompts(prompts, 4, seed=0, step=4)
     with pytest.raises(ValueError, match="at least one training prompt"):
         sample_prompts([], 4, seed=0, step=0)
+
+
+def test_response_logprobs_need_the_lm_head_only_at_response_positions():
+    """The LM head runs only where a response token is predicted; the log-probs and values must equal those taken
+    from every position's logits, left padding included."""
+    tokenizer = train_tokenizer(["User: say something\nAssistant: yes no maybe yes"] * 50, 300, 64)
+    policy = PolicyWithValueHead(build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=64,
+                                                  max_position_embeddings=64, init_seed=0))
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, len(tokenizer), (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :2] = 0  # a left-padded prompt
+    prompt_length, temperature = 5, 0.7
+    logprobs, values, logits = response_logprobs_and_values(policy, input_ids, attention_mask, prompt_length,
+                                                            temperature=temperature)
+    with torch.no_grad():
+        full_logits, full_values = policy(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids_for(attention_mask))
+    expected_logits = full_logits[:, prompt_length - 1 : -1] / temperature
+    expected = torch.log_softmax(expected_logits, -1).gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+    assert logits.shape == (3, 4, len(tokenizer))
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logprobs, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, full_values[:, prompt_length - 1 : -1], rtol=1e-5, atol=1e-5)
 
 
 def test_ppo_raises_the_mean_reward_of_a_tiny_model():
