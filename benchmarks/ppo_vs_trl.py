@@ -17,7 +17,7 @@ The prompts are characters mapped one to one onto token ids (a BPE with no merge
 and both sides see the same ids. Model differences, by each side's defaults: ours puts a value head on the
 policy trunk (one trunk forward/backward per minibatch); TRL uses a separate value model (a second trunk,
 forward and backward too). Both keep a separate frozen reference copy of the policy and a separate reward
-model. Optimizers are each side's own: ours `torch.optim.AdamW` (per-parameter loop on CPU), TRL's default
+model. Optimizers are each side's own: ours `torch.optim.AdamW(fused=True)`, TRL's default
 `adamw_torch_fused`.
 
 Timed: ours, each `PPOTrainer.step()` (tokenize, sample, policy/value + reference + reward forwards, GAE, the
@@ -98,7 +98,6 @@ DEFAULT_STEPS = {
     "tiny": (2, 10),
     "135m": (1, 1),
 }  # (warmup, measured) steps per run; a 135m step takes minutes
-PATCHES = ("logits-to-keep", "entropy-nograd", "fused-adamw")
 PROBES = ("sampling", "scoring_forward", "minibatch_fwd_bwd")
 
 FLOPS_NOTE = (
@@ -226,8 +225,6 @@ def worker_ours(args) -> dict:
     from models.reward import reward_scores
     from models.value_head import PolicyWithValueHead
 
-    patches = [p for p in args.patch.split(",") if p and p != "none"]
-    apply_patches(ppo, patches)
     tokenizer = build_tokenizer(SIZES[args.size]["vocab_size"])
     policy = seeded(0, lambda: LlamaForCausalLM(llama_config(args.size, tokenizer)))
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -341,7 +338,6 @@ def worker_ours(args) -> dict:
             "step_cpu_seconds": [round(c, 3) for c in cpus],
             "size": args.size,
             "bf16": args.bf16,
-            "patch": patches,
             "prompt_width": widths["prompt"],
             "response_width": widths["response"],
             "params": {
@@ -436,69 +432,6 @@ def worker_probe(args) -> dict:
         }
     )
     return out
-
-
-def apply_patches(ppo, patches: list[str]) -> None:
-    """Candidate changes to models/ppo.py, applied here so their effect can be measured without editing it."""
-    import torch
-
-    unknown = set(patches) - set(PATCHES)
-    if unknown:
-        raise SystemExit(f"unknown patch(es) {sorted(unknown)}; known: {', '.join(PATCHES)}")
-    if "logits-to-keep" in patches:
-        # LM-head logits only at the T + 1 last positions instead of all P + T (prompt positions are unused).
-        # Same maths as models/ppo.py (with or without its newer `temperature` argument), fewer LM-head rows.
-        def response_logprobs_and_values(
-            model, input_ids, attention_mask, prompt_length, critic=None, temperature=1.0
-        ):
-            keep = input_ids.shape[1] - prompt_length + 1
-            logits, values = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=ppo.position_ids_for(attention_mask),
-                logits_to_keep=keep,
-            )
-            if critic is not None:
-                values = critic(input_ids=input_ids, attention_mask=attention_mask)
-            logits = logits[:, :-1].float() / temperature
-            values = values[:, prompt_length - 1 : -1]
-            targets = input_ids[:, prompt_length:]
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            return logprobs, values, logits
-
-        def reference_logprobs(self, sequences, attention_mask, prompt_length):
-            assert self.reference is not None
-            keep = sequences.shape[1] - prompt_length + 1
-            logits = self.reference(
-                input_ids=sequences,
-                attention_mask=attention_mask,
-                position_ids=ppo.position_ids_for(attention_mask),
-                logits_to_keep=keep,
-            ).logits
-            logits = logits[:, :-1].float() / getattr(self.hp, "temperature", 1.0)
-            targets = sequences[:, prompt_length:]
-            return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-        ppo.response_logprobs_and_values = response_logprobs_and_values
-        ppo.PPOTrainer._reference_logprobs = reference_logprobs
-    if "entropy-nograd" in patches:
-        # With ent_coef == 0 the entropy is only a metric: compute it outside the autograd graph.
-        original_entropy = ppo.entropy_from_logits
-
-        def entropy_from_logits(logits):
-            with torch.no_grad():
-                return original_entropy(logits.detach())
-
-        ppo.entropy_from_logits = entropy_from_logits
-    if "fused-adamw" in patches:
-        # torch.optim.AdamW(fused=True): one fused kernel per step instead of a Python loop over parameters.
-        adamw = torch.optim.AdamW
-
-        class FusedAdamW(adamw):
-            def __init__(self, params, **kwargs):
-                super().__init__(params, fused=True, **kwargs)
-
-        torch.optim.AdamW = FusedAdamW  # this worker process only: models.ppo builds its optimizer with it
 
 
 # ------------------------------------------------------------------------------------------- TRL worker
@@ -653,7 +586,6 @@ def worker_trl(args) -> dict:
             ],
             "size": args.size,
             "bf16": "none",
-            "patch": [],
             "prompt_width": widths["prompt"],
             "response_width": widths["response"],
             "params": {
@@ -735,9 +667,8 @@ def run_worker(
     steps: int,
     log_dir: Path,
     bf16: str = "none",
-    patch: str = "none",
 ) -> dict:
-    tag = f"{side}-{size}-{bf16}-{patch.replace(',', '+')}-{time.time_ns()}"
+    tag = f"{side}-{size}-{bf16}-{time.time_ns()}"
     result_path, log_path = log_dir / f"{tag}.json", log_dir / f"{tag}.log"
     env = {
         **os.environ,
@@ -762,8 +693,6 @@ def run_worker(
         str(steps),
         "--bf16",
         bf16,
-        "--patch",
-        patch,
         "--result",
         str(result_path),
     ]
@@ -782,9 +711,7 @@ def run_worker(
             flush=True,
         )
         return result
-    label = (
-        side + ("" if bf16 == "none" else f" bf16={bf16}") + ("" if patch == "none" else f" patch={patch}")
-    )
+    label = side + ("" if bf16 == "none" else f" bf16={bf16}")
     print(
         f"  {size:>4} {label:<32} {result['samples_per_second']:8.2f} samples/s  "
         f"steps {result['step_seconds']}  load {result['loadavg_before'][0]:.2f}  "
@@ -884,9 +811,7 @@ def report(runs: list[dict], sizes: list[str], args, matmul: dict) -> str:
                 f"{base['update_seconds_per_step']:.2f} | {base['peak_rss_mib']:.0f} MiB |"
             )
             for r in block:
-                name = (f"bf16={r['bf16']}" if r["bf16"] != "none" else "fp32") + (
-                    f" + {'+'.join(r['patch'])}" if r["patch"] else ""
-                )
+                name = f"bf16={r['bf16']}" if r["bf16"] != "none" else "fp32"
                 rel = f"{r['samples_per_second'] / base['samples_per_second']:.2f}x"
                 lines.append(
                     f"| {size} | {name} | {r['samples_per_second']:.2f} | {rel} | "
@@ -965,10 +890,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="bf16:generate,bf16:train,bf16:both,patch:fused-adamw,"
-        "patch:fused-adamw+logits-to-keep+entropy-nograd",
-        help="extra runs of ours after the alternation (compared with its fp32 runs): bf16:MODE, "
-        "patch:NAME[+NAME] ('' for none)",
+        default="bf16:generate,bf16:train,bf16:both",
+        help="extra runs of ours after the alternation (compared with its fp32 runs): bf16:MODE ('' for none)",
     )
     parser.add_argument("--variant-sizes", default="tiny,135m", help="sizes to run --variants at")
     parser.add_argument(
@@ -992,7 +915,6 @@ def main() -> None:
         default="none",
         help="(worker ours) bf16 autocast for sampling, for the PPO update, or both",
     )
-    parser.add_argument("--patch", default="none", help=f"(worker ours) comma list of: {', '.join(PATCHES)}")
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -1011,22 +933,16 @@ def main() -> None:
     repeats = args.repeats
     if args.quick:
         sizes, variant_sizes, repeats = ["tiny"], ["tiny"], 1
-        args.variants = "bf16:both,patch:logits-to-keep+entropy-nograd+fused-adamw"
+        args.variants = "bf16:both"
     for size in sizes + variant_sizes:
         if size not in SIZES:
             raise SystemExit(f"unknown size {size!r}; known: {', '.join(SIZES)}")
     variants = []
     for item in (v for v in args.variants.split(",") if v):
         kind, _, value = item.partition(":")
-        if kind == "bf16" and value in ("generate", "train", "both"):
-            variants.append((value, "none"))
-        elif kind == "patch" and all(p in PATCHES for p in value.split("+")):
-            variants.append(("none", value.replace("+", ",")))
-        else:
-            raise SystemExit(
-                f"bad variant {item!r}: bf16:{{generate,train,both}} or patch:NAME[+NAME], "
-                f"NAME in {', '.join(PATCHES)}"
-            )
+        if kind != "bf16" or value not in ("generate", "train", "both"):
+            raise SystemExit(f"bad variant {item!r}: bf16:{{generate,train,both}}")
+        variants.append(value)
 
     import torch
 
@@ -1061,16 +977,13 @@ def main() -> None:
                     runs.append({**run, "role": "main", "repeat": repeat})
             if size in variant_sizes and variants:
                 probe = slow_bf16 and size == "135m" and not args.bf16_full
-                for bf16, patch in variants:
-                    if bf16 != "none" and probe:
-                        continue
-                    # whole bf16 steps can be very slow on CPUs without native bf16: one or two measured steps
-                    count = min(steps, 2) if bf16 != "none" else steps
+                # whole bf16 steps can be very slow on CPUs without native bf16: one or two measured steps
+                for bf16 in [] if probe else variants:
                     run = run_worker(
-                        Path(sys.executable), "ours", size, min(warmup, 1), count, log_dir, bf16, patch
+                        Path(sys.executable), "ours", size, min(warmup, 1), min(steps, 2), log_dir, bf16
                     )
                     runs.append({**run, "role": "variant"})
-                if probe and any(bf16 != "none" for bf16, _ in variants):
+                if probe:
                     runs.append(
                         {**run_worker(Path(sys.executable), "probe", size, 0, 0, log_dir), "role": "probe"}
                     )
