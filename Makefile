@@ -34,7 +34,7 @@ demo: install
 # data-smollm2/), then the pipeline aligns it with LoRA SFT, a reward model and DPO (configs/smollm2.yaml).
 demo-real: install
 	$(BIN)/alignflow data world --config configs/smollm2.yaml
-	time $(BIN)/alignflow run --config configs/smollm2.yaml --out reports/smollm2-pipeline.json
+	time $(BIN)/alignflow run --config configs/smollm2.yaml --set 'optimizers=[dpo]' --out reports/smollm2-pipeline.json
 
 test: install
 	$(BIN)/pytest
