@@ -119,6 +119,16 @@ def _response_positions(input_ids: torch.Tensor, prompt_length: int) -> int:
     return input_ids.shape[1] - prompt_length + 1
 
 
+def _response_logprobs(kept_logits: torch.Tensor, input_ids: torch.Tensor, prompt_length: int,
+                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, T, V), log-probs (B, T)) of the response tokens at the sampling `temperature`, from logits kept
+    at the last `_response_positions` positions: the token at position i is predicted from position i - 1, so
+    the final position predicts nothing."""
+    logits = kept_logits[:, :-1].float() / temperature
+    targets = input_ids[:, prompt_length:]
+    return logits, torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None,
                                  temperature: float = 1.0):
     """Log-probs of the response tokens, the critic's values before each, and the logits. All (B, T[, V]).
@@ -132,11 +142,8 @@ def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length
                            logits_to_keep=_response_positions(input_ids, prompt_length))
     if critic is not None:
         values = critic(input_ids=input_ids, attention_mask=attention_mask)
-    # The token at position i is predicted from position i - 1: responses start at prompt_length.
-    logits = logits[:, :-1].float() / temperature  # (B, T, V)
+    logits, logprobs = _response_logprobs(logits, input_ids, prompt_length, temperature)
     values = values[:, prompt_length - 1 : -1]  # (B, T): the value of the state each response token is chosen in
-    targets = input_ids[:, prompt_length:]  # (B, T)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logprobs, values, logits
 
 
@@ -219,9 +226,7 @@ class PPOTrainer:
             logits = reference(input_ids=sequences, attention_mask=attention_mask,
                                position_ids=position_ids_for(attention_mask),
                                logits_to_keep=_response_positions(sequences, prompt_length)).logits
-        logits = logits[:, :-1].float() / self.hp.temperature
-        targets = sequences[:, prompt_length:]
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        return _response_logprobs(logits, sequences, prompt_length, self.hp.temperature)[1]  # (B, T)
 
     def _scores(self, prompts, responses, response_ids, mask) -> torch.Tensor:
         """Reward-model scores, minus the optional missing-EOS and length penalties."""
