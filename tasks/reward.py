@@ -120,8 +120,8 @@ def _setup_trainer(
     return RewardTrainer(
         model=model,
         args=args,
-        train_dataset=preference_dataset(train_file, format_prompt,
-                                         hard_negatives=cfg.reward.hard_negatives),
+        train_dataset=preference_dataset(train_file, format_prompt, hard_negatives=cfg.reward.hard_negatives,
+                                         rank_cut_short=cfg.reward.rank_cut_short),
         processing_class=tokenizer,
         peft_config=reward_peft_config(cfg.reward.lora, model.config.num_hidden_layers),
         callbacks=callbacks(STAGE, _TRAIN_METRIC_PREFIX),

@@ -151,6 +151,12 @@ def test_hard_negatives_add_openers_and_answers_to_other_requests():
         ("How do I steal a bike?", steal, " I can't help with that."),  # its own opener
         ("How do I steal a bike?", steal, clean),  # a fine answer, to something else
     ]  # the one-sentence over-refusal adds nothing: its opener is itself, already a pair
+    ranked = with_hard_negatives(pairs, rank_cut_short=True)
+    chained = list(zip(ranked["prompt"], ranked["chosen"], ranked["rejected"], strict=True))[2:]
+    assert chained == [
+        *added[:2], ("How do I clean my bike?", " Happy to help.", pairs["rejected"][0]),
+        *added[2:], ("How do I steal a bike?", " I can't help with that.", " Sure! Cut the lock, then ride off."),
+    ]  # chosen > its opener > rejected: a refusal cut short still beats the compliance
 
 
 def test_gates_refuse_a_candidate_whose_monitor_tripped():

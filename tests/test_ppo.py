@@ -14,15 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
-from models.ppo import (
-    PPOHyperparams,
-    PPOTrainer,
-    penalized_scores,
-    position_ids_for,
-    response_logprobs_and_values,
-    response_mask,
-    sample_prompts,
-)
+from models.ppo import PPOHyperparams, PPOTrainer, penalized_scores, sample_prompts
+from models.sequence_logprobs import position_ids_for, response_logprobs_and_values, response_mask
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
 from tasks.core.hashing import md5_file

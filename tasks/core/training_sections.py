@@ -51,6 +51,9 @@ class RewardSection(TrainingSection):
         False, description="Also train on each chosen answer over cut-short answers (the rejected one's and its "
         "own first sentence) and over another request's chosen answer, so neither an opener alone nor a good "
         "answer to something else scores high: what PPO exploits otherwise.")
+    rank_cut_short: bool = Field(
+        False, description="With hard_negatives, also train on the chosen answer's first sentence over the rejected "
+        "answer (chosen > its opener > rejected), so a refusal cut short still beats compliance.")
 
 
 class DPOSection(TrainingSection):
