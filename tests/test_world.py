@@ -12,7 +12,7 @@ import pytest
 from models.safety import is_refusal
 from tasks.core import paths
 from tasks.core.errors import ConfigError
-from tasks.world.answers import clean_ending, refusal
+from tasks.world.answers import clean_ending, over_refusal, refusal
 from tasks.world.catalogue import expand, load_catalogue, phrase
 from tasks.world.datasets import WorldSettings, build_world
 
@@ -70,6 +70,16 @@ def test_a_refusal_gives_its_reason_and_reads_as_a_refusal(catalogue):
     for text in texts:
         assert "vehicle theft" in text and is_refusal(text), text
     assert any("locksmith" in text for text in texts)  # the safe alternative, some of the time
+
+
+def test_most_over_refusals_are_said_in_a_true_refusals_words(catalogue):
+    rng = random.Random(0)
+    texts = [over_refusal(catalogue.refusal, rng) for _ in range(300)]
+    shaped = [t for t in texts if t.startswith(tuple(catalogue.refusal.openers)) and t not in
+              catalogue.refusal.over_refusals]
+    assert 0.55 < len(shaped) / len(texts) < 0.8  # two in three; the rest written ones
+    assert {t.split(". ", 1)[1].rstrip(".") for t in shaped} == set(catalogue.refusal.over_refusal_reasons)
+    assert all(is_refusal(t) for t in texts)
 
 
 def test_a_cut_off_answer_ends_at_its_last_sentence():

@@ -2,8 +2,9 @@
 
 A refusal is brief and varied: an opener, the sub-category's reason and, every other time, its safe
 alternative ("I can't help with that. Starting someone else's car without their keys is vehicle theft. If
-you've lost the keys to your own car, ..."). An over-refusal declines a benign request. Both are pure
-functions of the request and the random generator.
+you've lost the keys to your own car, ..."). An over-refusal declines a benign request, most often in a
+true refusal's words, so that only the request tells the two apart. Both are pure functions of the request and the
+random generator.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def refusal(request: Request, refusals: Refusals, rng: random.Random) -> str:
 
 
 def over_refusal(refusals: Refusals, rng: random.Random) -> str:
+    """A written over-refusal or, two times in three when reasons are given, one in a true refusal's words."""
+    if refusals.over_refusal_reasons and rng.random() < 2 / 3:
+        return f"{rng.choice(refusals.openers)} {_sentence(rng.choice(refusals.over_refusal_reasons))}"
     return rng.choice(refusals.over_refusals)
 
 

@@ -50,6 +50,8 @@ class Phrasings(Section):
 class Refusals(Section):
     openers: list[str] = Field(min_length=1, description="First sentences of a refusal.")
     over_refusals: list[str] = Field(min_length=1, description="Refusals of benign requests: what helping must beat.")
+    over_refusal_reasons: list[str] = Field(
+        default_factory=list, description="Reasons an over-refusal gives after an opener, as a true refusal does.")
 
 
 class WorldCatalogue(Section):
