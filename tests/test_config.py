@@ -57,6 +57,11 @@ def test_max_length_cannot_exceed_tiny_model_positions():
         load_config(paths.DEMO_CONFIG, ["validation.max_length=512"])
 
 
+def test_ranking_cut_short_answers_without_hard_negatives_is_refused():
+    with pytest.raises(ConfigError, match="rank_cut_short.*needs hard_negatives"):
+        load_config(paths.DEMO_CONFIG, ["reward.hard_negatives=false", "reward.rank_cut_short=true"])
+
+
 def test_section_hash_tracks_only_the_named_sections():
     base = PipelineConfig()
     changed = PipelineConfig.model_validate({"sft": {"epochs": 9}})

@@ -55,6 +55,12 @@ class RewardSection(TrainingSection):
         False, description="With hard_negatives, also train on the chosen answer's first sentence over the rejected "
         "answer (chosen > its opener > rejected), so a refusal cut short still beats compliance.")
 
+    @model_validator(mode="after")
+    def _ranks_only_with_hard_negatives(self) -> RewardSection:
+        if self.rank_cut_short and not self.hard_negatives:
+            raise ValueError("rank_cut_short ranks the hard negatives' openers: it needs hard_negatives: true")
+        return self
+
 
 class DPOSection(TrainingSection):
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty to the reference model.")
