@@ -3,7 +3,8 @@
 `PolicyWithValueHead` is the policy with a linear value head on its last hidden state (one forward pass gives
 both logits and values, as in Stiennon et al. 2020 and TRL's former `AutoModelForCausalLMWithValueHead`).
 `SeparateCritic` is a second model whose trunk is initialised from the reward model (Ouyang et al. 2022) and
-topped with a fresh value head. Heads are saved and loaded as safetensors only.
+topped with a fresh value head, or the reward model itself, frozen under its own score head: its first values are
+then the reward model's scores of each prefix, a baseline that knows the prompt from the first step. Heads are saved and loaded as safetensors only.
 """
 
 from __future__ import annotations
@@ -110,16 +111,23 @@ class SeparateCritic(nn.Module):
         dtype: str = "float32",
         init_seed: int | None = None,
         adapters: Sequence[str | Path] = (),
+        keep_score_head: bool = False,
     ) -> SeparateCritic:
         """The trunk of a saved `*ForSequenceClassification` reward model (its score head is left out) under a
         fresh value head seeded by `init_seed`. Safetensors only. A LoRA reward model (`adapters` over `source`,
-        see `models.adapters`) is merged as a whole first, then its trunk taken."""
+        see `models.adapters`) is merged as a whole first, then its trunk taken.
+
+        With `keep_score_head` the value head starts as the score head and the trunk is frozen: only the head
+        learns, and a backward pass never enters the trunk."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if adapters:
+        if adapters or keep_score_head:
             scorer, _ = load_reward_model(source, revision=revision, trust_remote_code=trust_remote_code,
                                           dtype=dtype, adapters=adapters)
             trunk = scorer.base_model
+            if keep_score_head:
+                trunk.requires_grad_(False)
+                return cls(trunk, _value_head_from_score(scorer))
         else:
             check_model_folder(source, trust_remote_code=trust_remote_code)
             trunk = AutoModel.from_pretrained(
@@ -136,6 +144,19 @@ class SeparateCritic(nn.Module):
         """values (B, T)."""
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden)  # (B, T)
+
+
+def _value_head_from_score(scorer: PreTrainedModel) -> ValueHead:
+    """A value head computing exactly what the reward model's one-label linear score head computes."""
+    score = getattr(scorer, "score", None)
+    if not isinstance(score, nn.Linear) or score.out_features != 1:
+        raise ValueError(f"{type(scorer).__name__} has no one-label linear `score` head to start a critic from")
+    head = ValueHead(score.in_features).to(score.weight.device)
+    with torch.no_grad():
+        head.linear.weight.copy_(score.weight.float())
+        if score.bias is not None:
+            head.linear.bias.copy_(score.bias.float())
+    return head
 
 
 def save_value_head(head: ValueHead, path: Path) -> Path:

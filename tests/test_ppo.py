@@ -21,7 +21,7 @@ from models.value_head import PolicyWithValueHead
 from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
 from tasks.data.rl_inputs import check_same_tokenizer
-from tasks.ppo import ppo_key, run_ppo
+from tasks.ppo import _setup_trainer, ppo_key, run_ppo
 from tasks.registry.logged_models import resolve_model_source
 from tests.helpers.models import merged_weights
 from tests.helpers.rl import rl_stages, stage_child_command
@@ -125,6 +125,17 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_p
     merged = merged_weights(result.model_uri, tmp_path / "merged")
     assert not any("lora" in name for name in merged)
     assert merged.keys() == merged_weights(sft.model_uri, tmp_path / "sft").keys()
+
+
+def test_ppo_with_the_reward_model_as_critic_trains_only_its_head(stages):
+    cfg, data, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
+    trainer, _ = _setup_trainer(cfg, sft, reward, cfg.work_dir / "critic-check")
+    trunk = {name: p.detach().clone() for name, p in trainer._critic().trunk.named_parameters()}
+    head = trainer._critic().value_head.linear.weight.detach().clone()
+    for _ in range(2):
+        trainer.step(["User: how do I bake bread?\nAssistant:"] * cfg.ppo.rollout_batch_size)
+    assert all(torch.equal(p, trunk[name]) for name, p in trainer._critic().trunk.named_parameters())
+    assert not torch.equal(trainer._critic().value_head.linear.weight, head)
 
 
 def test_empty_prompt_set_is_a_clear_error(stages, tmp_path):

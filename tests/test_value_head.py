@@ -162,3 +162,29 @@ def test_separate_critic_from_a_saved_reward_model(policy, tmp_path: Path):
     assert values.shape == (2, 5)
     hidden = reward_model.model(*_batch()).last_hidden_state
     assert torch.allclose(values, critic.value_head(hidden), atol=1e-6)
+
+
+def test_a_critic_that_starts_as_the_reward_model_values_each_prefix_as_it_scores_it(policy, tokenizer,
+                                                                                     tmp_path: Path):
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    config.pad_token_id = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        reward_model = LlamaForSequenceClassification(config)
+    reward_model.save_pretrained(tmp_path / "reward", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "reward")
+    critic = SeparateCritic.from_reward_model(tmp_path / "reward", keep_score_head=True)
+    input_ids, attention_mask = _batch()
+    values = critic(input_ids, attention_mask)
+    # the value of a prefix is the reward model's score of that prefix, read at its last token
+    for length in (2, 3, 5):
+        score = reward_model(input_ids=input_ids[:1, :length]).logits[0, 0]
+        assert torch.allclose(values[0, length - 1], score, atol=1e-5), length
+    # only the head learns, and no gradient enters the trunk
+    assert all(not p.requires_grad for p in critic.trunk.parameters())
+    assert [name for name, p in critic.named_parameters() if p.requires_grad] == ["value_head.linear.weight",
+                                                                                 "value_head.linear.bias"]
+    values.sum().backward()
+    assert critic.value_head.linear.weight.grad is not None
+    assert all(p.grad is None for p in critic.trunk.parameters())

@@ -127,8 +127,10 @@ class PPOSection(RolloutSection):
     init_kl_coef: float = Field(0.05, ge=0, description="Initial per-token KL penalty coefficient.")
     kl_target: float | None = Field(6.0, gt=0, description="Target sequence KL for the adaptive controller.")
     kl_horizon: int = Field(10000, gt=0, description="Adaptive controller horizon, in samples.")
-    critic: Literal["value_head", "separate"] = Field(
-        "value_head", description="Value head on the policy trunk, or a separate critic from the reward model."
+    critic: Literal["value_head", "separate", "reward_model"] = Field(
+        "value_head", description="Value head on the policy trunk; a separate critic on the reward model's trunk "
+        "(trained whole, fresh head); or the reward model itself, frozen, its score head the value head that "
+        "learns (InstructGPT's init: the first values already know which prompts score low)."
     )
     save_steps: int = Field(20, gt=0, description="Checkpoint every N iterations.")
     sample_table_steps: int = Field(20, gt=0, description="Log a table of sample completions every N iterations.")
