@@ -128,7 +128,7 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_p
 
 
 def test_ppo_with_the_reward_model_as_critic_trains_only_its_head(stages):
-    cfg, data, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
+    cfg, _, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
     trainer, _ = _setup_trainer(cfg, sft, reward, cfg.work_dir / "critic-check")
     trunk = {name: p.detach().clone() for name, p in trainer._critic().trunk.named_parameters()}
     head = trainer._critic().value_head.linear.weight.detach().clone()
