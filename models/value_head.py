@@ -3,8 +3,9 @@
 `PolicyWithValueHead` is the policy with a linear value head on its last hidden state (one forward pass gives
 both logits and values, as in Stiennon et al. 2020 and TRL's former `AutoModelForCausalLMWithValueHead`).
 `SeparateCritic` is a second model whose trunk is initialised from the reward model (Ouyang et al. 2022) and
-topped with a fresh value head, or the reward model itself, frozen under its own score head: its first values are
-then the reward model's scores of each prefix, a baseline that knows the prompt from the first step. Heads are saved and loaded as safetensors only.
+topped with a fresh value head, or the loaded reward model itself, frozen and shared, under a copy of its score
+head: its first values are then the reward model's scores of each prefix, a baseline that knows the prompt from
+the first step. Heads are saved and loaded as safetensors only.
 """
 
 from __future__ import annotations
@@ -111,23 +112,16 @@ class SeparateCritic(nn.Module):
         dtype: str = "float32",
         init_seed: int | None = None,
         adapters: Sequence[str | Path] = (),
-        keep_score_head: bool = False,
     ) -> SeparateCritic:
         """The trunk of a saved `*ForSequenceClassification` reward model (its score head is left out) under a
         fresh value head seeded by `init_seed`. Safetensors only. A LoRA reward model (`adapters` over `source`,
-        see `models.adapters`) is merged as a whole first, then its trunk taken.
-
-        With `keep_score_head` the value head starts as the score head and the trunk is frozen: only the head
-        learns, and a backward pass never enters the trunk."""
+        see `models.adapters`) is merged as a whole first, then its trunk taken."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if adapters or keep_score_head:
+        if adapters:
             scorer, _ = load_reward_model(source, revision=revision, trust_remote_code=trust_remote_code,
                                           dtype=dtype, adapters=adapters)
             trunk = scorer.base_model
-            if keep_score_head:
-                trunk.requires_grad_(False)
-                return cls(trunk, _value_head_from_score(scorer))
         else:
             check_model_folder(source, trust_remote_code=trust_remote_code)
             trunk = AutoModel.from_pretrained(
@@ -140,6 +134,13 @@ class SeparateCritic(nn.Module):
         head = ValueHead(_hidden_size(trunk), init_seed=init_seed).to(_device(trunk))
         return cls(trunk, head)
 
+    @classmethod
+    def sharing_reward_model(cls, scorer: PreTrainedModel) -> SeparateCritic:
+        """The loaded reward model itself as the critic: frozen, its trunk shared rather than loaded again, under a
+        value head that starts as its score head. Only the head learns; a backward pass never enters the trunk."""
+        scorer.requires_grad_(False)
+        return cls(scorer.base_model, _value_head_from_score(scorer))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """values (B, T)."""
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -151,7 +152,7 @@ def _value_head_from_score(scorer: PreTrainedModel) -> ValueHead:
     score = getattr(scorer, "score", None)
     if not isinstance(score, nn.Linear) or score.out_features != 1:
         raise ValueError(f"{type(scorer).__name__} has no one-label linear `score` head to start a critic from")
-    head = ValueHead(score.in_features).to(score.weight.device)
+    head = ValueHead(score.in_features, init_seed=0).to(score.weight.device)  # seeded: leaves the global RNG be
     with torch.no_grad():
         head.linear.weight.copy_(score.weight.float())
         if score.bias is not None:

@@ -95,9 +95,11 @@ def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, s
     else:
         reference, _ = load_chain(cfg, sft_chain)
         reference.requires_grad_(False)
-    critic = (SeparateCritic.from_reward_model(reward_chain[0], adapters=reward_chain[1:],
-                                               keep_score_head=cfg.ppo.critic == "reward_model")
-              if cfg.ppo.critic != "value_head" else None)
+    critic = None  # "value_head": the head on the policy
+    if cfg.ppo.critic == "separate":
+        critic = SeparateCritic.from_reward_model(reward_chain[0], adapters=reward_chain[1:])
+    elif cfg.ppo.critic == "reward_model":
+        critic = SeparateCritic.sharing_reward_model(reward_model)
 
     def score(prompts: list[str], responses: list[str]):
         return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.ppo.rollout_batch_size)

@@ -164,17 +164,15 @@ def test_separate_critic_from_a_saved_reward_model(policy, tmp_path: Path):
     assert torch.allclose(values, critic.value_head(hidden), atol=1e-6)
 
 
-def test_a_critic_that_starts_as_the_reward_model_values_each_prefix_as_it_scores_it(policy, tokenizer,
-                                                                                     tmp_path: Path):
+def test_a_critic_that_starts_as_the_reward_model_values_each_prefix_as_it_scores_it(policy):
     config = copy.deepcopy(policy.config)
     config.num_labels = 1
     config.pad_token_id = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         reward_model = LlamaForSequenceClassification(config)
-    reward_model.save_pretrained(tmp_path / "reward", safe_serialization=True)
-    tokenizer.save_pretrained(tmp_path / "reward")
-    critic = SeparateCritic.from_reward_model(tmp_path / "reward", keep_score_head=True)
+    critic = SeparateCritic.sharing_reward_model(reward_model)
+    assert critic.trunk is reward_model.model  # shared, not a second copy
     input_ids, attention_mask = _batch()
     values = critic(input_ids, attention_mask)
     # the value of a prefix is the reward model's score of that prefix, read at its last token
