@@ -110,6 +110,23 @@ def gae_advantages(
 
 
 @torch.no_grad()
+def leave_one_out_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B,) scores less the mean of their group's other scores (Kool et al. 2019; Ahmadian et al. 2024).
+
+    `scores` holds B / group_size groups of `group_size` answers to one prompt each, contiguous. A per-prompt
+    baseline: an answer is judged against its siblings, not against answers to easier prompts. Loop form:
+    out[i] = s[i] - (sum(group(i)) - s[i]) / (k - 1). `group_size` 1 returns the scores unchanged.
+    """
+    if group_size == 1:
+        return scores
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
+    groups = scores.view(-1, group_size)  # (B / k, k)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # (B / k, k)
+    return (groups - others).view(-1)
+
+
+@torch.no_grad()
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

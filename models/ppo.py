@@ -4,7 +4,8 @@ One iteration (`PPOTrainer.step`) follows Ziegler et al. (2019) and Stiennon et 
 
 1. rollout: sample a response to each prompt from the policy (batched, KV cache), score it with the reward
    function, take log-probs under the policy and the frozen reference, and values from the critic;
-2. rewards: a per-token KL penalty -beta * (log pi - log pi_ref), plus the score on the last response token;
+2. rewards: a per-token KL penalty -beta * (log pi - log pi_ref), plus the score on the last response token
+   (with several answers per prompt, the score less the mean of its siblings': a per-prompt baseline);
 3. GAE(gamma, lambda) advantages (whitened) and returns;
 4. K epochs over shuffled minibatches of the clipped policy loss, clipped value loss and entropy bonus, with
    gradient clipping, stopping early once the approximate KL to the rollout policy passes a target;
@@ -30,6 +31,7 @@ from models.losses import (
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
+    leave_one_out_scores,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -70,6 +72,7 @@ class PPOHyperparams:
     missing_eos_penalty: float | None
     length_penalty: float
     seed: int
+    samples_per_prompt: int = 1  # answers per prompt, contiguous in a batch: above 1, a per-prompt baseline
 
 
 @dataclass
@@ -164,7 +167,8 @@ class PPOTrainer:
         ref_logprobs = self._reference_logprobs(sequences, attention_mask, prompt_length)
         scores = self._scores(prompts, responses, response_ids, mask)
 
-        rewards, kl = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, self.kl_controller.value)
+        centered = leave_one_out_scores(scores, self.hp.samples_per_prompt)  # (B,)
+        rewards, kl = kl_penalized_rewards(centered, logprobs, ref_logprobs, mask, self.kl_controller.value)
         advantages, returns = gae_advantages(rewards, values, mask, self.hp.gamma, self.hp.lam)
         if self.hp.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
@@ -272,9 +276,14 @@ def penalized_scores(scores: torch.Tensor, lengths: torch.Tensor, has_eos: torch
     return scores - length_penalty * lengths
 
 
-def sample_prompts(prompts: list[str], batch_size: int, seed: int, step: int) -> list[str]:
-    """The batch for iteration `step`: a pure function of (seed, step), so a resumed run draws the same ones."""
+def sample_prompts(prompts: list[str], batch_size: int, seed: int, step: int,
+                   samples_per_prompt: int = 1) -> list[str]:
+    """The batch for iteration `step`: batch_size / samples_per_prompt prompts, each repeated samples_per_prompt
+    times in a row. A pure function of (seed, step), so a resumed run draws the same ones."""
     if not prompts:
         raise ValueError("PPO needs at least one training prompt")
+    if batch_size % samples_per_prompt:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of samples_per_prompt ({samples_per_prompt})")
     rng = random.Random(f"{seed}-{step}")
-    return [prompts[rng.randrange(len(prompts))] for _ in range(batch_size)]
+    drawn = [prompts[rng.randrange(len(prompts))] for _ in range(batch_size // samples_per_prompt)]
+    return [prompt for prompt in drawn for _ in range(samples_per_prompt)]

@@ -126,7 +126,8 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list, probe: Probe
     curves: dict[str, list] = {"step": [], "reward": [], "kl": []}
     while trainer.counter.step < cfg.ppo.steps:
         step = trainer.counter.step
-        batch = [format_prompt(p) for p in sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step)]
+        drawn = sample_prompts(prompts, cfg.ppo.rollout_batch_size, cfg.ppo.seed, step, cfg.ppo.samples_per_prompt)
+        batch = [format_prompt(p) for p in drawn]
         if monitored:
             monitored.before_step(step, trainer.accelerator.unwrap_model(trainer.model))
         metrics, rollout = trainer.step(batch)

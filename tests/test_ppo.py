@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -47,6 +48,35 @@ def test_prompt_sampling_is_a_function_of_seed_and_step():
     assert sample_prompts(prompts, 4, seed=0, step=3) != sample_prompts(prompts, 4, seed=0, step=4)
     with pytest.raises(ValueError, match="at least one training prompt"):
         sample_prompts([], 4, seed=0, step=0)
+
+
+def test_prompt_sampling_repeats_each_prompt_in_a_row_for_a_per_prompt_baseline():
+    prompts = [f"p{i}" for i in range(10)]
+    batch = sample_prompts(prompts, 8, seed=0, step=3, samples_per_prompt=4)
+    assert batch[:4] == [batch[0]] * 4 and batch[4:] == [batch[4]] * 4
+    with pytest.raises(ValueError, match=r"batch_size \(6\) must be a multiple of samples_per_prompt \(4\)"):
+        sample_prompts(prompts, 6, seed=0, step=0, samples_per_prompt=4)
+
+
+def test_a_per_prompt_baseline_leaves_only_the_kl_penalty_when_every_answer_scores_alike():
+    """Four answers to each prompt, all scored 5: against their siblings they earn nothing, so each row's rewards
+    sum to its KL penalty alone; without the baseline each row also carries the 5. The logged scores stay raw."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["User: say something\nAssistant: yes no maybe yes"] * 50, 300, 64)
+
+    def tiny():
+        return build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64, init_seed=0)
+
+    prompts = ["User: say something\nAssistant:"] * 4 + ["User: say more\nAssistant:"] * 4
+    for group, score_in_rewards in ((4, 0.0), (1, 5.0)):
+        hp = dataclasses.replace(HP, rollout_batch_size=8, samples_per_prompt=group)
+        trainer = PPOTrainer(PolicyWithValueHead(tiny()), tokenizer, lambda p, r: torch.full((len(r),), 5.0), hp,
+                             reference=tiny())
+        rollout = trainer.rollout(prompts)
+        penalty = -HP.init_kl_coef * rollout.kl.sum(dim=1)  # (B,)
+        assert torch.allclose(rollout.rewards.sum(dim=1), penalty + score_in_rewards, atol=1e-5), group
+        assert torch.equal(rollout.scores, torch.full((8,), 5.0))
 
 
 def test_response_logprobs_need_the_lm_head_only_at_response_positions():

@@ -11,6 +11,7 @@ from models.losses import (
     explained_variance,
     gae_advantages,
     kl_penalized_rewards,
+    leave_one_out_scores,
     masked_sum,
     masked_var,
     masked_whiten,
@@ -186,6 +187,21 @@ def test_kl_penalized_rewards_reject_an_empty_row_or_misshapen_scores():
         kl_penalized_rewards(torch.zeros(2), logprobs, logprobs, torch.tensor([[1, 1, 0], [0, 0, 0]]), 0.1)
     with pytest.raises(ValueError, match="scores must have shape"):
         kl_penalized_rewards(torch.zeros(3), logprobs, logprobs, torch.ones(2, 3), 0.1)
+
+
+# --- leave_one_out_scores ------------------------------------------------------------------------------
+
+def test_leave_one_out_scores_by_hand():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])  # two prompts, three answers each
+    # group 1: 1 - (2 + 3) / 2 = -1.5, 2 - (1 + 3) / 2 = 0, 3 - (1 + 2) / 2 = 1.5
+    # group 2: every answer equals its siblings: 0 (a prompt scored alike whatever is said teaches nothing)
+    assert torch.allclose(leave_one_out_scores(scores, 3), torch.tensor([-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]))
+    assert torch.equal(leave_one_out_scores(scores, 1), scores)
+
+
+def test_leave_one_out_scores_need_whole_groups():
+    with pytest.raises(ValueError, match="6 scores do not split into groups of 4"):
+        leave_one_out_scores(torch.zeros(6), 4)
 
 
 # --- ppo_policy_loss ------------------------------------------------------------------------------------

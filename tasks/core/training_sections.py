@@ -111,7 +111,9 @@ class PPOSection(RolloutSection):
     """Our PPO (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022) on a policy with a value head."""
 
     steps: int = Field(60, gt=0, description="PPO iterations: one rollout batch and its updates each.")
-    rollout_batch_size: int = Field(32, gt=0, description="Prompts sampled per iteration.")
+    rollout_batch_size: int = Field(32, gt=0, description="Answers sampled per iteration.")
+    samples_per_prompt: int = Field(1, ge=1, description="Answers per prompt in a batch; above 1 each answer's "
+                                    "score is judged against its siblings' mean (a per-prompt baseline).")
     mini_batch_size: int = Field(16, gt=0, description="Rollouts per gradient step.")
     ppo_epochs: int = Field(4, gt=0, description="Passes over each rollout batch (K epochs).")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate for policy and value head.")
@@ -142,6 +144,9 @@ class PPOSection(RolloutSection):
         if self.rollout_batch_size % self.mini_batch_size:
             raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                              f"mini_batch_size ({self.mini_batch_size})")
+        if self.rollout_batch_size % self.samples_per_prompt:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"samples_per_prompt ({self.samples_per_prompt})")
         if self.kl_controller == "adaptive" and self.kl_target is None:
             raise ValueError("kl_controller=adaptive needs kl_target")
         return self
