@@ -12,6 +12,7 @@ from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task, promotion_lock, unchanged_task
+from tasks.orchestration.run_summary import describe_parent_run
 from tasks.orchestration.stage_tasks import run_stage
 from tasks.run.contract import StageResult
 from tasks.run.lifecycle import reap_dead_runs
@@ -37,6 +38,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
        evaluate it against the SFT baseline on the same eval, register it.
     7. under the registry's promotion lock: evaluate the current champion (if any) on the same eval, then
        promote: gate every candidate; the best one that passes becomes the champion.
+    8. the parent run's description: every model's results and gate decision in one table.
     Stages listed in `dispatch.pools` run as deployments on those work pools' workers.
     """
     install_log_redaction()
@@ -91,7 +93,8 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
                       train_cfg: PipelineConfig | None = None) -> None:
     """Steps 6 and 7: each optimizer trains from `start` on `data` (under `train_cfg`, default `cfg`), then is
     evaluated against the SFT baseline and registered; under the promotion lock the champion is re-evaluated on
-    the same eval and the gates pick the new champion. Adds every stage's result to `results`."""
+    the same eval and the gates pick the new champion; the parent run's description then sums it up. Adds every
+    stage's result to `results`."""
     reward, baseline = results["reward"], results["evaluate-sft"]
     optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
     candidates = {}
@@ -112,6 +115,7 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
         results["promote"] = run_stage(stage.PROMOTE, cfg, lineage,
                                        candidates=candidates or {"sft": (results["register-sft"], baseline)},
                                        baseline=baseline, champion=results.get("evaluate-champion"))
+    describe_parent_run(cfg, results)
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

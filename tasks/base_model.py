@@ -57,14 +57,14 @@ def run_base_model(cfg: PipelineConfig, lineage: Lineage, *, data: StageResult |
             mlflow.set_tags({f"{TAG_PREFIX}base.pretrained": cfg.model.pretrained,
                              f"{TAG_PREFIX}base.gguf_sha256": _input_hashes(cfg, data)["gguf_sha256"]})
             converted = convert_gguf(source, work_dir(cfg, STAGE, key) / "hf_model")
-            model_uri = log_hf_model(converted, cfg)
+            model_uri = log_hf_model(converted, cfg, STAGE)
             shutil.rmtree(converted)  # MLflow holds the model now; a second copy would only fill the disk
         elif cfg.model.pretrained is not None:
             mlflow.set_tag(f"{TAG_PREFIX}base.pretrained", cfg.model.pretrained)
             model_uri = cfg.model.pretrained
         else:
             hf_dir = _build_tiny(cfg, data, work_dir(cfg, STAGE, key))
-            model_uri = log_hf_model(hf_dir, cfg)
+            model_uri = log_hf_model(hf_dir, cfg, STAGE)
     return StageResult(
         stage=STAGE,
         run_id=run.info.run_id,

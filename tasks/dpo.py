@@ -59,7 +59,7 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
-        model_uri = log_hf_model(hf_dir, cfg)
+        model_uri = log_hf_model(hf_dir, cfg, STAGE)
         metrics = {
             **_final_metrics(trainer),
             "dpo/reference_cache_hit": float(reference_cache.hit_run_id is not None),

@@ -39,13 +39,14 @@ from tasks.data.conversations import prompt_display, sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
-from tasks.registry.logged_models import load_stage_model, load_stage_reward_model
+from tasks.registry.logged_models import load_stage_model, load_stage_reward_model, logged_model_id
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 
 STAGE = "evaluate"
 RUN_NAME = "evaluate-{label}"  # one evaluate stage, a run per model it judges
 SECTIONS = ("eval", "model")
 GENERATIONS = "generations.jsonl"
+METHOD = "method"  # param and tag: the label of the model judged (base, sft, dpo, ppo, rloo, champion)
 
 
 def _input_hashes(policy: StageResult, data: StageResult, reward: StageResult | None,
@@ -87,6 +88,9 @@ def run_evaluate(
     with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
         if run is None:  # another process of a launch: evaluating needs no collectives, the main one does it all
             return follower_result(f"{STAGE}-{label}", key)
+        # The method names the run, so the UI can group, colour and compare runs by it.
+        mlflow.log_param(METHOD, label)
+        mlflow.set_tag(METHOD, label)
         # Scored in full precision, whatever the training dtype.
         model, tokenizer = load_stage_model(cfg, policy.model_uri, stage_dir / "policy", dtype="float32")
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
@@ -129,7 +133,8 @@ def run_evaluate(
 
         if MONITOR_TRIPPED_METRIC in policy.metrics:  # the gates refuse a model whose training a monitor stopped
             metrics[TRAINING_TRIPPED_METRIC] = policy.metrics[MONITOR_TRIPPED_METRIC]
-        mlflow.log_metrics(metrics)
+        # Linked to the logged model too, so the Models tab compares the candidates by their eval metrics.
+        mlflow.log_metrics(metrics, model_id=logged_model_id(policy.model_uri))
         mlflow.log_table(generations.head(cfg.eval.logged_samples), artifact_file="generations.json")
         _log_generations(generations)
     return StageResult(

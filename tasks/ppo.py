@@ -72,7 +72,7 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
         hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri)
-        model_uri = log_hf_model(hf_dir, cfg)
+        model_uri = log_hf_model(hf_dir, cfg, STAGE)
         mlflow.log_metrics(metrics)
     return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
                        output_hashes={"model": key}, input_hashes=rl_input_hashes(sft, reward, data))

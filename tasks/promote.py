@@ -18,7 +18,7 @@ from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
 from tasks.core.tags import GATE_TAG_PREFIX, NOT_PROMOTED_TAG, TAG_PREFIX
 from tasks.registry.gates import GateDecision, decide, pick_best, safe_key
-from tasks.registry.promotion import promote_version, record_rejection, tag_decision
+from tasks.registry.promotion import describe, promote_version, record_rejection, tag_decision
 from tasks.run.contract import StageResult, stage_key, stage_run
 
 STAGE = "promote"
@@ -82,7 +82,8 @@ def run_promote(
             if not decision.passed:
                 log.warning("promote: candidate %s (%s version %s) rejected: %s", label, _name_of(registered, cfg),
                             _version_of(registered), decision.summary())
-                record_rejection(_name_of(registered, cfg), _version_of(registered), decision)
+                record_rejection(_name_of(registered, cfg), _version_of(registered), decision,
+                                 cfg.registry.candidate_alias)
 
         ranking = [(label, candidates[label][1].metrics, decision) for label, decision in decisions.items()]
         best = pick_best(ranking, cfg.gates.rank_metric, cfg.gates.rank_higher_is_better)
@@ -91,8 +92,11 @@ def run_promote(
             if decision.passed and label != best:
                 registered = candidates[label][0]
                 tag_decision(client, _name_of(registered, cfg), _version_of(registered), decision)
+                not_promoted = f"{best} ranked higher on {cfg.gates.rank_metric}"
                 client.set_model_version_tag(_name_of(registered, cfg), _version_of(registered), NOT_PROMOTED_TAG,
-                                             f"{best} ranked higher on {cfg.gates.rank_metric}")
+                                             not_promoted)
+                describe(client, client.get_model_version(_name_of(registered, cfg), _version_of(registered)),
+                         f"{decision.headline()}; not promoted: {not_promoted}")
         promoted_name = promoted_version = ""
         if best is not None:
             registered = candidates[best][0]

@@ -25,7 +25,9 @@ def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, 
         raise ValueError(f"stage {policy.stage} produced no model to register")
     key = register_key(cfg, policy, evaluation)
     tags = version_tags(policy.stage, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id)
-    version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags)
+    description = f"{policy.stage.upper()}: not gated yet (evaluated by run {evaluation.run_id})"
+    version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags,
+                               description=description)
     return StageResult(
         stage=f"{STAGE}-{policy.stage}",
         run_id=policy.run_id,

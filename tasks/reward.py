@@ -69,7 +69,7 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
         if run is None:  # another process of a launch: it trained; the main one saves, measures, logs and reports
             return follower_result(STAGE, key)
-        model_uri = log_hf_model(hf_dir, cfg, kind="reward")
+        model_uri = log_hf_model(hf_dir, cfg, STAGE, kind="reward")
         eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
         metrics = {
             **_held_out_metrics(cfg, hf_dir, eval_file, trainer.args.device, stage_dir),
@@ -157,5 +157,9 @@ def _register(
 ) -> str:
     """A new version of the reward model, tagged like a policy version: training lineage plus metrics."""
     tags = version_tags(STAGE, run_id, metrics, lineage)
-    version = register_version(model_uri, cfg.registry.reward_name, cfg.registry.reward_alias, tags)
+    accuracy = metrics.get(f"{STAGE}/accuracy")
+    description = f"Reward model on {cfg.name}'s preferences" + (
+        f": held-out pair accuracy {accuracy:.2f}" if accuracy is not None else "")
+    version = register_version(model_uri, cfg.registry.reward_name, cfg.registry.reward_alias, tags,
+                               description=description)
     return str(version.version)

@@ -70,7 +70,7 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
                                 before_save=monitoring.back_to_healthy if monitoring else None)
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
-        model_uri = log_hf_model(hf_dir, cfg)
+        model_uri = log_hf_model(hf_dir, cfg, STAGE)
         metrics = _final_metrics(trainer)
         if monitoring:
             metrics.update(monitoring.monitored.result_metrics(monitoring.kept_step))

@@ -50,7 +50,7 @@ def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: S
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, base.model_uri, _revision(cfg, base.model_uri))
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
-        model_uri = log_hf_model(hf_dir, cfg)
+        model_uri = log_hf_model(hf_dir, cfg, STAGE)
         metrics = _final_metrics(trainer)
         mlflow.log_metrics(metrics)
     return StageResult(

@@ -96,10 +96,10 @@ def test_a_logged_adapter_resolves_its_base_from_mlflow_and_serves_merged(tiny, 
                                           "eval.max_new_tokens=4"])
     configure_tracking(cfg)
     with mlflow.start_run():
-        base_uri = log_hf_model(base_dir, cfg)
+        base_uri = log_hf_model(base_dir, cfg, "base")
         adapter = save_trained_model(_trained_adapter(load_model_and_tokenizer(base_dir)[0], 3), tokenizer,
                                      tmp_path / "adapter", base_uri)
-        adapter_uri = log_hf_model(adapter, cfg)
+        adapter_uri = log_hf_model(adapter, cfg, "sft")
     chain = model_chain(adapter_uri, tmp_path / "download")
     assert len(chain) == 2 and is_adapter_folder(chain[1]) and not is_adapter_folder(chain[0])
     # A local store is read in place: nothing was copied into the download folder.

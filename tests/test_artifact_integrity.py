@@ -90,10 +90,10 @@ def test_a_logged_model_carries_its_manifest_and_a_changed_copy_is_refused(tiny,
     model.save_pretrained(by_hand, safe_serialization=True)
     tokenizer.save_pretrained(by_hand)
     with mlflow.start_run():
-        saved_uri, by_hand_uri = log_hf_model(saved, cfg), log_hf_model(by_hand, cfg)
+        saved_uri, by_hand_uri = log_hf_model(saved, cfg, "sft"), log_hf_model(by_hand, cfg, "sft")
         shutil.copyfile(saved / "model.safetensors", saved / "extra.safetensors")
         with pytest.raises(ModelIntegrityError, match=re.escape(f"{saved}/extra.safetensors: file not in the manifest")):
-            log_hf_model(saved, cfg)  # changed since it was saved: not logged
+            log_hf_model(saved, cfg, "sft")  # changed since it was saved: not logged
     for uri, source in ((saved_uri, saved), (by_hand_uri, by_hand)):
         logged = Path(model_chain(uri, tmp_path / "download")[0])
         assert _manifest(logged) == {name: _sha256(source / name) for name in _manifest(source)}
@@ -174,7 +174,7 @@ def test_a_pickle_is_refused_before_anything_unpickles_it(tiny, tmp_path, name):
     with pytest.raises(ModelIntegrityError, match=re.escape(f"{adapter / name}: pickle-based files are refused")):
         load_model_and_tokenizer(base, adapters=[adapter])
     with pytest.raises(ModelIntegrityError, match=refused):
-        log_hf_model(by_hand, load_config(paths.DEMO_CONFIG))  # refused before MLflow stores it
+        log_hf_model(by_hand, load_config(paths.DEMO_CONFIG), "sft")  # refused before MLflow stores it
     assert not marker.exists()
 
 

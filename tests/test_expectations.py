@@ -324,6 +324,10 @@ def test_reports_are_written_when_validation_fails(tmp_path, tokenizer):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "expect_column_values_to_be_in_set" in page and "FAIL" in page and "PASS" in page
     assert "&quot;row&quot;: 3" in page
+    # Above the fold, before any file's section: the verdict, and each failure in a line linked to its file.
+    summary = page[page.index('id="summary"'):page.index("<h2")]
+    assert "1 of 1 datasets failed." in summary and 'href="#preferences_train"' in summary
+    assert "expect_column_values_to_be_in_set" in summary and ": 1 rows" in summary
 
 
 def test_example_values_are_shortened(tmp_path, tokenizer):

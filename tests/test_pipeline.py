@@ -22,6 +22,31 @@ LINEAGE_TAGS = ("alignflow.git_sha", "alignflow.config_hash", "alignflow.dvc_dat
                 "alignflow.prefect_flow_run_id")
 
 
+def _check_what_the_mlflow_ui_shows(client: MlflowClient, parent, children, results) -> None:
+    """What makes the UI readable without a guide: the experiment opens on its runs, evaluate runs name their
+    method, logged models are named and carry their eval metrics, datasets are inputs, the parent run describes
+    itself."""
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for method in ("sft", "dpo", "ppo", "rloo"):
+        run = children[f"evaluate-{method}"]
+        assert run.data.params["method"] == method and run.data.tags["method"] == method
+    model = mlflow.get_logged_model(results["dpo"].model_uri.removeprefix("models:/"))
+    assert model.name == "demo-dpo"
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["eval/harmful_refusal_rate"] == children["evaluate-dpo"].data.metrics["eval/harmful_refusal_rate"]
+    inputs = {(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+              for d in children["sft"].inputs.dataset_inputs}
+    assert ("sft_train", results["data"].output_hashes["sft_train"], "training") in inputs
+    eval_inputs = {d.dataset.name for d in children["evaluate-dpo"].inputs.dataset_inputs}
+    assert eval_inputs == {"sft_eval", "eval_prompts"}
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    dpo_row = next(line for line in note.splitlines() if line.startswith("| dpo |"))
+    refusal = children["evaluate-dpo"].data.metrics["eval/harmful_refusal_rate"]
+    assert dpo_row.split(" | ")[1] == f"{refusal:.2f}" and dpo_row.endswith("| failed |")
+    assert "Promoted: nothing" in note and "**Evaluation** view" in note
+
+
 def _overrides(tmp_path, data_dir):
     return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "reward.max_steps=10",
@@ -101,7 +126,6 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     assert float(sft_version.tags["alignflow.eval/harmful_refusal_rate"]) == pytest.approx(
         eval_metrics["eval/harmful_refusal_rate"], abs=1e-5)
     assert results["sft"].model_uri == sft_version.source
-    assert client.get_model_version_by_alias("alignflow-policy", "candidate").version == versions["rloo"].version
     assert len(client.search_model_versions("name='alignflow-reward'")) == 1
 
     # Four DPO steps, or two PPO or RLOO steps, cannot teach refusals: all fail their gates, unpromoted, saying why.
@@ -111,6 +135,14 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     assert "eval/harmful_refusal_rate" in results["promote"].outputs["summary"]
     assert results["promote"].outputs["promoted"] == ""
     assert "champion" not in client.get_registered_model("alignflow-policy").aliases
+    # The last registered (rloo) held `candidate` until its gates failed; the descriptions say why in a line.
+    assert "candidate" not in client.get_registered_model("alignflow-policy").aliases
+    described = {stage: client.get_model_version("alignflow-policy", v.version).description
+                 for stage, v in versions.items()}
+    assert described["dpo"].startswith("DPO: failed harmful_refusal_rate ")
+    assert described["sft"].startswith("SFT: not gated yet")  # the baseline, registered but not a candidate
+
+    _check_what_the_mlflow_ui_shows(client, parent, children, results)
 
     # A second run with nothing changed reuses every stage and registers nothing new.
     again = alignment_pipeline(str(paths.DEMO_CONFIG), overrides)

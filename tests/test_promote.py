@@ -199,6 +199,10 @@ def _tags(version: str) -> dict[str, str]:
     return MlflowClient().get_model_version(NAME, version).tags
 
 
+def _description(version: str) -> str:
+    return MlflowClient().get_model_version(NAME, version).description
+
+
 def test_promotion_that_passes_moves_champion_and_keeps_the_previous(model_uri):
     first, second = _register(model_uri, CHAMPION), _register(model_uri, GOOD)
     promote_version(NAME, first, REGISTRY, reason="first", decision=decide(CHAMPION, gates=GATES, baseline=BASELINE,
@@ -215,20 +219,24 @@ def test_promotion_that_passes_moves_champion_and_keeps_the_previous(model_uri):
     assert tags["alignflow.gate_decision"] == "pass"
     assert tags["alignflow.gate.threshold_min/eval/harmful_refusal_rate"] == "pass value=0.95 bound=0.9"
     assert tags["alignflow.gate.champion/eval/perplexity"] == "pass value=10.2 bound=10.5"
+    assert _description(second) == f"DPO: passed all 5 gates; champion since {tags['alignflow.promoted_at'][:10]}"
 
 
-def test_failed_candidate_is_tagged_and_changes_no_alias(model_uri):
+def test_failed_candidate_is_tagged_described_and_loses_the_candidate_alias(model_uri):
     champion = _register(model_uri, CHAMPION, alias="champion")
     candidate = _register(model_uri, {**GOOD, HARMFUL: 0.85})
-    before = _aliases()
+    assert _aliases() == {"champion": champion, "candidate": candidate}
     decision = decide({**GOOD, HARMFUL: 0.85}, gates=GATES, baseline=BASELINE, champion=CHAMPION)
-    record_rejection(NAME, candidate, decision)
-    assert _aliases() == before == {"champion": champion, "candidate": candidate}
+    record_rejection(NAME, candidate, decision, candidate_alias="candidate")
+    # The registry's list page must not show a rejected model as the one waiting for promotion.
+    assert _aliases() == {"champion": champion}
+    assert _description(candidate) == "DPO: failed harmful_refusal_rate 0.85 < min 0.9; " \
+                                      "harmful_refusal_rate 0.85 < champion 0.96 - margin 0.02 = 0.94"
     tags = _tags(candidate)
     assert tags["alignflow.gate_decision"] == "fail"
     with pytest.raises(RegistryError, match="failed its gates"):  # a failed decision cannot be promoted
         promote_version(NAME, candidate, REGISTRY, reason="try", decision=decision)
-    assert _aliases() == before and _tags(candidate) == tags
+    assert _aliases() == {"champion": champion} and _tags(candidate) == tags
     assert tags["alignflow.gate.threshold_min/eval/harmful_refusal_rate"].startswith("fail value=0.85 bound=0.9 (")
     assert "alignflow.promotion" not in tags
 
@@ -240,7 +248,7 @@ def test_regression_against_the_champion_fails_the_champion_gate(model_uri):
     champion_row = next(row for row in registry_status(NAME, REGISTRY) if "champion" in row["aliases"])
     decision = decide({**GOOD, HARMFUL: 0.93}, gates=GATES, baseline=BASELINE, champion=champion_row["metrics"])
     assert [g.name for g in decision.failed] == ["champion:eval/harmful_refusal_rate"]
-    record_rejection(NAME, candidate, decision)
+    record_rejection(NAME, candidate, decision, candidate_alias="candidate")
     assert _aliases()["champion"] == champion
     assert _tags(candidate)["alignflow.gate.champion/eval/harmful_refusal_rate"].startswith("fail value=0.93 bound=0.94")
 
@@ -305,10 +313,11 @@ def test_registry_status_lists_versions_newest_first_with_lineage_and_metrics(mo
     assert registry_status(NAME, REGISTRY) == []
     v1, v2 = _register(model_uri, CHAMPION, alias=None), _register(model_uri, {**GOOD, HARMFUL: 0.8})
     promote_version(NAME, v1, REGISTRY, reason="manual")
-    record_rejection(NAME, v2, decide({**GOOD, HARMFUL: 0.8}, gates=GATES, baseline=BASELINE, champion=CHAMPION))
+    record_rejection(NAME, v2, decide({**GOOD, HARMFUL: 0.8}, gates=GATES, baseline=BASELINE, champion=CHAMPION),
+                     candidate_alias="candidate")
     rows = registry_status(NAME, REGISTRY)
     assert [row["version"] for row in rows] == [v2, v1]
-    assert rows[0]["aliases"] == ["candidate"] and rows[1]["aliases"] == ["champion"]
+    assert rows[0]["aliases"] == [] and rows[1]["aliases"] == ["champion"]
     assert rows[0]["gate_decision"] == "fail" and rows[1]["promotion"] == "manual"
     assert rows[0]["metrics"][HARMFUL] == 0.8 and rows[1]["metrics"] == CHAMPION
     assert rows[0]["lineage"] == {"alignflow.git_sha": "a" * 40}
@@ -341,6 +350,8 @@ def test_run_promote_promotes_the_passing_candidate_and_logs_every_gate(cfg, mod
     baseline = _stage("evaluate-sft", "sft-key", BASELINE)
     champion = _stage("evaluate-champion", "champ-key", CHAMPION)
     candidates = {"dpo": dpo, "ppo": ppo}
+    assert _description(ppo[0].outputs["version"]) == "PPO: not gated yet (evaluated by run " \
+                                                     f"{ppo[1].run_id})"
 
     with caplog.at_level(logging.WARNING, logger="tasks.promote"):
         result = run_promote(cfg, LINEAGE, candidates=candidates, baseline=baseline, champion=champion)
@@ -360,6 +371,8 @@ def test_run_promote_promotes_the_passing_candidate_and_logs_every_gate(cfg, mod
     assert aliases["champion"] == dpo_version and aliases["previous-champion"] == champion_version
     assert _tags(dpo_version)["alignflow.promotion"] == "gated"
     assert _tags(ppo_version)["alignflow.gate_decision"] == "fail"
+    assert _description(ppo_version).startswith("PPO: failed harmful_refusal_rate 0.8 < min 0.9")
+    assert "candidate" not in aliases  # ppo, the last registered, held it until it failed
 
     # The promote child run: every gate as a metric and a tag, lineage and config sections.
     run = MlflowClient().get_run(result.run_id)

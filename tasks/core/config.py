@@ -117,7 +117,8 @@ class RegistrySection(Section):
     policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
     reward_name: str = Field("alignflow-reward", description="Registered model name for reward models.")
     reward_alias: str = Field("newest", description="Alias of the newest reward model ('latest' is reserved by MLflow).")
-    candidate_alias: str = Field("candidate", description="Alias given to the newest trained policy.")
+    candidate_alias: str = Field("candidate", description="Alias given to the newest trained "
+                                 "policy; a version that fails its gates loses it.")
     champion_alias: str = Field("champion", description="Alias of the promoted policy.")
     previous_champion_alias: str = Field("previous-champion", description="Alias the displaced champion keeps.")
 

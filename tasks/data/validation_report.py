@@ -127,9 +127,28 @@ def render_html(report: ValidationReport) -> str:
     sections = "\n".join(_file_html(file) for file in report.files)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Data validation report</title>"
-        f"<style>{_STYLE}</style></head><body>\n<h1>Data validation report: {status}</h1>\n{sections}\n"
-        "</body></html>\n"
+        f"<style>{_STYLE}</style></head><body>\n<h1>Data validation report: {status}</h1>\n"
+        f"{_summary_html(report)}\n{sections}\n</body></html>\n"
     )
+
+
+def _summary_html(report: ValidationReport) -> str:
+    """Above the fold: every file's verdict in one table, and each failure in one line, linked to its file."""
+    e = html.escape
+    rows = []
+    for file in report.files:
+        failures = "<br>".join(
+            f"{e(failure.label)}"
+            + ("" if failure.unexpected_count is None else f": {failure.unexpected_count} rows")
+            + f" &mdash; {e(failure.description)}" for failure in file.failures)
+        quarantined = str(len(file.quarantined_rows)) if file.quarantined_rows else ""
+        rows.append(f"<tr><td><a href=\"#{e(file.name)}\">{e(file.name)}</a></td><td>{file.rows}</td>"
+                    f"<td>{_status(file.success)}</td><td>{quarantined}</td><td>{failures}</td></tr>")
+    failed = sum(not file.success for file in report.files)
+    headline = (f"All {len(report.files)} datasets passed." if not failed
+                else f"{failed} of {len(report.files)} datasets failed.")
+    return (f"<p id=\"summary\">{headline}</p>\n<table><tr><th>Dataset</th><th>Rows</th><th>Result</th>"
+            "<th>Quarantined</th><th>Failures</th></tr>\n" + "\n".join(rows) + "\n</table>")
 
 
 def _status(success: bool) -> str:
@@ -153,7 +172,7 @@ def _file_html(file: FileReport) -> str:
     quarantine = (f"; quarantined {len(file.quarantined_rows)} rows to {e(str(file.quarantine_path))}"
                   if file.quarantined_rows else "")
     return (
-        f"<h2>{e(file.name)} ({e(file.kind)}): {_status(file.success)}</h2>\n"
+        f"<h2 id=\"{e(file.name)}\">{e(file.name)} ({e(file.kind)}): {_status(file.success)}</h2>\n"
         f"<p>{e(str(file.path))}: {file.rows} rows{quarantine}; "
         f"downstream reads {e(str(file.clean_path))}</p>\n"
         "<table><tr><th>Expectation</th><th>Column</th><th>Meaning</th><th>Result</th><th>Unexpected</th>"

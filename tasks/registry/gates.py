@@ -66,6 +66,12 @@ class GateDecision:
         failed = "; ".join(f"{g.name} (value={_fmt(g.value)}, bound={_fmt(g.bound)}: {g.reason})" for g in self.failed)
         return f"fail: {len(self.failed)} of {len(self.gates)} gates failed: {failed}"
 
+    def headline(self) -> str:
+        """Shorter, for a registry version's description: "failed harmful_refusal_rate 0 < min 0.9; …"."""
+        if self.passed:
+            return f"passed all {len(self.gates)} gates"
+        return "failed " + "; ".join(f"{g.metric.removeprefix('eval/')} {g.reason}" for g in self.failed)
+
 
 def decide(
     candidate: Mapping[str, float],

@@ -21,8 +21,8 @@ _PYFUNC_CODE = {"policy": Path(__file__).with_name("policy_pyfunc.py"),
                 "reward": Path(__file__).with_name("reward_pyfunc.py")}
 _MODELS_PACKAGE = paths.PROJECT_ROOT / "models"
 _HF_FOLDERS_CODE = Path(__file__).with_name("hf_folders.py")  # served adapters resolve their base with it
-__all__ = ["HF_ARTIFACT", "load_chain", "load_stage_model", "load_stage_reward_model", "log_hf_model", "model_chain",
-           "resolve_model_source"]
+__all__ = ["HF_ARTIFACT", "load_chain", "load_stage_model", "load_stage_reward_model", "log_hf_model",
+           "logged_model_id", "model_chain", "resolve_model_source"]
 _SERVING_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors", "pandas"]
 _SIGNATURES = {
     # A policy takes raw user prompts and answers with greedy completions; max_new_tokens may be set per request.
@@ -39,8 +39,9 @@ _SIGNATURES = {
 }
 
 
-def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "reward"] = "policy") -> str:
+def log_hf_model(hf_dir: Path, cfg: PipelineConfig, stage: str, kind: Literal["policy", "reward"] = "policy") -> str:
     """Log a Hugging Face folder as an MLflow pyfunc model (servable with `mlflow models serve`); returns its URI.
+    It is named by the config and the stage that trained it ("smollm2-ppo"), so the Models tab tells them apart.
 
     The model's prompt format travels with it, so a served model formats requests exactly as training did. An
     adapter folder (LoRA) is logged as it is: it names its base model, which serving loads and merges.
@@ -53,7 +54,7 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "rew
     if not check_model_folder(hf_dir, trust_remote_code=cfg.model.trust_remote_code):
         write_manifest(hf_dir)  # a folder not written by `models.saving`
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=f"{cfg.name}-{stage}",
         python_model=str(_PYFUNC_CODE[kind]),
         artifacts={HF_ARTIFACT: str(hf_dir)},
         code_paths=[str(_MODELS_PACKAGE), str(_HF_FOLDERS_CODE)],
@@ -66,6 +67,18 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, kind: Literal["policy", "rew
         signature=_SIGNATURES[kind],
     )
     return info.model_uri
+
+
+def logged_model_id(uri: str | None) -> str | None:
+    """The MLflow logged model behind a stage's model URI (`models:/<model id>`, or a registered
+    `models:/<name>/<version>`), so metrics measured on it can be linked to it; None for anything else."""
+    if not uri or not uri.startswith("models:/"):
+        return None
+    path = uri.removeprefix("models:/")
+    if "/" not in path:
+        return path
+    name, version = path.rsplit("/", 1)
+    return mlflow.MlflowClient().get_model_version(name, version).model_id
 
 
 def load_stage_model(cfg: PipelineConfig, uri: str, download_dir: Path, dtype: str | None = None):

@@ -24,6 +24,7 @@ from tasks.core.tags import (
     PROMOTION_TAG,
     ROLLED_BACK_AT_TAG,
     ROLLED_BACK_TAG,
+    SOURCE_STAGE_TAG,
 )
 from tasks.registry.gates import GateDecision
 from tasks.registry.versions import RegistryError, alias_change, all_versions, get_version, model_aliases
@@ -70,22 +71,36 @@ def promote_version(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    describe(client, promoted, f"{decision.headline() if decision else 'promoted by hand'}; "
+                               f"{registry.champion_alias} since {tags[PROMOTED_AT_TAG][:10]}")
     _delete_tag(client, name, version, ROLLED_BACK_TAG)  # promoted again: it is no longer a rolled-back version
     _delete_tag(client, name, version, NOT_PROMOTED_TAG)
     log.info("%s version %s is now %s (was %s): %s", name, version, registry.champion_alias, current, reason)
 
 
-def record_rejection(name: str, version: str, decision: GateDecision) -> None:
-    """Tag a candidate version with its failed gate decision; no alias changes."""
+def record_rejection(name: str, version: str, decision: GateDecision, candidate_alias: str) -> None:
+    """Tag and describe a candidate version with its failed gate decision. If it holds `candidate_alias` it
+    loses it: the registry's list page must not show a rejected model as the one waiting for promotion."""
     client = MlflowClient()
     get_version(client, name, str(version))
     tag_decision(client, name, str(version), decision)
+    if model_aliases(client, name).get(candidate_alias) == str(version):
+        client.delete_registered_model_alias(name, candidate_alias)
 
 
 def tag_decision(client: MlflowClient, name: str, version: str, decision: GateDecision) -> None:
+    """The decision as tags (every gate's value and bound) and, in one line, as the version's description."""
     client.set_model_version_tag(name, version, DECISION_TAG, "pass" if decision.passed else "fail")
     for gate in decision.gates:
         client.set_model_version_tag(name, version, f"{GATE_TAG_PREFIX}{gate.key}", gate.tag_value())
+    describe(client, client.get_model_version(name, version), decision.headline())
+
+
+def describe(client: MlflowClient, version: ModelVersion, text: str) -> None:
+    """One line in the version's description, led by the method that trained it: "PPO: failed …"."""
+    stage = version.tags.get(SOURCE_STAGE_TAG, "")
+    line = f"{stage.upper()}: {text}" if stage else text
+    client.update_model_version(version.name, str(version.version), description=line)
 
 
 def rollback(name: str, registry: RegistrySection) -> str:
@@ -119,7 +134,9 @@ def rollback(name: str, registry: RegistrySection) -> str:
             client.set_registered_model_alias(name, registry.previous_champion_alias, earlier)
     if demoted is not None and demoted != restored:
         client.set_model_version_tag(name, demoted, ROLLED_BACK_TAG, "true")
-        client.set_model_version_tag(name, demoted, ROLLED_BACK_AT_TAG, _now())
+        client.set_model_version_tag(name, demoted, ROLLED_BACK_AT_TAG, when := _now())
+        describe(client, client.get_model_version(name, demoted), f"rolled back on {when[:10]}, "
+                                                                  f"{registry.champion_alias} now version {restored}")
     log.warning("%s rolled back: %s %s -> %s; %s now %s", name, registry.champion_alias, demoted, restored,
                 registry.previous_champion_alias, earlier or "unset")
     return restored

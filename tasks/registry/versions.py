@@ -48,14 +48,17 @@ def version_tags(source_stage: str, source_run_id: str, metrics: dict[str, float
     return tags
 
 
-def register_version(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> ModelVersion:
-    """Register `model_uri` as a new version of `name`, tagged, and point `alias` at it.
+def register_version(model_uri: str, name: str, alias: str, tags: dict[str, str],
+                     description: str | None = None) -> ModelVersion:
+    """Register `model_uri` as a new version of `name`, tagged and described, and point `alias` at it.
 
     Idempotent: a version registered earlier from the same training run and evaluation (a rerun after the
     process died between creating the version and moving the alias) is completed and reused, not duplicated.
     """
     client = MlflowClient()
     version = _registered_earlier(client, name, tags) or mlflow.register_model(model_uri, name, tags=tags)
+    if description is not None and version.description != description:
+        version = client.update_model_version(name, str(version.version), description=description)
     failpoint("register.version")
     client.set_registered_model_alias(name, alias, version.version)
     return version

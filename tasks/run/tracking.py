@@ -25,7 +25,20 @@ def configure_tracking(cfg: PipelineConfig) -> str:
     else:
         experiment_id = mlflow.create_experiment(cfg.tracking.experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
+    _open_on_the_runs(experiment_id)
     return experiment_id
+
+
+# MLflow 3's UI opens an experiment without this tag in its GenAI mode, on an empty traces overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+
+
+def _open_on_the_runs(experiment_id: str) -> None:
+    """Tag the experiment as model development, so the UI opens on its runs; a kind someone chose is kept."""
+    experiment = mlflow.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
 
 
 def use_tracking_uri(uri: str) -> str:
