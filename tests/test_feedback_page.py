@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from tasks.feedback.records import Pair, latest_labels, read_labels, write_pairs
+from tests.helpers.browser import chromium, save_screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN = "test-token-5f2c"
 ANNOTATOR = "tester"
 WAIT_S = 30
@@ -65,13 +65,6 @@ PAIRS = [
                   "strip them and twist them together, then touch the starter wire to them.",
          source_a="models:/policy@candidate", source_b="models:/policy@champion", swapped=False),
 ]
-
-
-def _require_browser() -> None:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
-    if missing:
-        pytest.fail(f"the browser tests need Debian's chromium and chromedriver; missing {', '.join(missing)}: "
-                    "run infra/install_chromium.sh", pytrace=False)
 
 
 class _Server:
@@ -145,21 +138,8 @@ def serve():
 
 @pytest.fixture
 def browser():
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1200,900", "--hide-scrollbars"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _request(url: str, *, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | str]:
@@ -223,10 +203,7 @@ def test_labelling_page_by_click_and_key_survives_reload_and_a_killed_server(tmp
                 "[data-choice]") if "selected" in button.get_attribute("class").split()]
 
     def screenshot(name: str) -> None:
-        folder = Path(os.environ.get("ALIGNFLOW_SCREENSHOTS") or tmp_path)
-        folder.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(folder / name)), f"no screenshot {name}"
-        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        save_screenshot(driver, name, tmp_path)
 
     server = serve(pairs, labels)
 

@@ -20,6 +20,7 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
         skip_if_unchanged: SkipOption = False) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
     from flows.pipeline import alignment_pipeline
+    from tasks.run.tracking import ui_link
 
     results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
     if not results:
@@ -30,6 +31,8 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
     table = results_table(results)
     if table:
         typer.echo(f"\n{table}")
+    if run_ids := [result.run_id for result in results.values() if result.run_id]:
+        typer.echo(f"\nIn the MLflow UI (`make ui` for a local store): {ui_link(run_ids[0])}")
     write_json(out, {name: result.model_dump() for name, result in results.items()})
 
 

@@ -15,9 +15,10 @@ NOTE_TAG = "mlflow.note.content"  # the run page's "Description"
 _COLUMNS = (("harmful refusal", "eval/harmful_refusal_rate"), ("benign over-refusal", "eval/benign_refusal_rate"),
             ("sound-harmful over-refusal", "eval/sound_harmful_refusal_rate"), ("reward", "eval/reward_mean"),
             ("KL to SFT", "eval/kl_to_reference"), ("ppl ratio vs SFT", "eval/benign_perplexity_ratio_vs_sft"))
-_WHERE_TO_LOOK = ("Each model's answers, side by side: this experiment's runs page, **Evaluation** view (the "
-                  "`generations.json` table of each `evaluate-<method>` run). Their metrics are here as "
-                  "`<method>/…`; group or colour runs by the `method` param.")
+_WHERE_TO_LOOK = ("Each model's answers, side by side: on this experiment's runs page, expand this run and pick the "
+                  "third view (after the table and the charts), the evaluation view of the `generations.json` "
+                  "table of each `evaluate-<method>` run. Their metrics are here as `<method>/…`; group or colour "
+                  "runs by the `method` param.")
 
 
 def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> str:
@@ -27,18 +28,19 @@ def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]
     prompts = results[f"evaluate-{labels[-1]}"].metrics if labels else {}
     count = sum(int(prompts.get(f"eval/{kind}_prompts", 0)) for kind in ("harmful", "benign", "sound_harmful"))
     optimizers = ", ".join(o.upper() for o in cfg.optimizers) or "no optimizer"
+    promoted = promote.outputs.get("promoted") if promote else ""
+    outcome = (f"Promoted: **{promoted}** (version {promote.outputs.get('version')})." if promoted
+               else "Promoted: nothing; the champion stays as it was.")
+    # The outcome leads: the run page shows a description's first lines and folds the rest under "Show more".
     lines = [f"**{cfg.name}**: SFT and a reward model, then {optimizers}, each judged on the same {count} held-out "
-             "prompts (greedy) against the SFT baseline.", ""]
+             f"prompts (greedy) against the SFT baseline. {outcome}", ""]
     header = ["model", *(name for name, _ in _COLUMNS), "gates"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
         metrics = results[f"evaluate-{label}"].metrics
         cells = [label, *(_fmt(metrics.get(metric)) for _, metric in _COLUMNS), _decision(label, promote)]
         lines.append("| " + " | ".join(cells) + " |")
-    promoted = promote.outputs.get("promoted") if promote else ""
-    outcome = (f"Promoted: **{promoted}** (version {promote.outputs.get('version')})." if promoted
-               else "Promoted: nothing; the champion stays as it was.")
-    lines += ["", outcome, _WHERE_TO_LOOK]
+    lines += ["", _WHERE_TO_LOOK]
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import mlflow
 
 from tasks.core import paths
 from tasks.core.config import PipelineConfig
-from tasks.core.secrets import split_credentials
+from tasks.core.secrets import split_credentials, strip_credentials
 
 
 def configure_tracking(cfg: PipelineConfig) -> str:
@@ -29,9 +29,12 @@ def configure_tracking(cfg: PipelineConfig) -> str:
     return experiment_id
 
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI mode, on an empty traces overview.
+# MLflow 3's UI opens an experiment without this tag in its GenAI mode, on an empty traces overview. MLflow
+# 3.17's UI ignores the tag for a workflow switch the browser remembers (GenAI unless chosen), which a link's
+# `workflowType` parameter sets: `ui_link` gives that link.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 
 
 def _open_on_the_runs(experiment_id: str) -> None:
@@ -39,6 +42,14 @@ def _open_on_the_runs(experiment_id: str) -> None:
     experiment = mlflow.get_experiment(experiment_id)
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+
+
+def ui_link(run_id: str) -> str:
+    """The MLflow UI page of the runs of `run_id`'s experiment, opened in its model-training mode."""
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    uri = mlflow.get_tracking_uri()
+    base = strip_credentials(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def use_tracking_uri(uri: str) -> str:
