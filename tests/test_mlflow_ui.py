@@ -57,6 +57,7 @@ def _healthy(url: str) -> bool:
 def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisions(
     prefect_harness, tracked, demo_data_dir, tmp_path
 ):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -77,7 +78,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
                 return driver.find_element(By.TAG_NAME, "body").text
             try:
                 WebDriverWait(driver, WAIT_S, poll_frequency=0.5).until(lambda _: all(t in body() for t in texts))
-            except Exception:
+            except TimeoutException:
                 pytest.fail(f"{driver.current_url} never showed all of {texts}; it shows:\n{body()[:3000]}")
             return body()
 

@@ -32,8 +32,9 @@ def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]
     outcome = (f"Promoted: **{promoted}** (version {promote.outputs.get('version')})." if promoted
                else "Promoted: nothing; the champion stays as it was.")
     # The outcome leads: the run page shows a description's first lines and folds the rest under "Show more".
-    lines = [f"**{cfg.name}**: SFT and a reward model, then {optimizers}, each judged on the same {count} held-out "
-             f"prompts (greedy) against the SFT baseline. {outcome}", ""]
+    headline = (f"**{cfg.name}**: SFT and a reward model, then {optimizers}, each judged on the same {count} "
+                f"held-out prompts (greedy) against the SFT baseline. {outcome}")
+    lines = [headline, ""]
     header = ["model", *(name for name, _ in _COLUMNS), "gates"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
