@@ -58,3 +58,23 @@ def test_pooled_perplexity_by_hand():
     assert pooled_perplexity(sums[:1], counts[:1]) == pytest.approx(math.exp(2.0))
     with pytest.raises(ValueError, match="at least one completion token"):
         pooled_perplexity(sums[:0], counts[:0])
+
+
+def test_wilson_interval_by_hand():
+    from models.metrics import wilson_interval
+
+    # 50/100: p = 0.5, z² = 3.8416; centre (0.5 + 0.019208) / 1.038416 = 0.5;
+    # half 1.96·sqrt(0.0025 + 0.00009604) / 1.038416 = 1.96·0.0509511 / 1.038416 = 0.0961702.
+    low, high = wilson_interval(50, 100)
+    assert (low, high) == pytest.approx((0.4038298, 0.5961702), abs=1e-6)
+    # 0/10: centre = half = (3.8416/20) / 1.38416 = 0.1387701, so [0, 0.2775402]; n/n mirrors it.
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775402), abs=1e-6)
+    assert wilson_interval(10, 10) == pytest.approx((0.7224598, 1.0), abs=1e-6)
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    from models.metrics import wilson_interval
+
+    for successes, trials in ((1, 0), (-1, 5), (6, 5)):
+        with pytest.raises(ValueError, match="successes <= trials"):
+            wilson_interval(successes, trials)

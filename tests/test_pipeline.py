@@ -115,6 +115,14 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
     assert 0.0 <= children["reward"].data.metrics["reward/accuracy"] <= 1.0
     # Side by side on the parent run.
     assert {"sft/harmful_refusal_rate", "dpo/harmful_refusal_rate"} <= set(parent.data.metrics)
+    # The seed's comparison: a row per method, its stages' time, and each rate with its count and interval.
+    comparison = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/comparison/comparison.json")
+    assert [row["method"] for row in comparison] == ["sft", "dpo", "ppo", "rloo"]
+    for row in comparison:
+        refusal = row["harmful_refusal"]
+        assert refusal["n"] == eval_metrics["eval/harmful_prompts"] and refusal["value"] == pytest.approx(
+            children[f"evaluate-{row['method']}"].data.metrics["eval/harmful_refusal_rate"])
+        assert refusal["ci95"][0] <= refusal["value"] <= refusal["ci95"][1] and row["wall_seconds"] > 0
 
     # SFT and DPO models are registered versions carrying lineage and eval metrics; `candidate` is the newest.
     versions = {v.tags["alignflow.source_stage"]: v for v in client.search_model_versions("name='alignflow-policy'")}

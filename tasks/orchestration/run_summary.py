@@ -18,7 +18,8 @@ _COLUMNS = (("harmful refusal", "eval/harmful_refusal_rate"), ("benign over-refu
 _WHERE_TO_LOOK = ("Each model's answers, side by side: on this experiment's runs page, expand this run and pick the "
                   "third view (after the table and the charts), the evaluation view of the `generations.json` "
                   "table of each `evaluate-<method>` run. Their metrics are here as `<method>/…`; group or colour "
-                  "runs by the `method` param.")
+                  "runs by the `method` param. Each method's data, cost and stages, with 95% intervals on the "
+                  "rates: `comparison/comparison.md` in this run's artifacts.")
 
 
 def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> str:
@@ -39,7 +40,7 @@ def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label in labels:
         metrics = results[f"evaluate-{label}"].metrics
-        cells = [label, *(_fmt(metrics.get(metric)) for _, metric in _COLUMNS), _decision(label, promote)]
+        cells = [label, *(format_value(metrics.get(metric)) for _, metric in _COLUMNS), gate_decision(label, promote)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _WHERE_TO_LOOK]
     return "\n".join(lines)
@@ -49,7 +50,7 @@ def describe_parent_run(cfg: PipelineConfig, results: Mapping[str, StageResult])
     mlflow.set_tag(NOTE_TAG, pipeline_description(cfg, results))
 
 
-def _decision(label: str, promote: StageResult | None) -> str:
+def gate_decision(label: str, promote: StageResult | None) -> str:
     if label == "base":
         return "-"
     if label == "sft":
@@ -60,5 +61,5 @@ def _decision(label: str, promote: StageResult | None) -> str:
     return "promoted" if promote.outputs.get("promoted") == label else "passed" if passed else "failed"
 
 
-def _fmt(value: float | None) -> str:
+def format_value(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}"

@@ -1,0 +1,50 @@
+"""The seed's comparison table from a pipeline run's results (pure: no MLflow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.orchestration.comparison import comparison_markdown, comparison_rows
+from tasks.run.contract import StageResult
+
+
+def _eval(method: str, harmful: float, benign: float, **extra: float) -> StageResult:
+    metrics = {"eval/harmful_refusal_rate": harmful, "eval/harmful_prompts": 10, "eval/benign_refusal_rate": benign,
+               "eval/benign_prompts": 20, "eval/reward_mean": 0.5, "eval/kl_to_reference": 0.0, **extra}
+    return StageResult(stage="evaluate", run_id=f"run-{method}", cache_key="k", metrics=metrics)
+
+
+def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
+    results = {
+        "evaluate-sft": _eval("sft", 0.0, 0.0),
+        "evaluate-dpo": _eval("dpo", 1.0, 0.05, **{"eval/win_rate_vs_sft": 0.7}),
+        "evaluate-ppo": _eval("ppo", 0.5, 0.0),
+        "promote": StageResult(stage="promote", run_id="p", cache_key="k", outputs={"promoted": "dpo"},
+                               metrics={"gate/dpo/passed": 1.0, "gate/ppo/passed": 0.0}),
+    }
+    seconds = {"sft": 60.0, "reward": 120.0, "dpo": 30.0, "ppo": 300.0}
+    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100)}
+
+    assert set(rows) == {"sft", "dpo", "ppo"}  # rloo was not evaluated
+    assert rows["ppo"]["stages"] == ["sft", "reward", "ppo"] and rows["ppo"]["wall_seconds"] == 480.0
+    assert rows["dpo"]["wall_seconds"] == 90.0
+    assert (rows["sft"]["demos"], rows["sft"]["preference_pairs"]) == (40, 0)
+    assert (rows["dpo"]["demos"], rows["dpo"]["preference_pairs"]) == (40, 100)
+    assert [rows[m]["gates"] for m in ("sft", "dpo", "ppo")] == ["baseline", "promoted", "failed"]
+    # 5 of 10 harmful prompts refused: Wilson [0.2366, 0.7634]; 1 of 20 benign: [0.0089, 0.2361] (centre 0.1225, half-width 0.1136).
+    assert rows["ppo"]["harmful_refusal"]["successes"] == 5
+    assert rows["ppo"]["harmful_refusal"]["ci95"] == pytest.approx([0.236593, 0.763407], abs=1e-5)
+    assert rows["dpo"]["benign_over_refusal"]["ci95"] == pytest.approx([0.008881, 0.236136], abs=1e-5)
+    assert "sound_harmful_over_refusal" not in rows["dpo"]  # this eval set has no such prompts
+
+    table = comparison_markdown(list(rows.values()))
+    assert "| ppo | sft → reward → ppo | 40 | 100 | 8.0 min | 0.50 [0.24, 0.76] (10) | 0.00 [0.00, 0.16] (20) | - |" \
+        in table
+    assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("(prompts).")
+
+
+def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():
+    results = {"evaluate-ppo": _eval("ppo", 0.5, 0.0)}
+    (row,) = comparison_rows(results, {"sft": 60.0, "ppo": 300.0}, demos=1, pairs=1)
+    assert row["wall_seconds"] is None
+    assert "| ppo | sft → reward → ppo | 1 | 1 | - |" in comparison_markdown([row])
