@@ -10,6 +10,7 @@ from tasks.core.config import PipelineConfig, load_config
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.comparison import log_comparison
+from tasks.orchestration.comparison_report import log_comparison_report
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task, promotion_lock, unchanged_task
@@ -117,7 +118,7 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
                                        candidates=candidates or {"sft": (results["register-sft"], baseline)},
                                        baseline=baseline, champion=results.get("evaluate-champion"))
     describe_parent_run(cfg, results)
-    log_comparison(results, data)
+    log_comparison_report(cfg, lineage, results, log_comparison(results, data))
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

@@ -64,6 +64,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     store = tmp_path / "mlflow.db"
     results = alignment_pipeline(str(paths.DEMO_CONFIG), [
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
+        f"reports_dir={tmp_path / 'reports'}",
         "optimizers=[dpo]", "sft.epochs=1", "reward.max_steps=4", "dpo.max_steps=2", "eval.max_new_tokens=8"])
     client = MlflowClient()
     parent_id = client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"]
@@ -139,3 +140,19 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         assert summary.text == "All 6 datasets passed."
         assert summary.location["y"] < driver.find_element(By.TAG_NAME, "h2").location["y"]
         assert "sft_train" in driver.find_element(By.TAG_NAME, "table").text
+
+        # 7. The comparison report renders on its own: its plots load, every method answers the fixed prompts,
+        # the lineage is there, and the console has no errors.
+        driver.switch_to.default_content()
+        driver.get_log("browser")  # what the MLflow pages logged: not the report's
+        driver.get((tmp_path / "reports" / "demo-comparison.html").as_uri())
+        shows("Methods side by side", "Data lineage", "data (DVC md5)")
+        for plot in ("summary-plot", "curves-plot"):
+            width = driver.execute_script(f"return document.getElementById('{plot}').naturalWidth")
+            assert width > 0, f"{plot} did not load"
+        answers = driver.find_elements(By.CSS_SELECTOR, "#answers-table tr")
+        assert len(answers) == 1 + 4  # header, then two harmful and two benign prompts (the demo has no others)
+        assert [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")] == ["prompt", "sft", "dpo"]
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        save_screenshot(driver, "comparison-report.png", tmp_path)

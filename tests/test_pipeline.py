@@ -48,7 +48,7 @@ def _check_what_the_mlflow_ui_shows(client: MlflowClient, parent, children, resu
 
 
 def _overrides(tmp_path, data_dir):
-    return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
+    return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}", f"reports_dir={tmp_path / 'reports'}",
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.epochs=2", "reward.max_steps=10",
             "dpo.max_steps=4", "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
             "ppo.max_new_tokens=8", "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8",
@@ -123,6 +123,11 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
         assert refusal["n"] == eval_metrics["eval/harmful_prompts"] and refusal["value"] == pytest.approx(
             children[f"evaluate-{row['method']}"].data.metrics["eval/harmful_refusal_rate"])
         assert refusal["ci95"][0] <= refusal["value"] <= refusal["ci95"][1] and row["wall_seconds"] > 0
+    # ... and its report, in reports_dir and on the parent run (tests/test_mlflow_ui.py looks at it in a browser).
+    report = (tmp_path / "reports" / "demo-comparison.html").read_text(encoding="utf-8")
+    assert 'id="summary-plot"' in report and 'id="curves-plot"' in report and "sft → reward → ppo" in report
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/demo-comparison.html", "comparison/demo-comparison.png", "comparison/comparison.json"} <= logged
 
     # SFT and DPO models are registered versions carrying lineage and eval metrics; `candidate` is the newest.
     versions = {v.tags["alignflow.source_stage"]: v for v in client.search_model_versions("name='alignflow-policy'")}

@@ -175,6 +175,8 @@ class PipelineConfig(HashableConfig):
         ["dpo"], description="Preference optimizers to run after SFT; each yields a candidate. [] gates the SFT model."
     )
     work_dir: Path = Field(paths.WORK_DIR, description="Stage work folders: checkpoints, quarantine, caches.")
+    reports_dir: Path = Field(paths.REPORTS_DIR, description="Where each pipeline run writes its comparison report "
+                              "(also logged on its MLflow parent run).")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)

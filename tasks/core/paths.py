@@ -9,5 +9,6 @@ DATA_DIR = Path("data")
 DATA_DVC_FILE = Path("data.dvc")
 # Stage work folders (checkpoints, caches, quarantine files) live here, keyed by each stage's input hash.
 WORK_DIR = Path(".alignflow")
+REPORTS_DIR = Path("reports")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")

@@ -18,8 +18,8 @@ _COLUMNS = (("harmful refusal", "eval/harmful_refusal_rate"), ("benign over-refu
 _WHERE_TO_LOOK = ("Each model's answers, side by side: on this experiment's runs page, expand this run and pick the "
                   "third view (after the table and the charts), the evaluation view of the `generations.json` "
                   "table of each `evaluate-<method>` run. Their metrics are here as `<method>/…`; group or colour "
-                  "runs by the `method` param. Each method's data, cost and stages, with 95% intervals on the "
-                  "rates: `comparison/comparison.md` in this run's artifacts.")
+                  "runs by the `method` param. The methods compared, with plots, curves and "
+                  "answers: `comparison/` in this run's artifacts (`<name>-comparison.html`).")
 
 
 def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> str:

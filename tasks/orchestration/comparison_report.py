@@ -1,0 +1,76 @@
+"""The comparison report of a pipeline run: its table, plots, training curves, six fixed prompts answered by every
+method, and the data lineage, as one HTML page in `reports_dir` and on the parent MLflow run (`comparison/`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+
+from models.saving import write_atomically
+from tasks.core.config import PipelineConfig
+from tasks.core.lineage import Lineage
+from tasks.data.writers import write_text
+from tasks.orchestration.comparison import ARTIFACT_DIR, comparison_markdown
+from tasks.report.figures import curves_png, summary_png
+from tasks.report.page import render_report
+from tasks.run.contract import StageResult
+
+# The curve each training stage is judged by (a second one on a right axis).
+CURVES = {"sft": ("sft/loss",), "reward": ("reward/train/loss",), "dpo": ("dpo/loss",),
+          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl")}
+PROMPT_KINDS = ("harmful", "sound_harmful", "benign")
+PROMPTS_PER_KIND = 2
+
+
+def log_comparison_report(cfg: PipelineConfig, lineage: Lineage, results: Mapping[str, StageResult],
+                          rows: list[dict]) -> Path:
+    """Writes `<reports_dir>/<name>-comparison.html` (self-contained) and its summary plot as `.png` (for a
+    README), and logs both on the active (parent) run. Returns the HTML's path."""
+    client = mlflow.MlflowClient()
+    curves = {stage: {metric: [(m.step, m.value) for m in client.get_metric_history(results[stage].run_id, metric)]
+                      for metric in metrics}
+              for stage, metrics in CURVES.items() if stage in results and results[stage].run_id}
+    generations = {row["method"]: _generations(results[f"evaluate-{row['method']}"]) for row in rows}
+    summary, training = summary_png(rows), curves_png(curves)
+    page = render_report(title=f"{cfg.name}: the alignment methods compared", table_markdown=comparison_markdown(rows),
+                         summary_png=summary, curves_png=training, answers=fixed_answers(generations),
+                         lineage=_lineage(lineage, results))
+    out = Path(cfg.reports_dir)
+    html_path = write_text(out / f"{cfg.name}-comparison.html", page)
+    png_path = write_atomically(out / f"{cfg.name}-comparison.png", lambda partial: partial.write_bytes(summary))
+    mlflow.log_artifact(str(html_path), ARTIFACT_DIR)
+    mlflow.log_artifact(str(png_path), ARTIFACT_DIR)
+    return html_path
+
+
+def fixed_answers(generations: Mapping[str, list[dict]]) -> list[dict]:
+    """The first two held-out prompts of each kind (the eval set's order is fixed), with every method's answer."""
+    if not generations:
+        return []
+    first = next(iter(generations.values()))
+    prompts = [row for kind in PROMPT_KINDS for row in [r for r in first if r.get("kind") == kind][:PROMPTS_PER_KIND]]
+    by_method = {method: {row["prompt"]: row for row in rows} for method, rows in generations.items()}
+    return [{"prompt": row["prompt"], "kind": row["kind"],
+             "methods": {method: _answer(answers.get(row["prompt"])) for method, answers in by_method.items()}}
+            for row in prompts]
+
+
+def _answer(row: dict | None) -> dict | None:
+    return None if row is None else {"response": row["response"].strip(), "refused": bool(row["refused"])}
+
+
+def _generations(evaluation: StageResult) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(evaluation.outputs["generations"], dst_path=tmp)
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _lineage(lineage: Lineage, results: Mapping[str, StageResult]) -> dict[str, str]:
+    data = results["data"].output_hashes
+    return {"git commit": lineage.git_sha, "config hash": lineage.config_hash, "data (DVC md5)": lineage.data_md5,
+            **{f"{name} (md5)": digest for name, digest in sorted(data.items()) if name != "dvc_md5"},
+            **dict(lineage.data_tags)}

@@ -1,0 +1,72 @@
+"""The comparison report's plots, as PNG bytes: what each method refused (with 95% intervals), reward against
+KL, and each training stage's curve. Pure: rows and curves in, images out."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen on a worker
+
+import matplotlib.pyplot as plt
+
+RATES = (("harmful_refusal", "harmful refusal (higher is better)"),
+         ("benign_over_refusal", "benign over-refusal"),
+         ("sound_harmful_over_refusal", "sound-harmful over-refusal"))
+
+
+def summary_png(rows: list[dict]) -> bytes:
+    """Left: each method's refusal rates as bars with their Wilson intervals. Right: reward against KL."""
+    figure, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    rates = [(key, label) for key, label in RATES if any(key in row for row in rows)]
+    width = 0.8 / max(len(rates), 1)
+    for i, (key, label) in enumerate(rates):
+        xs = [m + (i - (len(rates) - 1) / 2) * width for m, row in enumerate(rows) if key in row]
+        values = [row[key]["value"] for row in rows if key in row]
+        errors = [[row[key]["value"] - row[key]["ci95"][0] for row in rows if key in row],
+                  [row[key]["ci95"][1] - row[key]["value"] for row in rows if key in row]]
+        bars.bar(xs, values, width, yerr=errors, capsize=3, label=label)
+    bars.set_xticks(range(len(rows)), [row["method"] for row in rows])
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("share of held-out prompts")
+    bars.set_title("Refusal and over-refusal (95% Wilson intervals)")
+    bars.legend(fontsize=8, loc="upper left")
+    for row in rows:
+        if row.get("reward") is not None and row.get("kl_to_sft") is not None:
+            scatter.scatter(row["kl_to_sft"], row["reward"], s=40)
+            scatter.annotate(row["method"], (row["kl_to_sft"], row["reward"]), textcoords="offset points",
+                             xytext=(5, 5))
+    scatter.set_xlabel("KL to the SFT model (nats per answer)")
+    scatter.set_ylabel("reward-model score")
+    scatter.set_title("Reward against KL")
+    return _png(figure)
+
+
+def curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
+    """One panel per training stage: each of its metrics over the steps (a second metric on a right axis)."""
+    stages = [stage for stage, metrics in curves.items() if any(metrics.values())]
+    columns = min(3, max(len(stages), 1))
+    rows = (len(stages) + columns - 1) // columns or 1
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, stage in zip(axes.flat, stages, strict=False):
+        for n, (metric, points) in enumerate(curves[stage].items()):
+            target = axis if n == 0 else axis.twinx()
+            colour = f"C{n}"
+            target.plot([s for s, _ in points], [v for _, v in points], color=colour, label=metric)
+            target.set_ylabel(metric, color=colour, fontsize=8)
+        axis.set_title(stage)
+        axis.set_xlabel("step")
+    for axis in list(axes.flat)[len(stages):]:
+        axis.set_visible(False)
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
+    try:
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
