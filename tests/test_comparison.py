@@ -48,3 +48,32 @@ def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():
     (row,) = comparison_rows(results, {"sft": 60.0, "ppo": 300.0}, demos=1, pairs=1)
     assert row["wall_seconds"] is None
     assert "| ppo | sft → reward → ppo | 1 | 1 | - |" in comparison_markdown([row])
+
+
+def test_the_fixed_prompts_are_the_first_two_of_each_kind_with_every_methods_answer():
+    from tasks.orchestration.comparison_report import fixed_answers
+
+    def rows(tag: str, skip: str = "") -> list[dict]:
+        kinds = ["benign", "harmful", "benign", "harmful", "harmful", "sound_harmful", "benign"]
+        return [{"prompt": f"p{i}", "kind": kind, "response": f" {tag}{i} ", "refused": tag == "dpo" and
+                 kind == "harmful"} for i, kind in enumerate(kinds) if f"p{i}" != skip]
+
+    answers = fixed_answers({"sft": rows("sft"), "dpo": rows("dpo", skip="p3")})
+    assert [(a["kind"], a["prompt"]) for a in answers] == [
+        ("harmful", "p1"), ("harmful", "p3"), ("sound_harmful", "p5"), ("benign", "p0"), ("benign", "p2")]
+    assert answers[0]["methods"] == {"sft": {"response": "sft1", "refused": False},
+                                     "dpo": {"response": "dpo1", "refused": True}}
+    assert answers[1]["methods"]["dpo"] is None  # DPO's generations lack p3: shown as "-", not dropped
+
+
+def test_the_report_page_escapes_answers_and_embeds_its_plots():
+    from tasks.report.page import render_report
+
+    page = render_report(title="t", table_markdown="| a | b |\n|---|---|\n| 1 | <2> |\n\nnote\n",
+                         summary_png=b"\x89PNG-1", curves_png=b"\x89PNG-2",
+                         answers=[{"prompt": "<script>x</script>", "kind": "harmful",
+                                   "methods": {"sft": {"response": "a & b", "refused": False}, "dpo": None}}],
+                         lineage={"config hash": "abc"})
+    assert "<script>" not in page and "&lt;script&gt;" in page and "a &amp; b" in page
+    assert "<td>&lt;2&gt;</td>" in page and "<p>note</p>" in page
+    assert page.count("data:image/png;base64,") == 2 and "<td>-</td>" in page
