@@ -39,3 +39,20 @@ def test_debug_shows_the_traceback(blocked, args, env):
     done = _alignflow(*args, "data", "demo", "--out", str(blocked), **env)
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr and "FileExistsError" in done.stderr
+
+
+def test_compare_from_results_names_a_file_that_is_not_a_runs_results(tmp_path):
+    not_json = tmp_path / "results.json"
+    not_json.write_text("{not json")
+    done = _alignflow("compare", "--from-results", str(not_json), "--set", f"tracking.tracking_uri=sqlite:///"
+                      f"{tmp_path / 'mlflow.db'}", "--set", f"reports_dir={tmp_path / 'reports'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"error: {not_json}: not the stage results `alignflow run --out` writes" in done.stderr
+
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"sft": {"stage": "sft", "run_id": "r", "cache_key": "k"}}')
+    done = _alignflow("compare", "--from-results", str(partial), "--set", f"tracking.tracking_uri=sqlite:///"
+                      f"{tmp_path / 'mlflow.db'}", "--set", f"reports_dir={tmp_path / 'reports'}")
+    assert done.returncode == 1
+    assert f"error: {partial}: no data, evaluate-sft, promote result" in done.stderr
+    assert not (tmp_path / "reports").exists()  # nothing written

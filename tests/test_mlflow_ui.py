@@ -1,5 +1,6 @@
-"""The MLflow UI tells what a pipeline run did, without a guide: a demo run, a real `mlflow server` on its store,
-and headless Chromium on the pages a user opens first (the experiment, the pipeline run, the registry).
+"""The MLflow UI and the comparison report tell what a pipeline run did, without a guide: `alignflow compare` on
+the demo, a real `mlflow server` on its store, and headless Chromium on the pages a user opens first (the
+experiment, the pipeline run, the registry) and on the report.
 
 Screenshots of those three go to $ALIGNFLOW_SCREENSHOTS, else to the test's temporary folder.
 """
@@ -17,8 +18,9 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from flows.pipeline import alignment_pipeline
+from flows.cli.pipeline import compare
 from tasks.core import paths
+from tasks.orchestration.comparison_report import results_from_file
 from tasks.run.tracking import ui_link
 from tests.helpers.browser import chromium, save_screenshot
 from tests.helpers.services import free_port
@@ -55,17 +57,22 @@ def _healthy(url: str) -> bool:
 
 
 def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisions(
-    prefect_harness, tracked, demo_data_dir, tmp_path
+    prefect_harness, tracked, demo_data_dir, tmp_path, capsys
 ):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     store = tmp_path / "mlflow.db"
-    results = alignment_pipeline(str(paths.DEMO_CONFIG), [
+    out = tmp_path / "results.json"
+    compare(config=paths.DEMO_CONFIG, out=out, overrides=[
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
-        f"reports_dir={tmp_path / 'reports'}",
-        "optimizers=[dpo]", "sft.epochs=1", "reward.max_steps=4", "dpo.max_steps=2", "eval.max_new_tokens=8"])
+        f"reports_dir={tmp_path / 'reports'}", "sft.epochs=1", "reward.max_steps=4", "dpo.max_steps=2",
+        "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
+        "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8"])
+    printed = capsys.readouterr().out
+    assert "| ppo | sft → reward → ppo |" in printed and f"report: {tmp_path / 'reports'}" in printed
+    results = results_from_file(out)
     client = MlflowClient()
     parent_id = client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"]
     experiment_id = client.get_run(parent_id).info.experiment_id
@@ -152,7 +159,8 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
             assert width > 0, f"{plot} did not load"
         answers = driver.find_elements(By.CSS_SELECTOR, "#answers-table tr")
         assert len(answers) == 1 + 4  # header, then two harmful and two benign prompts (the demo has no others)
-        assert [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")] == ["prompt", "sft", "dpo"]
+        assert [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")] == ["prompt", "sft", "dpo", "ppo",
+                                                                                    "rloo"]
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         save_screenshot(driver, "comparison-report.png", tmp_path)

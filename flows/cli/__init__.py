@@ -15,6 +15,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Align language models: SFT, RLHF, DPO, CAI.")
 app.callback()(prepare_environment)
 app.command()(pipeline.run)
+app.command()(pipeline.compare)
 app.command()(pipeline.validate)
 app.command()(pipeline.serve)
 app.command()(feedback.iterate)

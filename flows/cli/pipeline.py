@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flows.cli.common import ConfigOption, OutOption, SetOption, fail, write_json
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, registry_config, write_json
 from flows.cli.results_table import results_table
 from tasks.core import paths
 
@@ -34,6 +35,31 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
     if run_ids := [result.run_id for result in results.values() if result.run_id]:
         typer.echo(f"\nIn the MLflow UI (`make ui` for a local store): {ui_link(run_ids[0])}")
     write_json(out, {name: result.model_dump() for name, result in results.items()})
+
+
+FromResultsOption = Annotated[Path | None, typer.Option(
+    "--from-results", help="Train nothing: rebuild the comparison and report of a finished run from the stage "
+    "results its `alignflow run --out` wrote.")]
+
+
+def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
+            from_results: FromResultsOption = None) -> None:
+    """Compare the alignment methods: SFT, then DPO, PPO and RLOO from it, on the same base model, data and
+    held-out eval, as one pipeline run (unchanged stages come from the cache); prints the comparison table and
+    writes the HTML report."""
+    from flows.pipeline import alignment_pipeline
+    from tasks.orchestration.comparison import comparison_markdown
+    from tasks.orchestration.comparison_report import report_finished_run, results_from_file
+
+    overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
+    cfg = registry_config(config, overrides)
+    if from_results is None:
+        results = alignment_pipeline(str(config), overrides)
+        write_json(out, {name: result.model_dump() for name, result in results.items()})
+    else:
+        results = results_from_file(from_results)
+    rows, report = report_finished_run(cfg, results)
+    typer.echo(f"\n{comparison_markdown(rows)}\nreport: {report}")
 
 
 def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:

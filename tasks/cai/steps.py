@@ -23,11 +23,9 @@ from tasks.cai.prompts import Template, load_templates, prompt_id
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import DataValidationError
 from tasks.core.lineage import Lineage
-from tasks.core.tags import TAG_PREFIX
+from tasks.core.tags import CONSTITUTION_TAG
 from tasks.data.readers import read_rows
 from tasks.run.contract import StageResult, stage_run, work_dir
-
-CONSTITUTION_TAG = f"{TAG_PREFIX}constitution_hash"
 
 
 class ModelSources(BaseModel):

@@ -6,6 +6,7 @@ TAG_PREFIX = "alignflow."
 GIT_SHA_TAG = f"{TAG_PREFIX}git_sha"
 CONFIG_HASH_TAG = f"{TAG_PREFIX}config_hash"
 DATA_MD5_TAG = f"{TAG_PREFIX}dvc_data_md5"
+CONSTITUTION_TAG = f"{TAG_PREFIX}constitution_hash"  # on data made by the constitutional flow, and all it trains
 FLOW_RUN_TAG = f"{TAG_PREFIX}prefect_flow_run_id"
 PARENT_TAG_PREFIX = f"{TAG_PREFIX}parent."  # + input name: the model URI a stage started from
 

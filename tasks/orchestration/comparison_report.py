@@ -12,9 +12,11 @@ import mlflow
 
 from models.saving import write_atomically
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
+from tasks.core.tags import CONFIG_HASH_TAG, CONSTITUTION_TAG, DATA_MD5_TAG, GIT_SHA_TAG
 from tasks.data.writers import write_text
-from tasks.orchestration.comparison import ARTIFACT_DIR, comparison_markdown
+from tasks.orchestration.comparison import ARTIFACT_DIR, comparison_markdown, log_comparison
 from tasks.report.figures import curves_png, summary_png
 from tasks.report.page import render_report
 from tasks.run.contract import StageResult
@@ -74,3 +76,29 @@ def _lineage(lineage: Lineage, results: Mapping[str, StageResult]) -> dict[str, 
     return {"git commit": lineage.git_sha, "config hash": lineage.config_hash, "data (DVC md5)": lineage.data_md5,
             **{f"{name} (md5)": digest for name, digest in sorted(data.items()) if name != "dvc_md5"},
             **dict(lineage.data_tags)}
+
+
+def results_from_file(path: Path) -> dict[str, StageResult]:
+    """The stage results `alignflow run --out` wrote, checked for what a comparison reads."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        results = {name: StageResult.model_validate(result) for name, result in raw.items()}
+    except (OSError, ValueError, AttributeError) as err:
+        raise AlignflowError(f"{path}: not the stage results `alignflow run --out` writes ({err})") from err
+    missing = [name for name in ("data", "sft", "evaluate-sft", "promote") if name not in results]
+    if missing:
+        raise AlignflowError(f"{path}: no {', '.join(missing)} result; expected the JSON `alignflow run --out` "
+                             "writes for a whole pipeline run")
+    return results
+
+
+def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
+    """The comparison and report of a pipeline run that has ended, logged on its own parent run again."""
+    parent_id = mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"]
+    tags = mlflow.get_run(parent_id).data.tags
+    lineage = Lineage(git_sha=tags.get(GIT_SHA_TAG, "unknown"), config_hash=tags.get(CONFIG_HASH_TAG, ""),
+                      data_md5=tags.get(DATA_MD5_TAG, ""), parent_run_id=parent_id,
+                      data_tags=tuple(sorted((k, v) for k, v in tags.items() if k == CONSTITUTION_TAG)))
+    with mlflow.start_run(run_id=parent_id):
+        rows = log_comparison(results, results["data"])
+        return rows, log_comparison_report(cfg, lineage, results, rows)
