@@ -10,7 +10,7 @@
 - `eval/response_tokens`, the mean response length, and `eval/degeneration` (repeated word trigrams);
 - with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
   prompts and, given a baseline evaluation, `eval/win_rate_vs_sft`: how often the reward model prefers this
-  policy's response to the baseline's;
+  policy's response to the baseline's (and `eval/win_rate_vs_base`, given the base model's evaluation);
 - with a reference model: `eval/kl_to_reference`, KL(policy || reference) estimated on sampled responses.
 
 All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
@@ -122,10 +122,11 @@ def run_evaluate(
             generations["reward"] = _reward(cfg, reward, stage_dir, formatted, responses).tolist()
             metrics["eval/reward_mean"] = float(generations["reward"].mean())
             metrics["eval/benign_reward_mean"] = float(generations.loc[~_harmful(generations), "reward"].mean())
-            if baseline is not None:
-                baseline_rewards = torch.tensor(_baseline_generations(baseline, stage_dir)["reward"].tolist())
-                metrics["eval/win_rate_vs_sft"] = win_rate(torch.tensor(generations["reward"].tolist()),
-                                                           baseline_rewards)
+            for name, reference_eval in (("sft", baseline), ("base", base)):
+                if reference_eval is not None:
+                    theirs = _baseline_generations(reference_eval, stage_dir / f"{name}-generations")["reward"]
+                    metrics[f"eval/win_rate_vs_{name}"] = win_rate(torch.tensor(generations["reward"].tolist()),
+                                                                   torch.tensor(theirs.tolist()))
         if reference is not None and reference.model_uri == policy.model_uri:
             metrics["eval/kl_to_reference"] = 0.0  # the model is its own reference (the SFT baseline)
         elif reference is not None:
@@ -194,8 +195,8 @@ def _reward(cfg: PipelineConfig, reward: StageResult, stage_dir: Path, prompts: 
     return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.eval.score_batch_size)
 
 
-def _baseline_generations(baseline: StageResult, stage_dir: Path) -> pd.DataFrame:
-    local = mlflow.artifacts.download_artifacts(baseline.outputs["generations"], dst_path=str(stage_dir / "baseline"))
+def _baseline_generations(baseline: StageResult, folder: Path) -> pd.DataFrame:
+    local = mlflow.artifacts.download_artifacts(baseline.outputs["generations"], dst_path=str(folder))
     frame = pd.read_json(local, lines=True)
     if "reward" not in frame:
         raise ValueError(f"baseline evaluation {baseline.run_id} has no reward scores: evaluate it with a reward model")

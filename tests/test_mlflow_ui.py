@@ -69,13 +69,19 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
         f"reports_dir={tmp_path / 'reports'}", "sft.epochs=1", "reward.max_steps=4", "dpo.max_steps=2",
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
-        "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8"])
+        "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.base=true"])
     printed = capsys.readouterr().out
     assert "| ppo | sft → reward → ppo |" in printed and f"report: {tmp_path / 'reports'}" in printed
     results = results_from_file(out)
     client = MlflowClient()
     parent_id = client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"]
     experiment_id = client.get_run(parent_id).info.experiment_id
+    # With the base model evaluated, every method's win rate against it is in the comparison.
+    comparison = mlflow.artifacts.load_dict(f"runs:/{parent_id}/comparison/comparison.json")
+    assert [row["method"] for row in comparison] == ["sft", "dpo", "ppo", "rloo"]
+    for row in comparison:
+        assert row["win_rate_vs_base"] == results[f"evaluate-{row['method']}"].metrics["eval/win_rate_vs_base"]
+        assert 0.0 <= row["win_rate_vs_base"] <= 1.0
 
     with mlflow_server(store) as url, chromium("1400,1000") as driver:
         mlflow.set_tracking_uri(url)

@@ -36,7 +36,8 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
         row = {"method": method, "stages": list(stages), "demos": demos,
                "preference_pairs": pairs if method != "sft" else 0,
                "wall_seconds": round(sum(seconds[s] for s in stages), 1) if set(stages) <= set(seconds) else None,
-               "reward": m.get("eval/reward_mean"), "win_rate_vs_sft": m.get("eval/win_rate_vs_sft"),
+               "reward": m.get("eval/reward_mean"), "win_rate_vs_base": m.get("eval/win_rate_vs_base"),
+               "win_rate_vs_sft": m.get("eval/win_rate_vs_sft"),
                "kl_to_sft": m.get("eval/kl_to_reference"),
                "ppl_ratio_vs_sft": m.get("eval/benign_perplexity_ratio_vs_sft"),
                "gates": gate_decision(method, promote)}
@@ -49,13 +50,15 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
 
 def comparison_markdown(rows: list[dict]) -> str:
     header = ["method", "stages", "demos", "preference pairs", "wall", "harmful refusal", "benign over-refusal",
-              "sound-harmful over-refusal", "reward", "win rate vs SFT", "KL to SFT", "ppl ratio vs SFT", "gates"]
+              "sound-harmful over-refusal", "reward", "win rate vs base", "win rate vs SFT", "KL to SFT",
+              "ppl ratio vs SFT", "gates"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], " → ".join(row["stages"]), str(row["demos"]), str(row["preference_pairs"]),
                  _minutes(row["wall_seconds"]),
                  *(_rate_cell(row.get(name)) for name, _ in _RATES),
-                 *(format_value(row[key]) for key in ("reward", "win_rate_vs_sft", "kl_to_sft", "ppl_ratio_vs_sft")),
+                 *(format_value(row[key]) for key in ("reward", "win_rate_vs_base", "win_rate_vs_sft", "kl_to_sft",
+                                                   "ppl_ratio_vs_sft")),
                  row["gates"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nRates: value [95% Wilson interval] (prompts).\n"
