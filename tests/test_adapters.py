@@ -117,3 +117,12 @@ def test_a_logged_adapter_resolves_its_base_from_mlflow_and_serves_merged(tiny, 
 def test_merging_nothing_returns_the_model_itself(tiny):
     model, _, _ = tiny
     assert merge_adapters(model, []) is model
+
+
+def test_a_logged_models_name_is_the_config_and_stage_without_what_mlflow_refuses():
+    from tasks.registry.logged_models import logged_model_name
+
+    assert logged_model_name("smollm2", "ppo") == "smollm2-ppo"
+    # MLflow refuses '/', ':', '.', '%', '"' and "'" in a model name (a concurrent test run is "concurrent-0.2").
+    assert logged_model_name("concurrent-0.2", "dpo") == "concurrent-0-2-dpo"
+    assert logged_model_name("a/b:c%d\"e'f", "sft") == "a-b-c-d-e-f-sft"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ _PYFUNC_CODE = {"policy": Path(__file__).with_name("policy_pyfunc.py"),
 _MODELS_PACKAGE = paths.PROJECT_ROOT / "models"
 _HF_FOLDERS_CODE = Path(__file__).with_name("hf_folders.py")  # served adapters resolve their base with it
 __all__ = ["HF_ARTIFACT", "load_chain", "load_stage_model", "load_stage_reward_model", "log_hf_model",
-           "logged_model_id", "model_chain", "resolve_model_source"]
+           "logged_model_id", "logged_model_name", "model_chain", "resolve_model_source"]
 _SERVING_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors", "pandas"]
 _SIGNATURES = {
     # A policy takes raw user prompts and answers with greedy completions; max_new_tokens may be set per request.
@@ -37,6 +38,15 @@ _SIGNATURES = {
         outputs=Schema([ColSpec("double")]),
     ),
 }
+
+
+# MLflow refuses these in a logged model's name; a config may well be named "concurrent-0.2".
+_NOT_IN_MODEL_NAMES = re.compile(r"[/:.%\"']")
+
+
+def logged_model_name(config_name: str, stage: str) -> str:
+    """"smollm2-ppo": the config's name and the stage, with what MLflow refuses in a model name made a '-'."""
+    return _NOT_IN_MODEL_NAMES.sub("-", f"{config_name}-{stage}")
 
 
 def log_hf_model(hf_dir: Path, cfg: PipelineConfig, stage: str, kind: Literal["policy", "reward"] = "policy") -> str:
@@ -54,7 +64,7 @@ def log_hf_model(hf_dir: Path, cfg: PipelineConfig, stage: str, kind: Literal["p
     if not check_model_folder(hf_dir, trust_remote_code=cfg.model.trust_remote_code):
         write_manifest(hf_dir)  # a folder not written by `models.saving`
     info = mlflow.pyfunc.log_model(
-        name=f"{cfg.name}-{stage}",
+        name=logged_model_name(cfg.name, stage),
         python_model=str(_PYFUNC_CODE[kind]),
         artifacts={HF_ARTIFACT: str(hf_dir)},
         code_paths=[str(_MODELS_PACKAGE), str(_HF_FOLDERS_CODE)],
