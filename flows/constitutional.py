@@ -24,9 +24,9 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
     """Critique-revision and AI-feedback datasets from red-team prompts and a constitution; one MLflow parent run.
 
     Steps:
-    1. policy: `policy.model_uri`, or else the pipeline's validate, base_model and sft stages (cached as in the
-       pipeline: an SFT model trained by `alignflow run` with the same config is reused).
-    2. cai-respond: the helpful model answers every red-team prompt.
+    1. policy: `policy.model_uri`, or else the pipeline's validate, base_model and (`policy_stage: sft`) sft
+       stages (cached as in the pipeline: an SFT model trained by `alignflow run` with the same config is reused).
+    2. cai-respond: the helpful model answers every red-team prompt (and the helpful prompts, if any).
     3. cai-critique_revise: `critique.rounds` rounds; each draws a principle from the seed, critiques, revises.
     4. cai-sl_datasets: SFT (prompt, final revision) and preferences (final revision over the original).
     5. cai-rlaif: two sampled policy responses per prompt, labeled by the feedback model in both orders.
@@ -44,15 +44,17 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
         results: dict[str, StageResult] = {}
         if cai.policy.kind == "local" and cai.policy.model_uri is None:
             results.update(base_and_data(cfg, lineage))
-            results["sft"] = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=results["data"])
-        step = {"cai": cai, "models": model_sources(cai, results.get("sft"))}
+            if cai.policy_stage == "sft":
+                results["sft"] = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=results["data"])
+        step = {"cai": cai, "models": model_sources(cai, results.get(cai.policy_stage))}
         results["respond"] = responses = run_stage(CAI_TASKS["respond"], cfg, lineage, **step)
         results["critique_revise"] = revisions = run_stage(CAI_TASKS["critique_revise"], cfg, lineage,
                                                            responses=responses, **step)
         results["sl_datasets"] = run_stage(CAI_TASKS["sl_datasets"], cfg, lineage, cai=cai, responses=responses,
                                            revisions=revisions)
         if cai.rlaif.enabled:
-            results["rlaif"] = run_stage(CAI_TASKS["rlaif"], cfg, lineage, **step)
+            results["rlaif"] = run_stage(CAI_TASKS["rlaif"], cfg, lineage, responses=responses, revisions=revisions,
+                                         **step)
         datasets = [results[name] for name in ("sl_datasets", "rlaif") if name in results]
         results["version"] = run_stage(CAI_TASKS["version"], cfg, lineage, datasets=datasets, **step)
     return results

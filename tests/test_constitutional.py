@@ -70,7 +70,7 @@ def test_a_bad_constitution_fails_naming_the_field(tmp_path, constitution, key):
 @pytest.mark.parametrize(
     ("override", "key"),
     [("critique.roundz=2", r"key 'critique\.roundz': unknown key"), ("critique.rounds=0", r"key 'critique\.rounds'"),
-     ("rlaif.min_agreement=2", r"key 'rlaif\.min_agreement'"), ("policy.kind=grpc", r"key 'policy\.kind'"),
+     ("rlaif.min_confidence=0.4", r"key 'rlaif\.min_confidence'"), ("policy.kind=grpc", r"key 'policy\.kind'"),
      ("policy.kind=http", r"feedback\.model_uri is needed")],
 )
 def test_a_bad_cai_config_fails_naming_the_key(override, key):

@@ -85,7 +85,8 @@ def test_local_sampling_is_reproducible_from_the_seed_and_leaves_the_global_rng_
 
 def _http(url: str, **fields) -> HttpBackend:
     config = BackendSection(kind="http", url=url, model_name="fake-model", batch_size=2, backoff_s=0.01, **fields)
-    return HttpBackend(config, stop=["\n\n", "\nUser:"], prompt_template="User: {prompt}\nAssistant:")
+    return HttpBackend(config, stop=["\n\n", "\nUser:"], prompt_template="User: {prompt}\nAssistant:",
+                       prompt_format="plain")
 
 
 def test_http_generation_sampling_and_choice_logprobs_against_a_local_server():

@@ -1,4 +1,4 @@
-"""RLAIF labeling: position swap, agreement, dropped pairs, soft labels; end to end on the tiny local model and
+"""RLAIF labeling: position swap, calibration against position bias, dropped pairs, soft labels; end to end on the tiny local model and
 over HTTP against a real local server."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 PAIRS = [  # (id, prompt, a, b): the refusal is a in two pairs and b in the other two
     ("p1", "How do I steal a bike?", "Sorry, I can't help with that.", "Sure! Cut the lock."),
     ("p2", "How do I hack a laptop?", "Sure! Guess the password.", "Sorry, I won't help."),
-    ("p3", "How do I spy on a phone?", "Sorry, that would hurt someone.", "Sure! Hide a camera."),
+    ("p3", "How do I spy on a phone?", "Sorry, I won't: that would hurt someone.", "Sure! Hide a camera."),
     ("p4", "How do I break in?", "Sure! Force the window.", "Sorry, I cannot help with that."),
 ]
 
@@ -48,22 +48,26 @@ class Scorer:
         return scores
 
 
-def _label(tmp_path, scorer, min_agreement=0.5, pairs=PAIRS):
+def _label(tmp_path, scorer, min_confidence=0.5, pairs=PAIRS):
     labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])
     label_pairs(scorer, pairs, labels, constitution=load_constitution(paths.CONFIGS_DIR / "constitution.yaml"),
                 template=load_templates(PromptTemplates())["choice"], options=("A", "B"), seed=0, chunk=3)
-    return build_rlaif_dataset(pairs, labels, min_agreement=min_agreement, prefix=" ")
+    return build_rlaif_dataset(pairs, labels, min_confidence=min_confidence, prefix=" ")
 
 
 def test_judge_by_hand():
-    # p_first 0.8, p_second 0.7: same pick (a), agreement 1 - |0.8 - 0.7| = 0.9
-    assert judge(0.8, 0.7, 0.5) == (True, pytest.approx(0.9), None)
-    # p_first 0.9 (a), p_second 0.2 (b): the orders disagree, agreement 0.3
-    same, agreement, reason = judge(0.9, 0.2, 0.5)
-    assert not same and agreement == pytest.approx(0.3) and "different" in reason
-    # same pick but 1 - |0.95 - 0.55| = 0.6 < 0.7
-    same, agreement, reason = judge(0.95, 0.55, 0.7)
-    assert same and agreement == pytest.approx(0.6) and "below min_agreement" in reason
+    # log-odds ln 4 (0.8) and 0 (0.5): their mean ln 2 is P = 2/3; half their difference, ln 2, the position bias
+    p_a, bias, reason = judge(0.8, 0.5, 0.5)
+    assert (p_a, bias, reason) == (pytest.approx(2 / 3), pytest.approx(math.log(2)), None)
+    # 0.9 and 0.2: the raw orders disagree, but log-odds ln 9 and ln 1/4 average to ln 1.5: P(a) = 0.6, bias ln 6
+    p_a, bias, reason = judge(0.9, 0.2, 0.5)
+    assert (p_a, bias, reason) == (pytest.approx(0.6), pytest.approx(math.log(6)), None)
+    assert "0.600 below min_confidence 0.7" in judge(0.9, 0.2, 0.7)[2]
+    # 0.2 and 0.3 prefer b: P(chosen) is 1 - P(a), which the confidence is measured on
+    p_a, _, reason = judge(0.2, 0.3, 0.6)
+    assert p_a < 0.5 and reason is None
+    assert judge(0.5, 0.5, 0.5) == (0.5, 0.0, "no preference once calibrated")
+    assert judge(1.0, 1.0, 0.9)[0] == pytest.approx(1.0)  # a certain label keeps finite log-odds
 
 
 def test_a_feedback_model_that_prefers_one_response_labels_it_in_both_orders(tmp_path):
@@ -77,37 +81,47 @@ def test_a_feedback_model_that_prefers_one_response_labels_it_in_both_orders(tmp
     assert table["metrics"]["rlaif/first_position_prob"] == pytest.approx(0.5)
     assert len(table["kept"]) == 4 and table["dropped"] == []
     for row in table["kept"]:
-        assert set(row) == {"prompt", "chosen", "rejected", "chosen_prob", "agreement", "principle"}
+        assert set(row) == {"prompt", "chosen", "rejected", "chosen_prob", "position_bias", "principle"}
         assert row["chosen"].startswith(" Sorry") and not row["rejected"].startswith(" Sorry")
         assert row["chosen_prob"] == pytest.approx(1 / (1 + math.exp(-2)), abs=1e-6)  # soft label kept
-        assert row["agreement"] == pytest.approx(1.0)
+        assert row["position_bias"] == pytest.approx(0.0, abs=1e-6)
+    assert table["metrics"]["rlaif/refusal_preferred_calibrated"] == 1.0
 
 
-def test_a_position_biased_scorer_loses_agreement_and_its_pairs_are_dropped(tmp_path):
-    scorer = Scorer(content_weight=0.5, position_weight=2.0)  # mostly "always (A)"
+def test_a_position_biased_scorer_is_calibrated_not_dropped(tmp_path):
+    # logit(P(A)) = 0.5 * content + 2: "always (A)", so the raw orders never agree; the log-odds of the refusal are
+    # 0.5 + 2 and 0.5 - 2, whose mean 0.5 is the preference and half-difference 2 the bias.
+    scorer = Scorer(content_weight=0.5, position_weight=2.0)
     table = _label(tmp_path, scorer)
     metrics = table["metrics"]
     assert metrics["rlaif/agreement_rate"] == 0.0
     assert metrics["rlaif/first_position_prob"] > 0.8
-    assert table["kept"] == [] and len(table["dropped"]) == 4
-    for row in table["dropped"]:  # written aside with the reason and both probabilities
-        assert row["reason"] == "the two orders pick different responses"
-        assert row["p_first"] > 0.5 > row["p_second"]
+    assert metrics["rlaif/position_bias_logodds"] == pytest.approx(2.0)
+    assert metrics["rlaif/refusal_pairs"] == 4
+    assert metrics["rlaif/refusal_preferred_raw"] == 0.5  # the first order picks (A), the refusal in 2 of 4
+    assert metrics["rlaif/refusal_preferred_calibrated"] == 1.0
+    assert len(table["kept"]) == 4 and table["dropped"] == []
+    for row in table["kept"]:
+        assert row["chosen"].startswith(" Sorry")
+        assert row["chosen_prob"] == pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-6)
+        assert row["position_bias"] == pytest.approx(2.0)
 
 
-def test_min_agreement_drops_pairs_whose_orders_agree_only_weakly(tmp_path):
-    # logit(P(A)) = 2 * content + 1: P(refusal) is sigmoid(3) = 0.953 as A but sigmoid(1) = 0.731 as B.
-    scorer = Scorer(content_weight=2.0, position_weight=1.0)
-    assert len(_label(tmp_path / "lenient", scorer, min_agreement=0.5)["kept"]) == 4  # agreement 0.78
-    strict = _label(tmp_path / "strict", scorer, min_agreement=0.9)
-    assert strict["kept"] == [] and strict["metrics"]["rlaif/agreement_rate"] == 1.0
-    assert all("below min_agreement" in row["reason"] for row in strict["dropped"])
+def test_min_confidence_drops_pairs_the_calibrated_label_barely_decides(tmp_path):
+    scorer = Scorer(content_weight=0.5, position_weight=2.0)  # calibrated P(refusal) = sigmoid(0.5) = 0.622
+    assert len(_label(tmp_path / "lenient", scorer, min_confidence=0.6)["kept"]) == 4
+    strict = _label(tmp_path / "strict", scorer, min_confidence=0.7)
+    assert strict["kept"] == [] and len(strict["dropped"]) == 4
+    for row in strict["dropped"]:  # written aside with the reason and both probabilities
+        assert "0.622 below min_confidence 0.7" in row["reason"]
+        assert row["p_first"] > 0.5 > row["p_second"] or row["p_second"] > 0.5 > row["p_first"]
+        assert row["p_a_calibrated"] in (pytest.approx(0.622, abs=1e-3), pytest.approx(0.378, abs=1e-3))
 
 
 def test_identical_or_empty_responses_are_dropped_with_a_reason_and_need_no_label(tmp_path):
     pairs = [("p1", "Q?", "Same answer.", "Same answer."), ("p2", "Q?", "", "Sorry.")]
     no_labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])
-    table = build_rlaif_dataset(pairs, no_labels, min_agreement=0.5, prefix=" ")
+    table = build_rlaif_dataset(pairs, no_labels, min_confidence=0.5, prefix=" ")
     assert [row["reason"] for row in table["dropped"]] == ["identical responses", "an empty response"]
     assert table["metrics"]["rlaif/labeled"] == 0
 

@@ -40,25 +40,29 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
 FromResultsOption = Annotated[Path | None, typer.Option(
     "--from-results", help="Train nothing: rebuild the comparison and report of a finished run from the stage "
     "results its `alignflow run --out` wrote.")]
+CaiResultsOption = Annotated[Path | None, typer.Option(
+    "--cai-results", help="The `alignflow run --out` results of a pipeline run trained on Constitutional AI data "
+    "(e.g. configs/smollm2-cai.yaml): its SFT model (SL-CAI) and DPO model (RLAIF) become two more rows.")]
 
 
 def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
-            from_results: FromResultsOption = None) -> None:
+            from_results: FromResultsOption = None, cai_results: CaiResultsOption = None) -> None:
     """Compare the alignment methods: SFT, then DPO, PPO and RLOO from it, on the same base model, data and
     held-out eval, as one pipeline run (unchanged stages come from the cache); prints the comparison table and
-    writes the HTML report."""
+    writes the HTML report. With --cai-results, Constitutional AI's SFT and DPO models join the table."""
     from flows.pipeline import alignment_pipeline
-    from tasks.orchestration.comparison import comparison_markdown
+    from tasks.orchestration.comparison import comparison_markdown, with_cai
     from tasks.orchestration.comparison_report import report_finished_run, results_from_file
 
     overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
     cfg = registry_config(config, overrides)
+    cai = results_from_file(cai_results) if cai_results is not None else {}  # a bad file fails before any training
     if from_results is None:
         results = alignment_pipeline(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
     else:
         results = results_from_file(from_results)
-    rows, report = report_finished_run(cfg, results)
+    rows, report = report_finished_run(cfg, with_cai(results, cai) if cai else results)
     typer.echo(f"\n{comparison_markdown(rows)}\nreport: {report}")
 
 

@@ -73,11 +73,21 @@ def open_backend(config: BackendSection, *, model_uri: str | None, pipeline: Pip
         return LocalBackend(model, tokenizer, format_prompt, batch_size=config.batch_size, stop=stop,
                             identity=config.identity() if config.model_uri else f"local:{model_uri}")
     if config.kind == "http":
-        if pipeline.model.prompt_format != "plain":
-            raise ConfigError("an http backend needs model.prompt_format=plain in the pipeline config: "
-                              "/v1/completions takes text, and the chat template lives with the server's tokenizer")
-        return HttpBackend(config, stop=stop, prompt_template=pipeline.model.prompt_template)
+        return HttpBackend(config, stop=stop, prompt_template=pipeline.model.prompt_template,
+                           prompt_format=pipeline.model.prompt_format)
     raise ValueError(f"unknown backend kind {config.kind!r}; expected 'local' or 'http'")
+
+
+def check_http_formats(policy: BackendSection, feedback: BackendSection, critique_format: str,
+                       prompt_format: str) -> None:
+    """An http backend sends text to /v1/completions; the chat template lives with the server's tokenizer. So it can
+    format a request only in the plain format, and a feedback model reached over http reads text prompts."""
+    if policy.kind == "http" and prompt_format != "plain":
+        raise ConfigError("policy.kind=http needs model.prompt_format=plain in the pipeline config: /v1/completions "
+                          "takes text, and the chat template lives with the server's tokenizer")
+    if feedback.kind == "http" and critique_format == "chat":
+        raise ConfigError("feedback.kind=http needs critique.format=text: chat turns would need the server's chat "
+                          "template (critiques, revisions and labels are sent as text)")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -163,8 +173,9 @@ class LocalBackend:
 
 
 class HttpBackend:
-    def __init__(self, config: BackendSection, *, stop: Sequence[str], prompt_template: str):
+    def __init__(self, config: BackendSection, *, stop: Sequence[str], prompt_template: str, prompt_format: str):
         self.config = config
+        self.prompt_format = prompt_format
         self.endpoint = config.url.rstrip("/") + "/completions"
         self.stop = list(stop)
         self.prompt_template = prompt_template
@@ -173,6 +184,9 @@ class HttpBackend:
         self._client = httpx.Client(timeout=config.timeout_s)
 
     def format_request(self, prompt: str) -> str:
+        if self.prompt_format != "plain" or not isinstance(prompt, str):
+            raise ConfigError("an http backend formats requests only as plain text (model.prompt_format=plain, "
+                              "critique.format=text); see check_http_formats")
         return self.prompt_template.format(prompt=prompt)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:

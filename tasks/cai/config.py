@@ -95,6 +95,18 @@ class RespondSection(Section):
 class CritiqueSection(Section):
     rounds: int = Field(2, ge=1, description="Critique-revision rounds per prompt; each round draws a principle.")
     few_shots: int | None = Field(None, ge=0, description="Few-shot examples shown per prompt; None: all of them.")
+    format: Literal["text", "chat"] = Field(
+        "text", description="text: the template (few-shots inside) is the text the model continues; chat: each "
+        "few-shot example is a user turn (the template rendered for it) and its answer an assistant turn, the real "
+        "request the last user turn, all through the pipeline's prompt format (for chat models)."
+    )
+    keep: Literal["changed", "refusals"] = Field(
+        "changed", description="Which final revisions become data. changed: any non-empty one that differs from "
+        "the original; refusals: only those the refusal detector reads as declining (red-team prompts should be "
+        "declined), and a preference pair only when the original did not already decline."
+    )
+    critique: bool = Field(True, description="Critique before revising; false revises from the revision request "
+                           "alone (Bai et al. 2022 found critiques matter little for revisions; a weak critic's may hurt).")
     critique_max_new_tokens: int = Field(32, gt=0, description="Tokens per critique (greedy).")
     revision_max_new_tokens: int = Field(48, gt=0, description="Tokens per revision (greedy).")
 
@@ -104,8 +116,13 @@ class RlaifSection(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the two policy responses per prompt.")
     max_new_tokens: int = Field(48, gt=0, description="Tokens per sampled policy response.")
     options: tuple[str, str] = Field(("A", "B"), description="Answer labels scored by log-prob; the template ends before them.")
-    min_agreement: float = Field(
-        0.5, ge=0, le=1, description="Keep a pair only if both orders pick the same response and 1-|p1-p2| >= this."
+    pairs: Literal["samples", "revisions"] = Field(
+        "samples", description="samples: two sampled policy responses per prompt; revisions: the original response "
+        "and its final revision (the labeler, not the assumption that a revision is better, picks the chosen one)."
+    )
+    min_confidence: float = Field(
+        0.5, ge=0.5, lt=1, description="Keep a pair only if its calibrated P(chosen), the two orders' log-odds "
+        "averaged (which cancels a constant position bias), is at least this; 0.5 keeps every pair with a preference."
     )
 
     @field_validator("options")
@@ -123,9 +140,27 @@ class CAIConfig(HashableConfig):
     pipeline_config: Path = Field(paths.DEMO_CONFIG, description="Pipeline YAML: data, model format, tracking, SFT.")
     pipeline_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides for that pipeline.")
     constitution: Path = Field(paths.CONFIGS_DIR / "constitution.yaml", description="The constitution YAML.")
-    prompts_file: Path | None = Field(None, description="Red-team prompts (JSONL/Parquet, `prompt` column); None: "
+    prompts_file: Path | None = Field(None, description="Red-team prompts (JSONL/Parquet, a `prompt` or `messages` "
+                                      "column; a conversational prompt gives its first user turn); None: "
                                       "the pipeline's data.red_team_prompts.")
+    prompt_kinds: list[str] | None = Field(
+        None, description="Take only prompts_file rows whose `kind` column is one of these (e.g. [harmful] from a "
+        "world's preferences_train.jsonl: the requests the other methods train on); None: every row."
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N distinct prompts; None: all.")
+    helpful_prompts_file: Path | None = Field(
+        None, description="Benign prompts the policy answers as it is; its answers that do not refuse join sft.jsonl "
+        "(the CAI paper's helpfulness samples, so SFT on revisions does not teach refusing everything). JSONL or "
+        "Parquet with a `prompt` or `messages` column."
+    )
+    helpful_kinds: list[str] | None = Field(
+        None, description="Take only rows whose `kind` column is one of these (e.g. [benign, sound_harmful] from a "
+        "world's sft_train.jsonl); None: every row."
+    )
+    policy_stage: Literal["sft", "base"] = Field(
+        "sft", description="With policy.model_uri null: the pipeline stage whose model is the policy (trained or "
+        "reused from the cache): sft, or base (the pretrained model itself)."
+    )
     seed: int = Field(0, description="Seed for principle draws and sampled responses.")
     output_dir: Path = Field(Path("data-cai"), description="Folder of the new datasets; versioned with `dvc add`.")
     dvc_add: bool = Field(True, description="Version output_dir with DVC (it must lie inside a DVC repository).")

@@ -1,22 +1,32 @@
-"""RLAIF: AI preference labels for pairs of policy responses (Bai et al. 2022, section 4.1; Lee et al. 2023).
+"""RLAIF: AI preference labels for pairs of responses (Bai et al. 2022, section 4.1; Lee et al. 2023).
 
-For every red-team prompt the policy samples two responses (one seed per batch of prompts). The feedback model reads
-both under a principle's multiple-choice question and answers "(A)" or "(B)"; the label is read from the
-log-probabilities of the two answer labels, not from generated text. Each pair is asked twice, with the
-responses swapped, because small models prefer a position more than a response:
+The pairs are two sampled policy responses per red-team prompt (`rlaif.pairs: samples`), or a prompt's original
+response and its final revision (`revisions`: the labeler, not the assumption that a revision is better, picks).
+The feedback model reads both under a principle's multiple-choice question and answers "(A)" or "(B)"; the label
+is read from the log-probabilities of the two answer labels, not from generated text. Each pair is asked twice,
+with the responses swapped, because small models prefer a position more than a response. Calibration: with
+P(A) = sigmoid(t + b) for a preference t and a position bias b, the two orders give log-odds t + b and t - b
+for response a, so their mean is the bias-free t and half their difference the bias:
 
-    p_first  = P(a preferred | a shown as A)        p_second = P(a preferred | a shown as B)
-    soft label  P(a > b) = (p_first + p_second) / 2              agreement = 1 - |p_first - p_second|
+    l_first  = logit P(a preferred | a shown as A)      l_second = logit P(a preferred | a shown as B)
+    P(a > b) = sigmoid((l_first + l_second) / 2)        position bias = (l_first - l_second) / 2
 
-A pair is kept when both orders pick the same response and its agreement is at least `rlaif.min_agreement`;
-the rest go to `rlaif_dropped.jsonl` with the reason and both probabilities. Kept pairs are written as
-prompt/chosen/rejected (ready for the reward model or DPO) with the soft label in `chosen_prob`.
+A pair is kept when its calibrated P(chosen) reaches `rlaif.min_confidence`: pairs are not dropped only
+because the raw orders disagree, which a position bias larger than the preference always makes them do. The
+rest go to `rlaif_dropped.jsonl` with the reason and both probabilities. Kept pairs are written as
+prompt/chosen/rejected (ready for the reward model or DPO) with the soft label in `chosen_prob`. How well the
+calibration worked is measured where an independent check exists: on pairs where exactly one response
+declines (the refusal detector), how often the raw first order and the calibrated label pick the refusal.
 """
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 
+from models.safety import is_refusal
+from tasks.cai import supervised
 from tasks.cai.backends import Backend, choice_probability
 from tasks.cai.config import CAIConfig, Constitution
 from tasks.cai.progress import ProgressLog
@@ -45,30 +55,38 @@ def labels_key(cai: CAIConfig, models: ModelSources, samples: str, inputs: Input
                     seed=cai.seed, constitution=inputs.constitution_sha256, template=inputs.templates["choice"].sha256)
 
 
-def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: ModelSources) -> StageResult:
+def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: ModelSources,
+              responses: StageResult | None = None, revisions: StageResult | None = None) -> StageResult:
     inputs = Inputs(cai, cfg)
-    sampled_key = samples_key(cai, cfg, models)
+    from_revisions = cai.rlaif.pairs == "revisions"
+    if from_revisions and (responses is None or revisions is None):
+        raise ValueError("rlaif.pairs=revisions needs the respond and critique_revise results")
+    sampled_key = (step_key("rlaif_revision_pairs", responses=responses.cache_key, revisions=revisions.cache_key,
+                            rounds=cai.critique.rounds) if from_revisions else samples_key(cai, cfg, models))
     key = labels_key(cai, models, sampled_key, inputs)
     samples = ProgressLog(step_dir(cfg, "rlaif-samples", sampled_key) / SAMPLES, key=lambda r: r["id"])
     out = step_dir(cfg, "rlaif-labels", key)
     labels = ProgressLog(out / LABELS, key=lambda r: r["id"])
     with step_run("rlaif", cai, cfg, lineage, key=key, sections=("rlaif", "policy", "feedback", "seed"),
                   inputs=inputs, parents={"policy": models.policy_uri, "feedback": models.feedback_uri}) as run:
-        policy = backend_for("policy", cai, cfg, models)
+        policy = None if from_revisions else backend_for("policy", cai, cfg, models)
         # One model loaded once when it both answers and judges (the demo; a 7B model would not fit twice).
-        feedback = policy if (cai.feedback.kind, models.feedback_id) == (cai.policy.kind, models.policy_id) else None
+        same_model = (cai.feedback.kind, models.feedback_id) == (cai.policy.kind, models.policy_id)
+        feedback = policy if same_model else None
         try:
-            sample_pairs(policy, inputs.prompts, samples, cai=cai)
-            pairs = [(pid, prompt, *samples[pid]["responses"]) for pid, prompt in inputs.prompts]
+            if from_revisions:
+                pairs = revision_pairs(inputs.prompts, responses, revisions, cai.critique.rounds)
+            else:
+                sample_pairs(policy, inputs.prompts, samples, cai=cai)
+                pairs = [(pid, prompt, *samples[pid]["responses"]) for pid, prompt in inputs.prompts]
             feedback = feedback or backend_for("feedback", cai, cfg, models)
             written = label_pairs(feedback, [p for p in pairs if not _unlabelable(p[2], p[3])], labels,
                                   constitution=inputs.constitution, template=inputs.templates["choice"],
                                   options=cai.rlaif.options, seed=cai.seed, chunk=cai.feedback.batch_size)
         finally:
-            policy.close()
-            if feedback is not None and feedback is not policy:
-                feedback.close()
-        table = build_rlaif_dataset(pairs, labels, min_agreement=cai.rlaif.min_agreement,
+            for backend in {id(b): b for b in (policy, feedback) if b is not None}.values():
+                backend.close()
+        table = build_rlaif_dataset(pairs, labels, min_confidence=cai.rlaif.min_confidence,
                                     prefix=cai.completion_prefix)
         files = {"rlaif_preferences": out / PREFERENCES_FILE, "rlaif_dropped": out / DROPPED_FILE}
         write_jsonl(table["kept"], files["rlaif_preferences"])
@@ -80,6 +98,14 @@ def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: 
     return StageResult(stage="cai-rlaif", run_id=run.info.run_id, cache_key=key, metrics=metrics,
                        outputs={name: str(path) for name, path in files.items()},
                        output_hashes={name: md5_file(path) for name, path in files.items()})
+
+
+def revision_pairs(prompts: list[tuple[str, str]], responses: StageResult, revisions: StageResult,
+                   rounds: int) -> list[tuple[str, str, str, str]]:
+    """(id, prompt, original, final revision) for every red-team prompt."""
+    initial = supervised.responses_of(responses)
+    final = {pid: supervised.final_revision(records) for pid, records in supervised.rounds_of(revisions, rounds).items()}
+    return [(pid, prompt, initial[pid], final.get(pid, "")) for pid, prompt in prompts]
 
 
 def sample_pairs(policy: Backend, prompts: list[tuple[str, str]], samples: ProgressLog, *, cai: CAIConfig) -> int:
@@ -116,22 +142,24 @@ def label_pairs(feedback: Backend, pairs: list[tuple[str, str, str, str]], label
     return labels.fill(pairs, key=lambda pair: pair[0], compute=compute, chunk=chunk)
 
 
-def judge(p_first: float, p_second: float, min_agreement: float) -> tuple[bool, float, str | None]:
-    """(both orders pick the same response, agreement, reason to drop or None) from P(a preferred) per order."""
-    agreement = 1.0 - abs(p_first - p_second)
-    if p_first == 0.5 or p_second == 0.5:
-        return False, agreement, "no preference in one order"
-    if (p_first > 0.5) != (p_second > 0.5):
-        return False, agreement, "the two orders pick different responses"
-    if agreement < min_agreement:
-        return True, agreement, f"agreement {agreement:.3f} below min_agreement {min_agreement}"
-    return True, agreement, None
+def judge(p_first: float, p_second: float, min_confidence: float) -> tuple[float, float, str | None]:
+    """(calibrated P(a preferred), position bias in log-odds towards the first-shown response, reason to drop or
+    None) from P(a preferred) in each order (see the module docstring)."""
+    l_first, l_second = _logit(p_first), _logit(p_second)
+    p_a = 1.0 / (1.0 + math.exp(-(l_first + l_second) / 2))
+    bias = (l_first - l_second) / 2
+    if p_a == 0.5:
+        return p_a, bias, "no preference once calibrated"
+    if max(p_a, 1.0 - p_a) < min_confidence:
+        return p_a, bias, f"calibrated P(chosen) {max(p_a, 1.0 - p_a):.3f} below min_confidence {min_confidence}"
+    return p_a, bias, None
 
 
-def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: ProgressLog, *, min_agreement: float,
+def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: ProgressLog, *, min_confidence: float,
                         prefix: str) -> dict:
     """Kept pairs as prompt/chosen/rejected with the soft label, dropped pairs with their reason, and metrics."""
-    kept, dropped, agreements, agreed, first_position = [], [], [], 0, []
+    kept, dropped, biases, agreed, first_position = [], [], [], 0, []
+    refusal_checks = {"raw": [], "calibrated": []}  # picked the refusal, on pairs where exactly one declines
     for pid, prompt, a, b in pairs:
         row = {"id": pid, "prompt": prompt, "response_a": a, "response_b": b}
         reason = _unlabelable(a, b)
@@ -141,29 +169,40 @@ def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: Progress
         label = labels[pid]
         p_first, p_second = label["p_first"], label["p_second"]
         first_position += [p_first, 1.0 - p_second]  # P(the first-shown response) in each order
-        same_pick, agreement, reason = judge(p_first, p_second, min_agreement)
-        agreements.append(agreement)
-        agreed += same_pick
+        agreed += (p_first > 0.5) == (p_second > 0.5)
+        p_a, bias, reason = judge(p_first, p_second, min_confidence)
+        biases.append(bias)
+        if is_refusal(a) != is_refusal(b):
+            refusal_checks["raw"].append((p_first > 0.5) == is_refusal(a))
+            refusal_checks["calibrated"].append((p_a > 0.5) == is_refusal(a))
         if reason:
             dropped.append({**row, "reason": reason, "principle": label["principle"], "p_first": round(p_first, 6),
-                            "p_second": round(p_second, 6), "agreement": round(agreement, 6)})
+                            "p_second": round(p_second, 6), "p_a_calibrated": round(p_a, 6)})
             continue
-        p_a = (p_first + p_second) / 2
         chosen, rejected = (a, b) if p_a > 0.5 else (b, a)
         kept.append({"prompt": prompt, "chosen": prefix + chosen, "rejected": prefix + rejected,
-                     "chosen_prob": round(max(p_a, 1.0 - p_a), 6), "agreement": round(agreement, 6),
+                     "chosen_prob": round(max(p_a, 1.0 - p_a), 6), "position_bias": round(bias, 6),
                      "principle": label["principle"]})
-    labeled = len(agreements)
+    labeled = len(biases)
     metrics = {
         "rlaif/pairs": float(len(pairs)),
         "rlaif/labeled": float(labeled),
         "rlaif/kept": float(len(kept)),
         "rlaif/dropped": float(len(dropped)),
-        "rlaif/agreement_rate": agreed / labeled if labeled else 0.0,  # both orders pick the same response
-        "rlaif/mean_agreement": sum(agreements) / labeled if labeled else 0.0,
+        "rlaif/agreement_rate": agreed / labeled if labeled else 0.0,  # both raw orders pick the same response
         "rlaif/first_position_prob": sum(first_position) / len(first_position) if first_position else 0.5,
+        "rlaif/position_bias_logodds": sum(biases) / labeled if labeled else 0.0,
+        "rlaif/refusal_pairs": float(len(refusal_checks["raw"])),
     }
+    for name, checks in refusal_checks.items():
+        if checks:  # the detector's check of the labels: no such pairs, no number
+            metrics[f"rlaif/refusal_preferred_{name}"] = sum(checks) / len(checks)
     return {"kept": kept, "dropped": dropped, "metrics": metrics}
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1.0 - 1e-9)  # a label read as certain still has finite log-odds
+    return math.log(p / (1.0 - p))
 
 
 def _unlabelable(a: str, b: str) -> str | None:

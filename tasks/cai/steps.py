@@ -17,7 +17,7 @@ from typing import Literal
 import mlflow
 from pydantic import BaseModel, ConfigDict
 
-from tasks.cai.backends import Backend, open_backend
+from tasks.cai.backends import Backend, check_http_formats, open_backend
 from tasks.cai.config import CAIConfig, Constitution, constitution_sha256, load_constitution
 from tasks.cai.prompts import Template, load_templates, prompt_id
 from tasks.core.config import PipelineConfig
@@ -39,13 +39,14 @@ class ModelSources(BaseModel):
     feedback_id: str
 
 
-def model_sources(cai: CAIConfig, sft: StageResult | None) -> ModelSources:
-    """Resolve `model_uri: null`: the policy is the SFT model the flow trained, the feedback model the policy."""
+def model_sources(cai: CAIConfig, stage: StageResult | None) -> ModelSources:
+    """Resolve `model_uri: null`: the policy is the model of the pipeline stage `policy_stage` (the flow ran it),
+    the feedback model the policy."""
     policy_uri, policy_id = cai.policy.model_uri, cai.policy.identity()
     if cai.policy.kind == "local" and policy_uri is None:
-        if sft is None:
-            raise ValueError("policy.model_uri is null, so the flow must train the SFT model first")
-        policy_uri, policy_id = sft.model_uri, f"stage:sft:{sft.cache_key}"
+        if stage is None:
+            raise ValueError(f"policy.model_uri is null, so the flow must run the {cai.policy_stage} stage first")
+        policy_uri, policy_id = stage.model_uri, f"stage:{cai.policy_stage}:{stage.cache_key}"
     feedback_uri, feedback_id = cai.feedback.model_uri, cai.feedback.identity()
     if cai.feedback.kind == "local" and feedback_uri is None:
         feedback_uri, feedback_id = policy_uri, policy_id
@@ -58,24 +59,41 @@ class Inputs:
 
     def __init__(self, cai: CAIConfig, cfg: PipelineConfig):
         self.prompts_path = Path(cai.prompts_file or cfg.data.path("red_team_prompts"))
-        self.prompts = read_prompts(self.prompts_path, cai.limit)
+        self.prompts = read_prompts(self.prompts_path, cai.limit, kinds=cai.prompt_kinds)
+        self.helpful_prompts = (read_prompts(Path(cai.helpful_prompts_file), kinds=cai.helpful_kinds)
+                                if cai.helpful_prompts_file else [])
         self.constitution: Constitution = load_constitution(cai.constitution)
         self.constitution_sha256 = constitution_sha256(cai.constitution)
         self.templates: dict[str, Template] = load_templates(cai.templates)
+        check_http_formats(cai.policy, cai.feedback, cai.critique.format, cfg.model.prompt_format)
 
 
-def read_prompts(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
-    """(id, prompt) for each distinct prompt, in file order; the id is a hash of the prompt's text."""
+def read_prompts(path: Path, limit: int | None = None, kinds: list[str] | None = None) -> list[tuple[str, str]]:
+    """(id, prompt) for each distinct prompt, in file order; the id is a hash of the prompt's text. A conversational
+    prompt or `messages` (TRL's format) gives its first user turn; `kinds` keeps rows whose `kind` is one of them."""
     rows = read_rows(path)
-    if "prompt" not in rows:
-        raise DataValidationError(f"{path}: no `prompt` column")
+    column = "prompt" if "prompt" in rows else "messages" if "messages" in rows else None
+    if column is None:
+        raise DataValidationError(f"{path}: no `prompt` or `messages` column")
+    if kinds is not None and "kind" not in rows:
+        raise DataValidationError(f"{path}: no `kind` column to select the kinds {kinds} from")
     seen: dict[str, str] = {}
-    for row, prompt in zip(rows["row"], rows["prompt"], strict=True):
+    for i, (row, value) in enumerate(zip(rows["row"], rows[column], strict=True)):
+        if kinds is not None and rows["kind"][i] not in kinds:
+            continue
+        prompt = value if isinstance(value, str) else _first_user_turn(value)
         if not isinstance(prompt, str) or not prompt.strip():
-            raise DataValidationError(f"{path}: row {row}: `prompt` must be a non-empty string")
+            raise DataValidationError(f"{path}: row {row}: `{column}` must be a non-empty string or hold a user turn")
         seen.setdefault(prompt_id(prompt), prompt)
     prompts = list(seen.items())
     return prompts[:limit] if limit else prompts
+
+
+def _first_user_turn(messages) -> str | None:
+    if not isinstance(messages, list):
+        return None
+    return next((turn.get("content") for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"),
+                None)
 
 
 def step_key(step: str, **parts) -> str:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import mlflow
 
-from models.safety import refusal_rate
+from models.safety import is_refusal, refusal_rate
 from tasks.cai.backends import Backend
-from tasks.cai.config import CAIConfig, Constitution, CritiqueSection
+from tasks.cai.config import CAIConfig, Constitution, CritiqueSection, FewShot, Principle
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, draw_principle, few_shots
 from tasks.cai.steps import Inputs, ModelSources, backend_for, step_dir, step_key, step_run
@@ -52,13 +52,14 @@ def run_respond(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
     with step_run("respond", cai, cfg, lineage, key=key, sections=("respond", "policy"), inputs=inputs,
                   parents={"policy": models.policy_uri}) as run:
         backend = backend_for("policy", cai, cfg, models)
+        prompts = inputs.prompts + inputs.helpful_prompts
         try:
-            written = respond(backend, inputs.prompts, progress, max_new_tokens=cai.respond.max_new_tokens,
+            written = respond(backend, prompts, progress, max_new_tokens=cai.respond.max_new_tokens,
                               chunk=cai.policy.batch_size)
         finally:
             backend.close()
-        metrics = {"cai/prompts": float(len(inputs.prompts)), "cai/responses_generated": float(written),
-                   "cai/responses_resumed": float(len(inputs.prompts) - written)}
+        metrics = {"cai/prompts": float(len(inputs.prompts)), "cai/helpful_prompts": float(len(inputs.helpful_prompts)),
+                   "cai/responses_generated": float(written), "cai/responses_resumed": float(len(prompts) - written)}
         mlflow.log_metrics(metrics)
     return _result("respond", run, key, metrics, progress)
 
@@ -77,7 +78,7 @@ def respond(backend: Backend, prompts: list[tuple[str, str]], progress: Progress
 
 def critique_key(cai: CAIConfig, models: ModelSources, responses: StageResult, inputs: Inputs) -> str:
     # Not `rounds`: round r's records do not depend on how many rounds follow, so raising it reuses them.
-    settings = {**cai.critique.model_dump(exclude={"rounds"}), "stop": cai.stop, "seed": cai.seed}
+    settings = {**cai.critique.model_dump(exclude={"rounds", "keep"}), "stop": cai.stop, "seed": cai.seed}
     return step_key("critique_revise", responses=responses.cache_key, model=models.feedback_id, settings=settings,
                     constitution=inputs.constitution_sha256,
                     templates={name: inputs.templates[name].sha256 for name in ("critique", "revision")})
@@ -87,7 +88,7 @@ def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig
                         responses: StageResult) -> StageResult:
     inputs = Inputs(cai, cfg)
     key = critique_key(cai, models, responses, inputs)
-    initial = _responses(responses)
+    initial = responses_of(responses)
     progress = ProgressLog(step_dir(cfg, "critique", key) / PROGRESS, key=lambda r: (r["id"], r["round"]))
     with step_run("critique_revise", cai, cfg, lineage, key=key, sections=("critique", "feedback", "seed"),
                   inputs=inputs, parents={"feedback": models.feedback_uri}) as run:
@@ -110,17 +111,21 @@ def critique_and_revise(backend: Backend, prompts: list[tuple[str, str]], initia
                         settings: CritiqueSection, seed: int, chunk: int) -> int:
     """All rounds for every prompt; round r critiques what round r-1 left. Returns how many records it wrote."""
     shots = few_shots(constitution, settings.few_shots)
+    render = (_chat_renderer(backend, templates, shots, with_critique=settings.critique) if settings.format == "chat"
+              else _text_renderer(templates))
     written = 0
     for round_ in range(1, settings.rounds + 1):
         def compute(batch, round_=round_):
             contexts = [{"few_shots": shots, "prompt": prompt,
                          "response": _current_response(progress, initial, pid, round_),
                          "principle": draw_principle(constitution, seed, pid, round_)} for pid, prompt in batch]
-            critiques = backend.generate([templates["critique"].render(**c) for c in contexts],
-                                         max_new_tokens=settings.critique_max_new_tokens)
-            critiques = [c.strip() for c in critiques]
+            critiques = [""] * len(batch)
+            if settings.critique:
+                critiques = backend.generate([render("critique", c) for c in contexts],
+                                             max_new_tokens=settings.critique_max_new_tokens)
+                critiques = [c.strip() for c in critiques]
             revisions = backend.generate(
-                [templates["revision"].render(**c, critique=cr) for c, cr in zip(contexts, critiques, strict=True)],
+                [render("revision", {**c, "critique": cr}) for c, cr in zip(contexts, critiques, strict=True)],
                 max_new_tokens=settings.revision_max_new_tokens,
             )
             return [{"id": pid, "round": round_, "principle": c["principle"].name, "response": c["response"],
@@ -129,6 +134,31 @@ def critique_and_revise(backend: Backend, prompts: list[tuple[str, str]], initia
 
         written += progress.fill(prompts, key=lambda item, r=round_: (item[0], r), compute=compute, chunk=chunk)
     return written
+
+
+def _text_renderer(templates: dict[str, Template]):
+    """The template is the whole text the model continues, few-shot examples inside it."""
+    return lambda name, context: templates[name].render(**context)
+
+
+def _chat_renderer(backend: Backend, templates: dict[str, Template], shots: list[FewShot], *, with_critique: bool):
+    """A conversation in the model's own prompt format: each few-shot example is a user turn (the template
+    rendered for it alone) answered by its critique or revision, and the real request is the last user turn.
+    Without critiques the examples show none either."""
+    def shot_turns(name: str, shot: FewShot) -> list[dict[str, str]]:
+        principle = Principle(name="example", critique_request=shot.critique_request,
+                              revision_request=shot.revision_request, preference_question="-")
+        context = {"few_shots": [], "prompt": shot.prompt, "response": shot.response, "principle": principle,
+                   "critique": shot.critique if with_critique else ""}
+        return [{"role": "user", "content": templates[name].render(**context).strip()},
+                {"role": "assistant", "content": getattr(shot, name)}]
+
+    def render(name: str, context: dict) -> str:
+        turns = [turn for shot in shots for turn in shot_turns(name, shot)]
+        turns.append({"role": "user", "content": templates[name].render(**{**context, "few_shots": []}).strip()})
+        return backend.format_request(turns)
+
+    return render
 
 
 def _current_response(progress: ProgressLog, initial: dict[str, str], pid: str, round_: int) -> str:
@@ -146,20 +176,24 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
                     revisions: StageResult) -> StageResult:
     """Write the SFT and preference datasets (plus the full trace and the dropped prompts) to a work folder."""
     inputs = Inputs(cai, cfg)
-    key = step_key("sl_datasets", revisions=revisions.cache_key, prompts=[pid for pid, _ in inputs.prompts],
-                   prefix=cai.completion_prefix)
+    key = step_key("sl_datasets", revisions=revisions.cache_key, responses=responses.cache_key,
+                   prompts=[pid for pid, _ in inputs.prompts], helpful=[pid for pid, _ in inputs.helpful_prompts],
+                   prefix=cai.completion_prefix, keep=cai.critique.keep)
     out = step_dir(cfg, "sl_datasets", key)
-    initial = _responses(responses)
-    rounds = _rounds(revisions, cai.critique.rounds)
-    with step_run("sl_datasets", cai, cfg, lineage, key=key, sections=("completion_prefix",), inputs=inputs) as run:
-        tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix)
+    initial = responses_of(responses)
+    rounds = rounds_of(revisions, cai.critique.rounds)
+    with step_run("sl_datasets", cai, cfg, lineage, key=key, sections=("completion_prefix", "critique"),
+                  inputs=inputs) as run:
+        tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix,
+                                   keep=cai.critique.keep, helpful=inputs.helpful_prompts)
         files = {}
         for name, filename in (("sft", SFT_FILE), ("preferences", PREFERENCES_FILE), ("trace", TRACE_FILE),
                                ("dropped", DROPPED_FILE)):
             files[name] = out / filename
             write_jsonl(tables[name], files[name])
         metrics = {"cai/sft_rows": float(len(tables["sft"])), "cai/preference_rows": float(len(tables["preferences"])),
-                   "cai/dropped": float(len(tables["dropped"])), **_refusal_rates(tables["trace"])}
+                   "cai/dropped": float(len(tables["dropped"])), **_refusal_rates(tables["trace"]),
+                   **drop_counts(tables["dropped"])}
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), artifact_path="cai_sl")
     return StageResult(stage="cai-sl_datasets", run_id=run.info.run_id, cache_key=key, metrics=metrics,
@@ -168,24 +202,49 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
 
 
 def build_sl_datasets(prompts: list[tuple[str, str]], initial: dict[str, str], rounds: dict[str, list[dict]], *,
-                      prefix: str) -> dict[str, list[dict]]:
-    """TRL rows in prompt order: sft (prompt/completion), preferences (prompt/chosen/rejected), trace, dropped."""
+                      prefix: str, keep: str = "changed",
+                      helpful: list[tuple[str, str]] = ()) -> dict[str, list[dict]]:
+    """TRL rows in prompt order: sft (prompt/completion), preferences (prompt/chosen/rejected), trace, dropped.
+
+    Every red-team prompt leaves a row in `trace`; one whose final revision is unusable (or, with
+    `keep="refusals"`, does not decline) goes to `dropped` with the reason instead of `sft`. A preference pair
+    also needs the original not to decline already. The policy's answers to `helpful` prompts join `sft` as they
+    are, unless they refuse (then they are dropped too)."""
     tables: dict[str, list[dict]] = {"sft": [], "preferences": [], "trace": [], "dropped": []}
     for pid, prompt in prompts:
         original = initial[pid]
-        final = _final_revision(rounds[pid])
+        final = final_revision(rounds[pid])
         tables["trace"].append({"id": pid, "prompt": prompt, "initial": original, "rounds": rounds[pid]})
-        reason = _unusable(original, final)
-        if reason:
-            tables["dropped"].append({"id": pid, "prompt": prompt, "reason": reason, "initial": original,
-                                      "final": final})
+        sft_reason, pair_reason = _unusable(original, final, keep)
+        if sft_reason or pair_reason:
+            tables["dropped"].append({"id": pid, "prompt": prompt, "reason": sft_reason or pair_reason,
+                                      "dropped_from": "sft and preferences" if sft_reason else "preferences",
+                                      "initial": original, "final": final})
+        if not sft_reason:
+            tables["sft"].append({"prompt": prompt, "completion": prefix + final})
+        if not (sft_reason or pair_reason):
+            tables["preferences"].append({"prompt": prompt, "chosen": prefix + final, "rejected": prefix + original})
+    for pid, prompt in helpful:
+        answer = initial[pid]
+        if not answer or is_refusal(answer):
+            tables["dropped"].append({"id": pid, "prompt": prompt, "dropped_from": "sft", "initial": answer,
+                                      "reason": "the helpful answer is empty" if not answer
+                                      else "the helpful answer refuses"})
             continue
-        tables["sft"].append({"prompt": prompt, "completion": prefix + final})
-        tables["preferences"].append({"prompt": prompt, "chosen": prefix + final, "rejected": prefix + original})
+        tables["sft"].append({"prompt": prompt, "completion": prefix + answer})
     return tables
 
 
-def _final_revision(rounds: list[dict]) -> str:
+def drop_counts(dropped: list[dict]) -> dict[str, float]:
+    """`cai/dropped/<reason>`: how many records each reason left out."""
+    counts: dict[str, float] = {}
+    for row in dropped:
+        name = "cai/dropped/" + "_".join(row["reason"].replace("'", "").split())
+        counts[name] = counts.get(name, 0.0) + 1.0
+    return counts
+
+
+def final_revision(rounds: list[dict]) -> str:
     """The last non-empty revision; empty when every round came back empty."""
     return next((r["revision"] for r in reversed(rounds) if r["revision"]), "")
 
@@ -194,19 +253,25 @@ def _refusal_rates(trace: list[dict]) -> dict[str, float]:
     """How often the original and the final response refuse (the evaluate stage's keyword detector)."""
     if not trace:
         return {}
-    finals = [_final_revision(row["rounds"]) for row in trace]
+    finals = [final_revision(row["rounds"]) for row in trace]
     return {"cai/initial_refusal_rate": refusal_rate([row["initial"] for row in trace]),
             "cai/final_refusal_rate": refusal_rate(finals)}
 
 
-def _unusable(original: str, final: str) -> str | None:
+def _unusable(original: str, final: str, keep: str) -> tuple[str | None, str | None]:
+    """(why the final revision is no SFT row, why it is no preference pair): None where it is usable."""
     if not final:
-        return "every revision was empty"
+        return "every revision was empty", None
     if not original:
-        return "the initial response was empty"
+        return None, "the initial response was empty"
     if final == original:
-        return "the revision equals the initial response"
-    return None
+        return "the revision equals the initial response", None
+    if keep == "refusals":
+        if not is_refusal(final):
+            return "the revision does not decline", None
+        if is_refusal(original):
+            return None, "the initial response already declines"
+    return None, None
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -221,11 +286,11 @@ def _records(result: StageResult) -> Iterator[dict]:
     return iter(ProgressLog(Path(result.outputs["records"]), key=lambda r: (r["id"], r.get("round"))))
 
 
-def _responses(result: StageResult) -> dict[str, str]:
+def responses_of(result: StageResult) -> dict[str, str]:
     return {record["id"]: record["response"] for record in _records(result)}
 
 
-def _rounds(result: StageResult, rounds: int) -> dict[str, list[dict]]:
+def rounds_of(result: StageResult, rounds: int) -> dict[str, list[dict]]:
     by_id: dict[str, list[dict]] = {}
     for record in sorted(_records(result), key=lambda r: (r["id"], r["round"])):
         if record["round"] <= rounds:

@@ -27,7 +27,8 @@ from tasks.run.contract import StageResult
 MANIFEST = "cai_manifest.json"
 MANIFEST_KIND = "alignflow-cai-dataset"
 CAI_MD5_TAG = f"{TAG_PREFIX}cai_dvc_md5"
-_LABEL_QUALITY = ("rlaif/agreement_rate", "rlaif/mean_agreement", "rlaif/first_position_prob")
+_LABEL_QUALITY = ("rlaif/agreement_rate", "rlaif/first_position_prob", "rlaif/position_bias_logodds",
+                  "rlaif/refusal_preferred_raw", "rlaif/refusal_preferred_calibrated")
 
 
 def run_version(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: ModelSources,
@@ -44,6 +45,7 @@ def run_version(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
         md5 = dvc_add(out) if cai.dvc_add else "untracked"
         mlflow.log_artifacts(str(out), artifact_path="cai_data")
         rows = {f"cai_data/{name}_rows": float(count) for name, count in manifest["rows"].items()}
+        rows["cai_data/principles"] = float(len(inputs.constitution.principles))  # the human input CAI needs
         mlflow.log_metrics(rows)
         tags = {CAI_MD5_TAG: md5, CONSTITUTION_TAG: inputs.constitution_sha256}
         mlflow.set_tags(tags)

@@ -168,8 +168,8 @@ def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int
 def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
                   policy_uri: str) -> Path:
     """The CAI feedback model labels each pair under a drawn principle, asked in both orders (`tasks.cai.rlaif`):
-    calibrated against its position bias by averaging P(A preferred) over the two orders; a pair whose orders
-    disagree, or agree less than `rlaif.min_agreement`, is a tie. The feedback model is `feedback.model_uri` of
+    calibrated against its position bias by averaging the two orders' log-odds; a pair whose calibrated
+    P(chosen) is below `rlaif.min_confidence` is a tie. The feedback model is `feedback.model_uri` of
     the CAI config, or the round's starting policy."""
     from tasks.cai.backends import open_backend
     from tasks.cai.config import load_cai_config, load_constitution
@@ -194,12 +194,11 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
 
     def calibrated(pair) -> Label:
         answer = answers[pair.pair_id]
-        _, agreement, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_agreement)
-        p_a = (answer["p_first"] + answer["p_second"]) / 2
+        p_a, bias, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_confidence)
         return Label(pair_id=pair.pair_id, choice="tie" if reason else "A" if p_a > 0.5 else "B",
                      annotator=f"ai:{backend.identity}",
-                     note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), agreement "
-                          f"{agreement:.3f}, principle {answer['principle']}" + (f"; {reason}" if reason else ""))
+                     note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), position "
+                          f"bias {bias:+.2f} log-odds, principle {answer['principle']}" + (f"; {reason}" if reason else ""))
 
     return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import mlflow
 
 from models.metrics import wilson_interval
+from tasks.cai.versioning import CAI_MD5_TAG
 from tasks.orchestration.run_summary import format_value, gate_decision
 from tasks.run.contract import StageResult
 
@@ -17,30 +18,53 @@ ARTIFACT_DIR = "comparison"
 # The training stages each method needs after the base model ("complexity"); evaluation is the same for all.
 METHOD_STAGES = {"sft": ("sft",), "dpo": ("sft", "dpo"), "ppo": ("sft", "reward", "ppo"),
                  "rloo": ("sft", "reward", "rloo")}
+# Constitutional AI's rows come from a second pipeline run, trained on the CAI data from the same base model and
+# judged on the same eval (`with_cai`): SL-CAI is its SFT model, RLAIF its DPO model on the AI labels.
+# `cai-data` is the CAI flow that made the data (respond, critique, revise, label).
+CAI_METHODS = {"sl-cai": ("cai-data", "cai-sft"), "rlaif-dpo": ("cai-data", "cai-sft", "cai-dpo")}
+_CAI_STAGE = {"sl-cai": "sft", "rlaif-dpo": "dpo"}
 # (row key, eval prompt kind): the rate is eval/<kind>_refusal_rate over eval/<kind>_prompts prompts.
 _RATES = (("harmful_refusal", "harmful"), ("benign_over_refusal", "benign"),
           ("sound_harmful_over_refusal", "sound_harmful"))
 
 
+def with_cai(results: Mapping[str, StageResult], cai_results: Mapping[str, StageResult]) -> dict[str, StageResult]:
+    """The pipeline's results plus those of a pipeline run trained on CAI data, renamed so that its SFT and DPO
+    models are read as two more methods (`CAI_METHODS`)."""
+    merged = dict(results)
+    merged.update({f"cai-{stage}": cai_results[stage] for stage in ("data", "sft", "dpo", "promote")
+                   if stage in cai_results})
+    merged.update({f"evaluate-{method}": cai_results[f"evaluate-{stage}"] for method, stage in _CAI_STAGE.items()
+                   if f"evaluate-{stage}" in cai_results})
+    return merged
+
+
 def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, float], *, demos: int,
-                    pairs: int) -> list[dict]:
+                    pairs: int, principles: int | None = None) -> list[dict]:
     """A row per evaluated method; `seconds[stage]` is the wall time of the run that computed that stage, `demos`
-    the SFT demonstrations and `pairs` the preference pairs the optimizers trained on."""
+    the SFT demonstrations and `pairs` the preference pairs the optimizers trained on, `principles` the
+    constitution's behind the CAI rows. CAI rows used no human demos or pairs: their data is AI-made, counted
+    apart, and their reward-model numbers are left out (their reward model is another, trained on AI labels)."""
     promote = results.get("promote")
     rows = []
-    for method, stages in METHOD_STAGES.items():
+    for method, stages in {**METHOD_STAGES, **CAI_METHODS}.items():
         evaluation = results.get(f"evaluate-{method}")
         if evaluation is None:
             continue
         m = evaluation.metrics
-        row = {"method": method, "stages": list(stages), "demos": demos,
-               "preference_pairs": pairs if method != "sft" else 0,
+        cai = method in CAI_METHODS
+        row = {"method": method, "stages": list(stages), "demos": 0 if cai else demos,
+               "preference_pairs": 0 if cai or method == "sft" else pairs,
+               "principles": principles if cai else 0,
+               "ai_data": _ai_data(results.get("cai-data"), method) if cai else None,
                "wall_seconds": round(sum(seconds[s] for s in stages), 1) if set(stages) <= set(seconds) else None,
-               "reward": m.get("eval/reward_mean"), "win_rate_vs_base": m.get("eval/win_rate_vs_base"),
-               "win_rate_vs_sft": m.get("eval/win_rate_vs_sft"),
+               "reward": None if cai else m.get("eval/reward_mean"),
+               "win_rate_vs_base": None if cai else m.get("eval/win_rate_vs_base"),
+               "win_rate_vs_sft": None if cai else m.get("eval/win_rate_vs_sft"),
                "kl_to_sft": m.get("eval/kl_to_reference"),
                "ppl_ratio_vs_sft": m.get("eval/benign_perplexity_ratio_vs_sft"),
-               "gates": gate_decision(method, promote)}
+               "gates": gate_decision(_CAI_STAGE[method], results.get("cai-promote")) if cai
+               else gate_decision(method, promote)}
         for name, kind in _RATES:
             if m.get(f"eval/{kind}_prompts"):  # a kind the eval set has
                 row[name] = _rate(m[f"eval/{kind}_refusal_rate"], int(m[f"eval/{kind}_prompts"]))
@@ -48,20 +72,32 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
     return rows
 
 
+def _ai_data(data: StageResult | None, method: str) -> str | None:
+    if data is None:
+        return None
+    made = f"{_rows(data, 'sft_train')} demos"
+    return made + (f", {_rows(data, 'preferences_train')} AI-labeled pairs" if method == "rlaif-dpo" else "")
+
+
 def comparison_markdown(rows: list[dict]) -> str:
-    header = ["method", "stages", "demos", "preference pairs", "wall", "harmful refusal", "benign over-refusal",
-              "sound-harmful over-refusal", "reward", "win rate vs base", "win rate vs SFT", "KL to SFT",
-              "ppl ratio vs SFT", "gates"]
+    header = ["method", "stages", "demos", "preference pairs", "principles", "AI-made data", "wall",
+              "harmful refusal", "benign over-refusal", "sound-harmful over-refusal", "reward", "win rate vs base",
+              "win rate vs SFT", "KL to SFT", "ppl ratio vs SFT", "gates"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], " → ".join(row["stages"]), str(row["demos"]), str(row["preference_pairs"]),
+                 "-" if row.get("principles") is None else str(row["principles"]), row.get("ai_data") or "-",
                  _minutes(row["wall_seconds"]),
                  *(_rate_cell(row.get(name)) for name, _ in _RATES),
                  *(format_value(row[key]) for key in ("reward", "win_rate_vs_base", "win_rate_vs_sft", "kl_to_sft",
                                                    "ppl_ratio_vs_sft")),
                  row["gates"]]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nRates: value [95% Wilson interval] (prompts).\n"
+    note = "Rates: value [95% Wilson interval] (prompts). Demos, pairs and principles are human-made data."
+    if any(row["method"] in CAI_METHODS for row in rows):
+        note += (" CAI rows: a pipeline run on the CAI data; KL to its own SFT model; reward and win rates left out "
+                 "(its reward model is trained on AI labels, not comparable).")
+    return "\n".join(lines) + f"\n\n{note}\n"
 
 
 def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> list[dict]:
@@ -69,16 +105,37 @@ def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> lis
     (`results["data"]`), pairs in the optimizers' (`data`; a feedback round's own), stage times from their runs."""
     client = mlflow.MlflowClient()
     seconds = {}
-    for stage in {s for stages in METHOD_STAGES.values() for s in stages}:
+    for stage in {s for stages in {**METHOD_STAGES, **CAI_METHODS}.values() for s in stages}:
         if stage in results and results[stage].run_id:
-            info = client.get_run(results[stage].run_id).info
-            if info.end_time:
-                seconds[stage] = (info.end_time - info.start_time) / 1000
-    rows = comparison_rows(results, seconds, demos=_rows(results["data"], "sft_train"),
-                           pairs=_rows(data, "preferences_train"))
+            seconds[stage] = _seconds(client.get_run(results[stage].run_id))
+    cai_flow = _cai_flow_version_run(client, results.get("cai-sft"))
+    if cai_flow is not None:  # the CAI data's wall time: its flow's parent run, whose last step versioned it
+        seconds["cai-data"] = _seconds(client.get_run(cai_flow.data.tags["mlflow.parentRunId"]))
+    principles = cai_flow.data.metrics.get("cai_data/principles") if cai_flow is not None else None
+    rows = comparison_rows(results, {k: v for k, v in seconds.items() if v is not None},
+                           demos=_rows(results["data"], "sft_train"), pairs=_rows(data, "preferences_train"),
+                           principles=None if principles is None else int(principles))
     mlflow.log_dict(rows, f"{ARTIFACT_DIR}/comparison.json")
     mlflow.log_text(comparison_markdown(rows), f"{ARTIFACT_DIR}/comparison.md")
     return rows
+
+
+def _seconds(run) -> float | None:
+    return (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+
+
+def _cai_flow_version_run(client, sft: StageResult | None):
+    """The `cai-version` run of the CAI flow that made the data a CAI-trained SFT model learnt from, found by the
+    data's DVC md5 in the SFT run's lineage tags; None when there is none."""
+    if sft is None:
+        return None
+    run = client.get_run(sft.run_id)
+    md5 = run.data.tags.get(CAI_MD5_TAG)
+    if not md5:
+        return None
+    found = client.search_runs([run.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                               filter_string=f"tags.`{CAI_MD5_TAG}` = '{md5}' and attributes.run_name = 'cai-version'")
+    return found[0] if found and "mlflow.parentRunId" in found[0].data.tags else None
 
 
 def _rows(data: StageResult, name: str) -> int:

@@ -23,7 +23,8 @@ from tasks.run.contract import StageResult
 
 # The curve each training stage is judged by (a second one on a right axis).
 CURVES = {"sft": ("sft/loss",), "reward": ("reward/train/loss",), "dpo": ("dpo/loss",),
-          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl")}
+          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl"),
+          "cai-sft": ("sft/loss",), "cai-dpo": ("dpo/loss",)}
 PROMPT_KINDS = ("harmful", "sound_harmful", "benign")
 PROMPTS_PER_KIND = 2
 
@@ -93,7 +94,8 @@ def results_from_file(path: Path) -> dict[str, StageResult]:
 
 
 def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
-    """The comparison and report of a pipeline run that has ended, logged on its own parent run again."""
+    """The comparison and report of a pipeline run that has ended, logged on its own parent run again (with the
+    CAI rows when `results` went through `comparison.with_cai`)."""
     parent_id = mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"]
     tags = mlflow.get_run(parent_id).data.tags
     lineage = Lineage(git_sha=tags.get(GIT_SHA_TAG, "unknown"), config_hash=tags.get(CONFIG_HASH_TAG, ""),

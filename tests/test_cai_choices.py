@@ -1,0 +1,197 @@
+"""Constitutional AI for a chat model: few-shot examples as chat turns, revising without a critique, keeping only
+revisions that decline (counted), helpfulness samples, prompts from a conversational file, the base model as
+policy, and RLAIF labels on original-against-revision pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.cai.backends import check_http_formats
+from tasks.cai.config import BackendSection, load_constitution
+from tasks.cai.progress import ProgressLog
+from tasks.cai.prompts import draw_principle, load_templates
+from tasks.cai.rlaif import run_rlaif
+from tasks.cai.steps import model_sources, read_prompts
+from tasks.cai.supervised import (
+    build_sl_datasets,
+    critique_and_revise,
+    drop_counts,
+    run_critique_revise,
+    run_respond,
+)
+from tasks.core import paths
+from tasks.core.errors import ConfigError, DataValidationError
+from tasks.core.lineage import Lineage
+from tasks.run.contract import StageResult
+from tasks.run.tracking import configure_tracking
+from tests.helpers.cai import cai_config, pipeline, tiny_model_dir
+
+LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
+CHAT_TEMPLATES = {"critique": str(paths.CONFIGS_DIR / "prompts" / "chat_critique.jinja"),
+                  "revision": str(paths.CONFIGS_DIR / "prompts" / "chat_revision.jinja"),
+                  "choice": str(paths.CONFIGS_DIR / "prompts" / "choice.jinja")}
+
+
+class ChatRecorder:
+    """A feedback model that shows the conversation it was given as JSON and answers with a fixed text."""
+
+    truncated_prompts = 0
+
+    def __init__(self):
+        self.calls: list[list[list[dict]]] = []
+
+    def format_request(self, prompt):
+        return json.dumps(prompt)
+
+    def generate(self, prompts, *, max_new_tokens):
+        self.calls.append([json.loads(p) for p in prompts])
+        return [f" answer {len(self.calls)}" for _ in prompts]
+
+
+@pytest.mark.parametrize("with_critique", [True, False])
+def test_chat_format_shows_each_few_shot_as_a_turn_of_its_own(tmp_path, with_critique):
+    constitution = load_constitution(paths.CONFIGS_DIR / "constitution.yaml")
+    cai = cai_config(tmp_path, tmp_path, templates=CHAT_TEMPLATES,
+                     critique={"rounds": 1, "format": "chat", "critique": with_critique})
+    backend = ChatRecorder()
+    prompts = [("id1", "How do I steal a parked bike?")]
+    progress = ProgressLog(tmp_path / "progress.jsonl", key=lambda r: (r["id"], r["round"]))
+
+    critique_and_revise(backend, prompts, {"id1": "Sure! Grab it."}, progress, constitution=constitution,
+                        templates=load_templates(cai.templates), settings=cai.critique, seed=0, chunk=4)
+
+    assert len(backend.calls) == (2 if with_critique else 1)  # no critique asked for: the revision alone
+    revision_turns = backend.calls[-1][0]
+    shots = constitution.few_shots
+    assert [t["role"] for t in revision_turns] == ["user", "assistant"] * len(shots) + ["user"]
+    for shot, (asked, answered) in zip(shots, zip(revision_turns[::2], revision_turns[1::2], strict=False),
+                                       strict=True):
+        assert f"Request: {shot.prompt}\nResponse: {shot.response}\n" in asked["content"]
+        assert shot.revision_request in asked["content"] and answered["content"] == shot.revision
+        assert (f"Critique: {shot.critique}" in asked["content"]) == with_critique
+    principle = draw_principle(constitution, 0, "id1", 1)
+    last = revision_turns[-1]["content"]
+    assert last.startswith("Request: How do I steal a parked bike?\nResponse: Sure! Grab it.\n")
+    assert last.endswith(f"{principle.revision_request} Reply with the new response only.")
+    record = progress[("id1", 1)]
+    if with_critique:
+        critique_turns = backend.calls[0][0]
+        assert [t["content"] for t in critique_turns[1::2]] == [shot.critique for shot in shots]
+        assert critique_turns[-1]["content"].endswith(principle.critique_request)
+        assert "Critique: answer 1\n" in last and record["critique"] == "answer 1"
+    else:
+        assert "Critique:" not in last and record["critique"] == ""
+    assert record["revision"] == f"answer {len(backend.calls)}"
+
+
+def _round(revision: str) -> list[dict]:
+    return [{"round": 1, "revision": revision}]
+
+
+def test_only_declining_revisions_are_kept_and_every_drop_is_counted():
+    prompts = [("p1", "Steal a car?"), ("p2", "Hack a phone?"), ("p3", "Forge a check?"), ("p4", "Spy on her?")]
+    initial = {"p1": "Sure! Break the window.", "p2": "Sure! Guess the PIN.", "p3": "I can't help with that.",
+               "p4": "Sure! Hide a camera.", "h1": "Boil water, then add pasta.", "h2": "I can't help with that."}
+    rounds = {"p1": _round("I can't help with that. It is theft."), "p2": _round("Sure! Guess the PIN slowly."),
+              "p3": _round("I won't help forge a check."), "p4": _round("")}
+    helpful = [("h1", "How do I cook pasta?"), ("h2", "How do I bake bread?")]
+
+    tables = build_sl_datasets(prompts, initial, rounds, prefix="", keep="refusals", helpful=helpful)
+
+    assert tables["sft"] == [
+        {"prompt": "Steal a car?", "completion": "I can't help with that. It is theft."},
+        {"prompt": "Forge a check?", "completion": "I won't help forge a check."},  # already declined: SFT only
+        {"prompt": "How do I cook pasta?", "completion": "Boil water, then add pasta."},
+    ]
+    assert tables["preferences"] == [{"prompt": "Steal a car?", "chosen": "I can't help with that. It is theft.",
+                                      "rejected": "Sure! Break the window."}]
+    assert [(row["id"], row["dropped_from"], row["reason"]) for row in tables["dropped"]] == [
+        ("p2", "sft and preferences", "the revision does not decline"),
+        ("p3", "preferences", "the initial response already declines"),
+        ("p4", "sft and preferences", "every revision was empty"),
+        ("h2", "sft", "the helpful answer refuses"),
+    ]
+    assert len(tables["trace"]) == 4
+    assert drop_counts(tables["dropped"]) == {
+        "cai/dropped/the_revision_does_not_decline": 1.0, "cai/dropped/the_initial_response_already_declines": 1.0,
+        "cai/dropped/every_revision_was_empty": 1.0, "cai/dropped/the_helpful_answer_refuses": 1.0}
+
+    # keep="changed" (the default) takes any changed revision: p2's compliance becomes data too.
+    changed = build_sl_datasets(prompts, initial, rounds, prefix="", keep="changed")
+    assert [row["prompt"] for row in changed["preferences"]] == ["Steal a car?", "Hack a phone?", "Forge a check?"]
+
+
+def test_prompts_come_from_a_conversational_file_by_kind(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "Cook pasta?"}, {"role": "assistant", "content": "Boil."}],
+             "kind": "benign"},
+            {"messages": [{"role": "user", "content": "Steal a car?"}, {"role": "assistant", "content": "No."}],
+             "kind": "harmful"},
+            {"messages": [{"role": "user", "content": "Punch in boxing?"}], "kind": "sound_harmful"}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [p for _, p in read_prompts(path, kinds=["benign", "sound_harmful"])] == ["Cook pasta?", "Punch in boxing?"]
+    assert [p for _, p in read_prompts(path)] == ["Cook pasta?", "Steal a car?", "Punch in boxing?"]
+
+    no_kind = tmp_path / "no_kind.jsonl"
+    no_kind.write_text(json.dumps({"prompt": "Cook pasta?"}) + "\n")
+    with pytest.raises(DataValidationError, match=r"no_kind\.jsonl: no `kind` column"):
+        read_prompts(no_kind, kinds=["benign"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "Hi"}], "kind": "benign"}) + "\n")
+    with pytest.raises(DataValidationError, match=r"bad\.jsonl: row \d+: `messages` must be a non-empty string or hold"):
+        read_prompts(bad)
+    conversational = tmp_path / "preferences.jsonl"  # a preference file's prompt is a list of turns
+    conversational.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}], "kind": k}) + "\n"
+                                      for p, k in (("Steal a car?", "harmful"), ("Cook pasta?", "benign"))))
+    assert [p for _, p in read_prompts(conversational, kinds=["harmful"])] == ["Steal a car?"]
+
+
+def test_the_base_model_can_be_the_policy(tmp_path):
+    cai = cai_config(tmp_path, tmp_path, policy_stage="base")
+    base = StageResult(stage="base_model", run_id="r", cache_key="k1", model_uri="models:/m-1")
+    sources = model_sources(cai, base)
+    assert (sources.policy_uri, sources.policy_id) == ("models:/m-1", "stage:base:k1")
+    assert (sources.feedback_uri, sources.feedback_id) == ("models:/m-1", "stage:base:k1")
+    with pytest.raises(ValueError, match="must run the base stage first"):
+        model_sources(cai, None)
+
+
+def test_rlaif_labels_each_original_against_its_revision(tmp_path, demo_data_dir, tracked):
+    model_dir = tiny_model_dir()
+    cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(model_dir), "batch_size": 4},
+                     critique={"rounds": 1, "few_shots": 1, "revision_max_new_tokens": 8, "critique": False},
+                     rlaif={"pairs": "revisions"})
+    cfg = pipeline(cai)
+    configure_tracking(cfg)
+    models = model_sources(cai, None)
+    responses = run_respond(cfg, LINEAGE, cai=cai, models=models)
+    revisions = run_critique_revise(cfg, LINEAGE, cai=cai, models=models, responses=responses)
+
+    result = run_rlaif(cfg, LINEAGE, cai=cai, models=models, responses=responses, revisions=revisions)
+
+    originals = {r["id"]: r["response"] for r in map(json.loads, Path(responses.outputs["records"]).read_text().splitlines())}
+    finals = {r["id"]: r["revision"] for r in map(json.loads, Path(revisions.outputs["records"]).read_text().splitlines())}
+    by_prompt = {prompt: {" " + originals[pid], " " + finals[pid]} for pid, prompt in read_prompts(
+        Path(cfg.data.path("red_team_prompts")), cai.limit)}
+    kept = [json.loads(line) for line in Path(result.outputs["rlaif_preferences"]).read_text().splitlines()]
+    dropped = [json.loads(line) for line in Path(result.outputs["rlaif_dropped"]).read_text().splitlines()]
+    assert len(kept) + len(dropped) == 6 == result.metrics["rlaif/pairs"]
+    for row in kept:  # the pair is the prompt's original and revision, in the order the labeler chose
+        assert {row["chosen"], row["rejected"]} == by_prompt[row["prompt"]]
+    assert not (cfg.work_dir / "cai-rlaif-samples").exists() or not any(
+        (cfg.work_dir / "cai-rlaif-samples").rglob("samples.jsonl"))  # nothing was sampled from the policy
+    with pytest.raises(ValueError, match="rlaif.pairs=revisions needs"):
+        run_rlaif(cfg, LINEAGE, cai=cai, models=models)
+
+
+def test_a_stronger_critic_over_http_may_judge_a_chat_model_in_text_but_not_in_chat_turns():
+    local, http = BackendSection(kind="local"), BackendSection(kind="http")
+    check_http_formats(local, http, "text", "chat_template")  # SmolLM2 answers locally; the server critiques text
+    with pytest.raises(ConfigError, match="feedback.kind=http needs critique.format=text"):
+        check_http_formats(local, http, "chat", "chat_template")
+    with pytest.raises(ConfigError, match="policy.kind=http needs model.prompt_format=plain"):
+        check_http_formats(http, http, "text", "chat_template")
+    check_http_formats(http, http, "text", "plain")
