@@ -21,13 +21,14 @@ from tasks.cai.supervised import (
     drop_counts,
     run_critique_revise,
     run_respond,
+    run_sl_datasets,
 )
 from tasks.core import paths
 from tasks.core.errors import ConfigError, DataValidationError
 from tasks.core.lineage import Lineage
 from tasks.run.contract import StageResult
 from tasks.run.tracking import configure_tracking
-from tests.helpers.cai import cai_config, pipeline, tiny_model_dir
+from tests.helpers.cai import REFUSAL, FakeOpenAI, cai_config, openai_server, pipeline, tiny_model_dir
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 CHAT_TEMPLATES = {"critique": str(paths.CONFIGS_DIR / "prompts" / "chat_critique.jinja"),
@@ -195,3 +196,29 @@ def test_a_stronger_critic_over_http_may_judge_a_chat_model_in_text_but_not_in_c
     with pytest.raises(ConfigError, match="policy.kind=http needs model.prompt_format=plain"):
         check_http_formats(http, http, "text", "chat_template")
     check_http_formats(http, http, "text", "plain")
+
+
+def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_answered(tmp_path, demo_data_dir, tracked):
+    # The local tiny model answers; the OpenAI-compatible server (the stronger critic) critiques, revises into a
+    # refusal, and labels original against revision, preferring the refusal in either position.
+    fake = FakeOpenAI()
+    with openai_server(fake) as url:
+        cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(tiny_model_dir()), "batch_size": 4},
+                         feedback={"kind": "http", "url": url, "backoff_s": 0.01, "batch_size": 4},
+                         critique={"rounds": 1, "few_shots": 1, "keep": "refusals"},
+                         rlaif={"pairs": "revisions", "min_confidence": 0.6})
+        cfg = pipeline(cai)
+        configure_tracking(cfg)
+        models = model_sources(cai, None)
+        responses = run_respond(cfg, LINEAGE, cai=cai, models=models)
+        revisions = run_critique_revise(cfg, LINEAGE, cai=cai, models=models, responses=responses)
+        sl = run_sl_datasets(cfg, LINEAGE, cai=cai, responses=responses, revisions=revisions)
+        rlaif = run_rlaif(cfg, LINEAGE, cai=cai, models=models, responses=responses, revisions=revisions)
+
+    sft = [json.loads(line) for line in Path(sl.outputs["sft"]).read_text().splitlines()]
+    assert len(sft) == 6 and all(row["completion"] == " " + REFUSAL for row in sft)
+    kept = [json.loads(line) for line in Path(rlaif.outputs["rlaif_preferences"]).read_text().splitlines()]
+    assert len(kept) == 6 and all(row["chosen"] == " " + REFUSAL for row in kept)
+    assert rlaif.metrics["rlaif/refusal_preferred_calibrated"] == 1.0
+    assert rlaif.metrics["rlaif/position_bias_logodds"] == pytest.approx(0.0, abs=1e-6)
+    assert not any(r.get("n") for r in fake.requests)  # original against revision: nothing sampled
