@@ -70,7 +70,7 @@ def test_constitutional_ais_run_adds_two_rows_with_no_human_data_and_its_own_gat
     assert (rows["sft"]["demos"], rows["sft"]["principles"]) == (210, 0)
     assert sl["ai_data"] == "262 demos" and rlaif["ai_data"] == "262 demos, 16 AI-labeled pairs"
     assert rlaif["stages"] == ["cai-data", "cai-sft", "cai-dpo"] and rlaif["wall_seconds"] == 1140.0
-    assert (sl["gates"], rlaif["gates"]) == ("baseline", "failed")  # the CAI run's own promote, not the main one's
+    assert (sl["gates"], rlaif["gates"]) == ("not gated", "failed")  # the CAI run's own promote, not the main one's
     assert sl["reward"] is None and rlaif["win_rate_vs_sft"] is None  # another reward model: not comparable
     assert rlaif["harmful_refusal"]["successes"] == 7
     table = comparison_markdown(list(rows.values()))

@@ -63,13 +63,17 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
                "win_rate_vs_sft": None if cai else m.get("eval/win_rate_vs_sft"),
                "kl_to_sft": m.get("eval/kl_to_reference"),
                "ppl_ratio_vs_sft": m.get("eval/benign_perplexity_ratio_vs_sft"),
-               "gates": gate_decision(_CAI_STAGE[method], results.get("cai-promote")) if cai
-               else gate_decision(method, promote)}
+               "gates": _cai_gates(method, results.get("cai-promote")) if cai else gate_decision(method, promote)}
         for name, kind in _RATES:
             if m.get(f"eval/{kind}_prompts"):  # a kind the eval set has
                 row[name] = _rate(m[f"eval/{kind}_refusal_rate"], int(m[f"eval/{kind}_prompts"]))
         rows.append(row)
     return rows
+
+
+def _cai_gates(method: str, promote: StageResult | None) -> str:
+    # The CAI run's SFT model is that run's baseline, never gated; its DPO model went through the same gates.
+    return "not gated" if _CAI_STAGE[method] == "sft" else gate_decision(_CAI_STAGE[method], promote)
 
 
 def _ai_data(data: StageResult | None, method: str) -> str | None:
