@@ -67,6 +67,9 @@ def test_judge_by_hand():
     p_a, _, reason = judge(0.2, 0.3, 0.6)
     assert p_a < 0.5 and reason is None
     assert judge(0.5, 0.5, 0.5) == (0.5, 0.0, "no preference once calibrated")
+    # orders 0.476 and 0.524 cancel: log-odds -0.096 and +0.096 average to 0 up to float noise, a tie
+    p_a, bias, reason = judge(0.476, 0.524, 0.5)
+    assert (p_a, reason) == (0.5, "no preference once calibrated") and bias == pytest.approx(-0.0961, abs=1e-4)
     assert judge(1.0, 1.0, 0.9)[0] == pytest.approx(1.0)  # a certain label keeps finite log-odds
 
 

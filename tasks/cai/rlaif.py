@@ -148,8 +148,8 @@ def judge(p_first: float, p_second: float, min_confidence: float) -> tuple[float
     l_first, l_second = _logit(p_first), _logit(p_second)
     p_a = 1.0 / (1.0 + math.exp(-(l_first + l_second) / 2))
     bias = (l_first - l_second) / 2
-    if p_a == 0.5:
-        return p_a, bias, "no preference once calibrated"
+    if abs(p_a - 0.5) < 1e-6:  # symmetric orders cancel to 0.5 up to float noise, which must not pick a side
+        return 0.5, bias, "no preference once calibrated"
     if max(p_a, 1.0 - p_a) < min_confidence:
         return p_a, bias, f"calibrated P(chosen) {max(p_a, 1.0 - p_a):.3f} below min_confidence {min_confidence}"
     return p_a, bias, None

@@ -197,7 +197,7 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
         p_a, bias, reason = judge(answer["p_first"], answer["p_second"], cai.rlaif.min_confidence)
         return Label(pair_id=pair.pair_id, choice="tie" if reason else "A" if p_a > 0.5 else "B",
                      annotator=f"ai:{backend.identity}",
-                     note=f"P(A) {p_a:.3f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), position "
+                     note=f"P(A) {p_a:.6f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), position "
                           f"bias {bias:+.2f} log-odds, principle {answer['principle']}" + (f"; {reason}" if reason else ""))
 
     return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
