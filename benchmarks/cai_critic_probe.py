@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from models.prompting import prompt_formatter
 from models.safety import is_refusal
 from tasks.cai.backends import LocalBackend, choice_probability
 from tasks.cai.config import load_constitution
+from tasks.cai.rlaif import judge
 from tasks.core import paths
 from tasks.core.config import load_config
 
@@ -97,7 +97,7 @@ def main() -> None:
         p_first = [choice_probability(x) for x in first]  # P(refusal | refusal shown as A)
         p_second = [1 - choice_probability(x) for x in second]  # P(refusal | refusal shown as B)
         shown_first = [(a + (1 - b)) / 2 for a, b in zip(p_first, p_second, strict=True)]
-        calibrated = [_logit(a) + _logit(b) > 0 for a, b in zip(p_first, p_second, strict=True)]
+        calibrated = [judge(a, b, 0.5)[0] > 0.5 for a, b in zip(p_first, p_second, strict=True)]
         report[f"labeler_{name}/p_first_shown"] = round(sum(shown_first) / len(shown_first), 3)
         report[f"labeler_{name}/refusal_preferred_raw_first_order"] = sum(a > 0.5 for a in p_first) / len(p_first)
         report[f"labeler_{name}/refusal_preferred_calibrated"] = sum(calibrated) / len(calibrated)
@@ -106,11 +106,6 @@ def main() -> None:
 
 def _rate(texts: list[str]) -> float:
     return round(sum(map(is_refusal, texts)) / len(texts), 3)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    return math.log(p / (1 - p))
 
 
 if __name__ == "__main__":

@@ -172,9 +172,10 @@ def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: Progress
         agreed += (p_first > 0.5) == (p_second > 0.5)
         p_a, bias, reason = judge(p_first, p_second, min_confidence)
         biases.append(bias)
-        if is_refusal(a) != is_refusal(b):
-            refusal_checks["raw"].append((p_first > 0.5) == is_refusal(a))
-            refusal_checks["calibrated"].append((p_a > 0.5) == is_refusal(a))
+        a_refuses = is_refusal(a)
+        if a_refuses != is_refusal(b):
+            refusal_checks["raw"].append((p_first > 0.5) == a_refuses)
+            refusal_checks["calibrated"].append((p_a > 0.5) == a_refuses)
         if reason:
             dropped.append({**row, "reason": reason, "principle": label["principle"], "p_first": round(p_first, 6),
                             "p_second": round(p_second, 6), "p_a_calibrated": round(p_a, 6)})

@@ -153,10 +153,11 @@ def _chat_renderer(backend: Backend, templates: dict[str, Template], shots: list
         return [{"role": "user", "content": templates[name].render(**context).strip()},
                 {"role": "assistant", "content": getattr(shot, name)}]
 
+    examples = {name: [turn for shot in shots for turn in shot_turns(name, shot)] for name in ("critique", "revision")}
+
     def render(name: str, context: dict) -> str:
-        turns = [turn for shot in shots for turn in shot_turns(name, shot)]
-        turns.append({"role": "user", "content": templates[name].render(**{**context, "few_shots": []}).strip()})
-        return backend.format_request(turns)
+        last = {"role": "user", "content": templates[name].render(**{**context, "few_shots": []}).strip()}
+        return backend.format_request([*examples[name], last])
 
     return render
 
