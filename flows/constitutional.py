@@ -8,10 +8,11 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.pipeline import base_and_data
-from tasks.cai.config import load_cai_config
+from tasks.cai.config import CAIConfig, load_cai_config
 from tasks.cai.steps import CONSTITUTION_TAG, Inputs, model_sources
 from tasks.core import stage_names as stage
-from tasks.core.config import load_config
+from tasks.core.config import PipelineConfig, load_config
+from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import CAI_TASKS, run_stage
@@ -46,15 +47,23 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
             results.update(base_and_data(cfg, lineage))
             if cai.policy_stage == "sft":
                 results["sft"] = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=results["data"])
-        step = {"cai": cai, "models": model_sources(cai, results.get(cai.policy_stage))}
-        results["respond"] = responses = run_stage(CAI_TASKS["respond"], cfg, lineage, **step)
-        results["critique_revise"] = revisions = run_stage(CAI_TASKS["critique_revise"], cfg, lineage,
-                                                           responses=responses, **step)
-        results["sl_datasets"] = run_stage(CAI_TASKS["sl_datasets"], cfg, lineage, cai=cai, responses=responses,
-                                           revisions=revisions)
-        if cai.rlaif.enabled:
-            results["rlaif"] = run_stage(CAI_TASKS["rlaif"], cfg, lineage, responses=responses, revisions=revisions,
-                                         **step)
-        datasets = [results[name] for name in ("sl_datasets", "rlaif") if name in results]
-        results["version"] = run_stage(CAI_TASKS["version"], cfg, lineage, datasets=datasets, **step)
+        results.update(constitutional_steps(cai, cfg, lineage, results.get(cai.policy_stage)))
+    return results
+
+
+def constitutional_steps(cai: CAIConfig, cfg: PipelineConfig, lineage: Lineage,
+                         policy: StageResult | None) -> dict[str, StageResult]:
+    """Steps 2-6 on the active parent run, with `policy` the pipeline stage that answers (None: the configured
+    model); also run inside `alignflow compare`."""
+    step = {"cai": cai, "models": model_sources(cai, policy)}
+    results = {"respond": run_stage(CAI_TASKS["respond"], cfg, lineage, **step)}
+    results["critique_revise"] = revisions = run_stage(CAI_TASKS["critique_revise"], cfg, lineage,
+                                                       responses=results["respond"], **step)
+    results["sl_datasets"] = run_stage(CAI_TASKS["sl_datasets"], cfg, lineage, cai=cai, responses=results["respond"],
+                                       revisions=revisions)
+    if cai.rlaif.enabled:
+        results["rlaif"] = run_stage(CAI_TASKS["rlaif"], cfg, lineage, responses=results["respond"],
+                                     revisions=revisions, **step)
+    datasets = [results[name] for name in ("sl_datasets", "rlaif") if name in results]
+    results["version"] = run_stage(CAI_TASKS["version"], cfg, lineage, datasets=datasets, **step)
     return results

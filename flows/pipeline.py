@@ -92,14 +92,16 @@ def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, St
 
 def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, StageResult],
                       judged: dict[str, StageResult], *, start: StageResult, data: StageResult,
-                      train_cfg: PipelineConfig | None = None) -> None:
+                      train_cfg: PipelineConfig | None = None,
+                      candidates: dict[str, tuple[StageResult, StageResult]] | None = None) -> None:
     """Steps 6 and 7: each optimizer trains from `start` on `data` (under `train_cfg`, default `cfg`), then is
     evaluated against the SFT baseline and registered; under the promotion lock the champion is re-evaluated on
-    the same eval and the gates pick the new champion; the parent run's description then sums it up. Adds every
-    stage's result to `results`."""
+    the same eval and the gates pick the new champion among these and the already registered `candidates`
+    (label -> (register, evaluate) results); the parent run's description then sums it up. Adds every stage's
+    result to `results`."""
     reward, baseline = results["reward"], results["evaluate-sft"]
     optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
-    candidates = {}
+    candidates = dict(candidates or {})
     for name in cfg.optimizers:
         results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
                                            **optimizer_inputs[name])

@@ -156,6 +156,7 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list, probe: Probe
         "ppo/final_kl": metrics.get("kl", float("nan")),
         "ppo/steps": float(trainer.counter.step),
         "ppo/rollout_share": totals["rollout"] / max(totals["rollout"] + totals["update"], 1e-9),
+        "ppo/generated_tokens": totals["tokens"],  # this process's rollouts in this run
         "ppo/generated_tokens_per_second": totals["tokens"] / max(totals["rollout"], 1e-9),
         "ppo/seconds": elapsed,
     }

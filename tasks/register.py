@@ -16,20 +16,24 @@ STAGE = "register"
 SECTIONS = ("registry",)
 
 
-def register_key(cfg: PipelineConfig, policy: StageResult, evaluation: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, {"policy": policy.cache_key, "evaluation": evaluation.cache_key})
+def register_key(cfg: PipelineConfig, policy: StageResult, evaluation: StageResult, label: str | None = None) -> str:
+    return stage_key(STAGE, cfg, SECTIONS, {"policy": policy.cache_key, "evaluation": evaluation.cache_key,
+                                            "label": label or policy.stage})
 
 
-def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, evaluation: StageResult) -> StageResult:
+def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, evaluation: StageResult,
+                 label: str | None = None) -> StageResult:
+    """`label` names the method when it is not the stage that trained the model (sl-cai: an sft stage)."""
     if policy.model_uri is None:
         raise ValueError(f"stage {policy.stage} produced no model to register")
-    key = register_key(cfg, policy, evaluation)
-    tags = version_tags(policy.stage, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id)
-    description = f"{policy.stage.upper()}: not gated yet (evaluated by run {evaluation.run_id})"
+    label = label or policy.stage
+    key = register_key(cfg, policy, evaluation, label)
+    tags = version_tags(label, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id)
+    description = f"{label.upper()}: not gated yet (evaluated by run {evaluation.run_id})"
     version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags,
                                description=description)
     return StageResult(
-        stage=f"{STAGE}-{policy.stage}",
+        stage=f"{STAGE}-{label}",
         run_id=policy.run_id,
         cache_key=key,
         model_uri=f"models:/{cfg.registry.policy_name}/{version.version}",

@@ -71,7 +71,7 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
         model_uri = log_hf_model(hf_dir, cfg, STAGE)
-        metrics = _final_metrics(trainer)
+        metrics = {**_final_metrics(trainer), "rloo/generated_tokens": float(reward_fn.generated_tokens)}
         if monitoring:
             metrics.update(monitoring.monitored.result_metrics(monitoring.kept_step))
         mlflow.log_metrics(metrics)
@@ -91,10 +91,12 @@ class RewardModelReward:
         self.model, self.tokenizer, self.eos_token_id = reward_model, reward_tokenizer, eos_token_id
         self.batch_size = cfg.rloo.batch_size
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.generated_tokens = 0  # this process's sampled completions, as rewarded
 
     def __call__(self, prompts: list[str], completions: list[str], completion_ids=None, **_) -> list[float]:
         scores = self.score(prompts, completions).float()  # (B,)
         if completion_ids is not None:
+            self.generated_tokens += sum(len(ids) for ids in completion_ids)
             lengths = torch.tensor([len(ids) for ids in completion_ids], dtype=torch.float)  # (B,)
             has_eos = torch.tensor([bool(ids) and ids[-1] == self.eos_token_id for ids in completion_ids])
             scores = penalized_scores(scores, lengths, has_eos, self.section.missing_eos_penalty,

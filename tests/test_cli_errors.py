@@ -67,3 +67,18 @@ def test_compare_cai_results_is_checked_before_anything_trains(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"error: {partial}: no data, evaluate-sft, promote result" in done.stderr
     assert not (tmp_path / "reports").exists() and not (tmp_path / "work").exists()  # no stage ran
+
+
+@pytest.mark.parametrize(("cai_config", "expected"), [
+    ("missing-cai.yaml", "missing-cai.yaml"),
+    # written for SmolLM2: the demo's comparison starts from the tiny model
+    ("configs/cai-smollm2.yaml", ("compare.cai_config configs/cai-smollm2.yaml is written for the base model of "
+                                 "configs/smollm2.yaml")),
+])
+def test_compare_checks_its_cai_config_before_anything_trains(tmp_path, cai_config, expected):
+    done = _alignflow("compare", "--set", f"compare.cai_config={cai_config}", "--set",
+                      f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set",
+                      f"reports_dir={tmp_path / 'reports'}", "--set", f"work_dir={tmp_path / 'work'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "work").exists()  # no stage ran

@@ -23,11 +23,14 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
                                metrics={"gate/dpo/passed": 1.0, "gate/ppo/passed": 0.0}),
     }
     seconds = {"sft": 60.0, "reward": 120.0, "dpo": 30.0, "ppo": 300.0}
-    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100)}
+    tokens = {"sft": 0.0, "reward": 0.0, "dpo": 0.0, "ppo": 12345.0}
+    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100, tokens=tokens)}
 
     assert set(rows) == {"sft", "dpo", "ppo"}  # rloo was not evaluated
     assert rows["ppo"]["stages"] == ["sft", "reward", "ppo"] and rows["ppo"]["wall_seconds"] == 480.0
     assert rows["dpo"]["wall_seconds"] == 90.0
+    assert (rows["sft"]["generated_tokens"], rows["dpo"]["generated_tokens"], rows["ppo"]["generated_tokens"]) == (
+        0.0, 0.0, 12345.0)
     assert (rows["sft"]["demos"], rows["sft"]["preference_pairs"]) == (40, 0)
     assert (rows["dpo"]["demos"], rows["dpo"]["preference_pairs"]) == (40, 100)
     assert [rows[m]["gates"] for m in ("sft", "dpo", "ppo")] == ["baseline", "promoted", "failed"]
@@ -38,16 +41,17 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
     assert "sound_harmful_over_refusal" not in rows["dpo"]  # this eval set has no such prompts
 
     table = comparison_markdown(list(rows.values()))
-    assert ("| ppo | sft → reward → ppo | 40 | 100 | 0 | - | 8.0 min | 0.50 [0.24, 0.76] (10) | 0.00 [0.00, 0.16] (20) "
-            "| - |") in table
-    assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("human-made data.")
+    assert ("| ppo | sft → reward → ppo | 40 | 100 | 0 | - | 8.0 min | 12,345 | 0.50 [0.24, 0.76] (10) "
+            "| 0.00 [0.00, 0.16] (20) | - |") in table
+    assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("not in evaluation.")
 
 
 def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():
     results = {"evaluate-ppo": _eval("ppo", 0.5, 0.0)}
     (row,) = comparison_rows(results, {"sft": 60.0, "ppo": 300.0}, demos=1, pairs=1)
     assert row["wall_seconds"] is None
-    assert "| ppo | sft → reward → ppo | 1 | 1 | 0 | - | - |" in comparison_markdown([row])
+    assert row["generated_tokens"] is None  # nor its tokens: none given
+    assert "| ppo | sft → reward → ppo | 1 | 1 | 0 | - | - | - |" in comparison_markdown([row])
 
 
 def test_constitutional_ais_run_adds_two_rows_with_no_human_data_and_its_own_gates():
@@ -76,6 +80,30 @@ def test_constitutional_ais_run_adds_two_rows_with_no_human_data_and_its_own_gat
     table = comparison_markdown(list(rows.values()))
     assert "| rlaif-dpo | cai-data → cai-sft → cai-dpo | 0 | 0 | 4 | 262 demos, 16 AI-labeled pairs | 19.0 min |" in table
     assert "CAI rows:" in table
+
+
+def test_constitutional_ai_inside_the_comparison_is_judged_and_gated_with_the_others():
+    promote = StageResult(stage="promote", run_id="p", cache_key="k", outputs={"promoted": "sl-cai"},
+                          metrics={"gate/dpo/passed": 0.0, "gate/sl-cai/passed": 1.0, "gate/rlaif-dpo/passed": 0.0})
+    cai_data = StageResult(stage="validate", run_id="c", cache_key="k",
+                           metrics={"validate/sft_train/rows": 90, "validate/preferences_train/rows": 12})
+    results = {"evaluate-sft": _eval("sft", 0.2, 0.0), "evaluate-dpo": _eval("dpo", 0.9, 0.1),
+               "evaluate-sl-cai": _eval("sl-cai", 0.6, 0.0, **{"eval/win_rate_vs_sft": 0.55}),
+               "evaluate-rlaif-dpo": _eval("rlaif-dpo", 0.7, 0.05), "promote": promote, "cai-data": cai_data,
+               "cai-version": StageResult(stage="cai-version", run_id="v", cache_key="k",
+                                          outputs={"policy": "stage:sft:abc"})}
+    seconds = {"sft": 60.0, "dpo": 30.0, "cai-data": 600.0, "cai-sft": 60.0, "cai-dpo": 30.0}
+    tokens = {"sft": 0.0, "dpo": 0.0, "cai-data": 5000.0, "cai-sft": 0.0, "cai-dpo": 0.0}
+    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100, principles=4,
+                                                          tokens=tokens)}
+    sl, rlaif = rows["sl-cai"], rows["rlaif-dpo"]
+    assert (sl["gates"], rlaif["gates"], rows["dpo"]["gates"]) == ("promoted", "failed", "failed")  # one promotion
+    assert sl["reward"] == 0.5 and sl["win_rate_vs_sft"] == 0.55  # the same reward model judged every row
+    # The SFT model answered, critiqued and revised: the human demos behind it are CAI's too; no human pairs.
+    assert (sl["demos"], sl["preference_pairs"], sl["principles"]) == (40, 0, 4)
+    assert (sl["generated_tokens"], rlaif["generated_tokens"]) == (5000.0, 5000.0)
+    assert (rlaif["wall_seconds"], rlaif["ai_data"]) == (690.0, "90 demos, 12 AI-labeled pairs")
+    assert "CAI rows:" not in comparison_markdown(list(rows.values()))  # nothing left out to explain
 
 
 def test_the_fixed_prompts_are_the_first_two_of_each_kind_with_every_methods_answer():

@@ -1,5 +1,5 @@
 """The MLflow UI and the comparison report tell what a pipeline run did, without a guide: `alignflow compare` on
-the demo, a real `mlflow server` on its store, and headless Chromium on the pages a user opens first (the
+the demo (every method, Constitutional AI included, in one parent run), a real `mlflow server` on its store, and headless Chromium on the pages a user opens first (the
 experiment, the pipeline run, the registry) and on the report.
 
 Screenshots of those three go to $ALIGNFLOW_SCREENSHOTS, else to the test's temporary folder.
@@ -67,21 +67,47 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     out = tmp_path / "results.json"
     compare(config=paths.DEMO_CONFIG, out=out, overrides=[
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
-        f"reports_dir={tmp_path / 'reports'}", "sft.epochs=1", "reward.max_steps=4", "dpo.max_steps=2",
+        f"reports_dir={tmp_path / 'reports'}", "reward.max_steps=4", "dpo.max_steps=2",
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
-        "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.base=true"])
+        "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.base=true",
+        # configs/cai.yaml, its data in the test's folder and out of DVC, one critique round of short answers
+        # (SFT trains its demo epochs: after one, the tiny model's revisions repeat its answers: no CAI data)
+        (f"compare.cai_overrides=[output_dir={tmp_path / 'data-cai'},dvc_add=false,critique.rounds=1,"
+         "respond.max_new_tokens=16,critique.revision_max_new_tokens=16,rlaif.max_new_tokens=16]")])
     printed = capsys.readouterr().out
     assert "| ppo | sft → reward → ppo |" in printed and f"report: {tmp_path / 'reports'}" in printed
+    assert "| rlaif-dpo | cai-data → cai-sft → cai-dpo |" in printed
     results = results_from_file(out)
     client = MlflowClient()
     parent_id = client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"]
+    # One parent run holds every method, the CAI data steps and CAI's two models included.
+    for name in ("ppo", "rloo", "cai-respond", "cai-rlaif", "cai-version", "cai-data", "cai-sft", "cai-dpo",
+                 "evaluate-sl-cai", "evaluate-rlaif-dpo", "promote"):
+        assert client.get_run(results[name].run_id).data.tags["mlflow.parentRunId"] == parent_id, name
     experiment_id = client.get_run(parent_id).info.experiment_id
-    # With the base model evaluated, every method's win rate against it is in the comparison.
-    comparison = mlflow.artifacts.load_dict(f"runs:/{parent_id}/comparison/comparison.json")
-    assert [row["method"] for row in comparison] == ["sft", "dpo", "ppo", "rloo"]
-    for row in comparison:
-        assert row["win_rate_vs_base"] == results[f"evaluate-{row['method']}"].metrics["eval/win_rate_vs_base"]
+    # With the base model evaluated, every method's win rate against it is in the comparison, judged by the
+    # same reward model; CAI's models are gated with the others.
+    comparison = {row["method"]: row for row in
+                  mlflow.artifacts.load_dict(f"runs:/{parent_id}/comparison/comparison.json")}
+    assert list(comparison) == ["sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
+    for method, row in comparison.items():
+        assert row["win_rate_vs_base"] == results[f"evaluate-{method}"].metrics["eval/win_rate_vs_base"]
         assert 0.0 <= row["win_rate_vs_base"] <= 1.0
+        assert row["wall_seconds"] > 0, method
+    passed = results["promote"].metrics
+    for method in ("sl-cai", "rlaif-dpo"):
+        assert comparison[method]["gates"] == ("passed" if passed[f"gate/{method}/passed"] else "failed")
+        assert comparison[method]["principles"] == 4 and comparison[method]["preference_pairs"] == 0
+        # configs/cai.yaml's answers come from the SFT model: the human demos behind it are counted
+        assert comparison[method]["demos"] == comparison["sft"]["demos"] > 0
+    # Generated tokens: none for SFT and DPO; PPO's rollouts (2 steps x 8 prompts x at most 8 tokens); CAI's
+    # answers, critiques and revisions counted in its data steps.
+    tokens = {method: row["generated_tokens"] for method, row in comparison.items()}
+    assert tokens["sft"] == tokens["dpo"] == 0
+    assert 0 < tokens["ppo"] <= 2 * 8 * 8 and 0 < tokens["rloo"]
+    cai_steps = [results[f"cai-{step}"].metrics for step in ("respond", "critique_revise", "rlaif")]
+    assert tokens["sl-cai"] == tokens["rlaif-dpo"] == sum(
+        value for metrics in cai_steps for name, value in metrics.items() if name.endswith("/generated_tokens")) > 0
 
     with mlflow_server(store) as url, chromium("1400,1000") as driver:
         mlflow.set_tracking_uri(url)
@@ -103,7 +129,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
 
         # 1. The link the CLI prints opens the experiment on its runs, not on MLflow 3's GenAI traces overview.
         driver.get(ui_link(results["dpo"].run_id))
-        shows("demo-pipeline", "Run Name")
+        shows("demo-comparison", "Run Name")
         assert "/overview" not in driver.current_url and "/traces" not in driver.current_url, driver.current_url
         # Expanded, the pipeline run lists a run per stage; the Dataset column names what each read, with its md5.
         driver.find_element(By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']").click()
@@ -120,6 +146,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         assert "| dpo |" not in text, "the description shows markdown source instead of a table"
         dpo_row = next(line for line in text.splitlines() if line.startswith("dpo "))
         assert dpo_row.endswith(" failed"), dpo_row
+        assert "Constitutional AI" in text and any(line.startswith("rlaif-dpo ") for line in text.splitlines())
         close_assistant()
         save_screenshot(driver, "mlflow-run.png", tmp_path)
 
@@ -135,7 +162,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         # cuts descriptions to about 30 characters, and renders only the columns in view: a wide window.
         driver.set_window_size(2400, 1000)
         driver.get(f"{url}/#/models/alignflow-policy{ML}")
-        shows("DPO: failed harmful_refusal", "SFT: not gated yet")
+        shows("DPO: failed harmful_refusal", "SFT: not gated yet", "SL-CAI: ", "RLAIF-DPO: ")
         save_screenshot(driver, "mlflow-registry.png", tmp_path)
         dpo_version = results["register-dpo"].outputs["version"]
         driver.get(f"{url}/#/models/alignflow-policy/versions/{dpo_version}{ML}")
@@ -159,14 +186,14 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         driver.switch_to.default_content()
         driver.get_log("browser")  # what the MLflow pages logged: not the report's
         driver.get((tmp_path / "reports" / "demo-comparison.html").as_uri())
-        shows("Methods side by side", "Data lineage", "data (DVC md5)")
+        shows("Methods side by side", "Data lineage", "data (DVC md5)", "constitution (sha256)")
         for plot in ("summary-plot", "curves-plot"):
             width = driver.execute_script(f"return document.getElementById('{plot}').naturalWidth")
             assert width > 0, f"{plot} did not load"
         answers = driver.find_elements(By.CSS_SELECTOR, "#answers-table tr")
         assert len(answers) == 1 + 4  # header, then two harmful and two benign prompts (the demo has no others)
         assert [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")] == ["prompt", "sft", "dpo", "ppo",
-                                                                                    "rloo"]
+                                                                                    "rloo", "sl-cai", "rlaif-dpo"]
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         save_screenshot(driver, "comparison-report.png", tmp_path)

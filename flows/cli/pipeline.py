@@ -47,22 +47,36 @@ CaiResultsOption = Annotated[Path | None, typer.Option(
 
 def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
             from_results: FromResultsOption = None, cai_results: CaiResultsOption = None) -> None:
-    """Compare the alignment methods: SFT, then DPO, PPO and RLOO from it, on the same base model, data and
-    held-out eval, as one pipeline run (unchanged stages come from the cache); prints the comparison table and
-    writes the HTML report. With --cai-results, Constitutional AI's SFT and DPO models join the table."""
-    from flows.pipeline import alignment_pipeline
+    """Compare the alignment methods on the same base model, data and held-out eval, as one MLflow parent run:
+    SFT, then DPO, PPO and RLOO from it, and with `compare.cai_config` Constitutional AI (SL-CAI and RLAIF, on
+    data the base model made from a constitution). Unchanged stages come from the cache. Prints the comparison
+    table and writes the HTML report. --cai-results adds the CAI models of a separate pipeline run instead."""
+    from flows.comparison import method_comparison
+    from tasks.core.errors import AlignflowError
+    from tasks.orchestration.cai_methods import comparison_configs
     from tasks.orchestration.comparison import comparison_markdown, with_cai
-    from tasks.orchestration.comparison_report import report_finished_run, results_from_file
+    from tasks.orchestration.comparison_report import (
+        logged_comparison,
+        report_finished_run,
+        results_from_file,
+    )
 
     overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
+    try:
+        comparison_configs(config, overrides)  # a bad config fails before MLflow or Prefect start, its message alone
+    except AlignflowError as err:
+        fail(str(err))
     cfg = registry_config(config, overrides)
     cai = results_from_file(cai_results) if cai_results is not None else {}  # a bad file fails before any training
     if from_results is None:
-        results = alignment_pipeline(str(config), overrides)
+        results = method_comparison(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
     else:
         results = results_from_file(from_results)
-    rows, report = report_finished_run(cfg, with_cai(results, cai) if cai else results)
+    if from_results is None and not cai:
+        rows, report = logged_comparison(cfg, results)  # what the run logged
+    else:
+        rows, report = report_finished_run(cfg, with_cai(results, cai) if cai else results)
     typer.echo(f"\n{comparison_markdown(rows)}\nreport: {report}")
 
 

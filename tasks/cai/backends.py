@@ -49,6 +49,7 @@ class EndpointUnavailableError(AlignflowError):
 class Backend(Protocol):
     identity: str
     truncated_prompts: int
+    generated_tokens: int | None  # by this backend so far; None when it cannot tell
 
     def format_request(self, prompt: str) -> str: ...
 
@@ -90,6 +91,13 @@ def check_http_formats(policy: BackendSection, feedback: BackendSection, critiqu
                           "template (critiques, revisions and labels are sent as text)")
 
 
+def generated_tokens(step: str, *backends: Backend | None) -> dict[str, float]:
+    """`cai/<step>/generated_tokens`: what the step's distinct backends generated in this run (a resumed record
+    costs nothing again); no metric when a backend cannot tell."""
+    counts = [b.generated_tokens for b in {id(b): b for b in backends if b is not None}.values()]
+    return {} if None in counts else {f"cai/{step}/generated_tokens": float(sum(counts))}
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to the first stop string (all of it when none occurs)."""
     ends = [text.find(s) for s in stop if s and s in text]
@@ -116,11 +124,13 @@ class LocalBackend:
         self.stop = list(stop)
         self.identity = identity
         self.truncated_prompts = 0
+        self.generated_tokens: int | None = 0
         self._max_positions = getattr(model.config, "max_position_embeddings", None)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
         fitted = [self._fit(p, reserve=max_new_tokens) for p in prompts]
         texts = generate(self.model, self.tokenizer, fitted, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+        self._count(texts)
         return [cut_at_stop(t, self.stop) for t in texts]
 
     def sample(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
@@ -136,6 +146,7 @@ class LocalBackend:
                                  batch_size=self.batch_size * n, do_sample=True)
             finally:
                 config.temperature = previous
+        self._count(texts)
         texts = [cut_at_stop(t, self.stop) for t in texts]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -156,6 +167,10 @@ class LocalBackend:
 
     def close(self) -> None:
         self.model = None
+
+    def _count(self, texts: list[str]) -> None:
+        # Re-tokenized text, before the stop strings cut it: what the model generated, up to its EOS.
+        self.generated_tokens += sum(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
 
     def _fit(self, prompt: str, reserve: int) -> str:
         """Keep the last tokens of a prompt that would overflow the context, leaving `reserve` positions free."""
@@ -181,6 +196,7 @@ class HttpBackend:
         self.prompt_template = prompt_template
         self.identity = config.identity()
         self.truncated_prompts = 0  # the server rejects what does not fit; nothing is cut here
+        self.generated_tokens: int | None = 0  # from the responses' usage; None once a response has none
         self._client = httpx.Client(timeout=config.timeout_s)
 
     def format_request(self, prompt: str) -> str:
@@ -234,6 +250,8 @@ class HttpBackend:
         choices = body.get("choices") if isinstance(body, dict) else None
         if not isinstance(choices, list) or len(choices) != expected:
             raise EndpointError(f"{self.endpoint}: expected {expected} choices, got {str(body)[:300]}")
+        used = (body.get("usage") or {}).get("completion_tokens")
+        self.generated_tokens = None if used is None or self.generated_tokens is None else self.generated_tokens + used
         return sorted(choices, key=lambda c: c.get("index", 0))
 
     def _post(self, payload: dict) -> dict:

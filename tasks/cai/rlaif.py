@@ -27,7 +27,7 @@ import mlflow
 
 from models.safety import is_refusal
 from tasks.cai import supervised
-from tasks.cai.backends import Backend, choice_probability
+from tasks.cai.backends import Backend, choice_probability, generated_tokens
 from tasks.cai.config import CAIConfig, Constitution
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, derived_seed, draw_principle
@@ -92,7 +92,8 @@ def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: 
         write_jsonl(table["kept"], files["rlaif_preferences"])
         write_jsonl(table["dropped"], files["rlaif_dropped"])
         metrics = {**table["metrics"], "rlaif/labels_generated": float(written),
-                   "rlaif/truncated_prompts": float(feedback.truncated_prompts)}
+                   "rlaif/truncated_prompts": float(feedback.truncated_prompts),
+                   **generated_tokens("rlaif", policy, feedback)}
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), artifact_path="rlaif")
     return StageResult(stage="cai-rlaif", run_id=run.info.run_id, cache_key=key, metrics=metrics,

@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 
 from models.safety import is_refusal, refusal_rate
-from tasks.cai.backends import Backend
+from tasks.cai.backends import Backend, generated_tokens
 from tasks.cai.config import CAIConfig, Constitution, CritiqueSection, FewShot, Principle
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, draw_principle, few_shots
@@ -59,7 +59,8 @@ def run_respond(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
         finally:
             backend.close()
         metrics = {"cai/prompts": float(len(inputs.prompts)), "cai/helpful_prompts": float(len(inputs.helpful_prompts)),
-                   "cai/responses_generated": float(written), "cai/responses_resumed": float(len(prompts) - written)}
+                   "cai/responses_generated": float(written), "cai/responses_resumed": float(len(prompts) - written),
+                   **generated_tokens("respond", backend)}
         mlflow.log_metrics(metrics)
     return _result("respond", run, key, metrics, progress)
 
@@ -101,7 +102,8 @@ def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig
             backend.close()
         expected = len(inputs.prompts) * cai.critique.rounds
         metrics = {"cai/revisions_generated": float(written), "cai/revisions_resumed": float(expected - written),
-                   "cai/truncated_prompts": float(backend.truncated_prompts)}
+                   "cai/truncated_prompts": float(backend.truncated_prompts),
+                   **generated_tokens("critique_revise", backend)}
         mlflow.log_metrics(metrics)
     return _result("critique_revise", run, key, metrics, progress)
 

@@ -53,7 +53,7 @@ def run_version(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
             for name, value in tags.items():
                 MlflowClient().set_tag(lineage.parent_run_id, name, value)
     return StageResult(stage="cai-version", run_id=run.info.run_id, cache_key=key, metrics=rows,
-                       outputs={"dir": str(out), "manifest": str(out / MANIFEST),
+                       outputs={"dir": str(out), "manifest": str(out / MANIFEST), "policy": models.policy_id,
                                 **{name: str(out / path.name) for name, path in files.items()}},
                        output_hashes={"dvc_md5": md5, "constitution_sha256": inputs.constitution_sha256})
 

@@ -166,6 +166,16 @@ class DispatchSection(Section):
     timeout_s: float | None = Field(None, gt=0, description="Give up on a dispatched stage after this long; None waits.")
 
 
+class CompareSection(Section):
+    """What `alignflow compare` adds to the pipeline's methods (SFT, DPO, PPO, RLOO) in the same parent run."""
+
+    cai_config: Path | None = Field(
+        None, description="A Constitutional AI config (configs/cai*.yaml): its data flow runs inside the comparison "
+        "on this config's base model, then SL-CAI (SFT on its revisions) and RLAIF (DPO on its AI labels) are "
+        "trained, evaluated and gated beside the other methods. None compares without CAI.")
+    cai_overrides: list[str] = Field(default_factory=list, description="`key.path=value` overrides of the CAI config.")
+
+
 class PipelineConfig(HashableConfig):
     # Where stages run and where they are logged never change what they compute.
     _unhashed_sections: ClassVar[tuple[str, ...]] = ("dispatch", "tracking")
@@ -191,6 +201,7 @@ class PipelineConfig(HashableConfig):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
+    compare: CompareSection = Field(default_factory=CompareSection)
 
     @model_validator(mode="after")
     def _tiny_model_constraints(self) -> PipelineConfig:

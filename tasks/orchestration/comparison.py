@@ -18,11 +18,15 @@ ARTIFACT_DIR = "comparison"
 # The training stages each method needs after the base model ("complexity"); evaluation is the same for all.
 METHOD_STAGES = {"sft": ("sft",), "dpo": ("sft", "dpo"), "ppo": ("sft", "reward", "ppo"),
                  "rloo": ("sft", "reward", "rloo")}
-# Constitutional AI's rows come from a second pipeline run, trained on the CAI data from the same base model and
-# judged on the same eval (`with_cai`): SL-CAI is its SFT model, RLAIF its DPO model on the AI labels.
-# `cai-data` is the CAI flow that made the data (respond, critique, revise, label).
+# Constitutional AI's rows: SL-CAI is SFT on the CAI data from the same base model, RLAIF DPO from it on the AI
+# labels, both judged on the same eval; trained inside the comparison (`flows.comparison`), or by a second
+# pipeline run (`with_cai`). `cai-data` is the CAI flow that made the data (respond, critique, revise, label).
 CAI_METHODS = {"sl-cai": ("cai-data", "cai-sft"), "rlaif-dpo": ("cai-data", "cai-sft", "cai-dpo")}
 _CAI_STAGE = {"sl-cai": "sft", "rlaif-dpo": "dpo"}
+# Tokens sampled while training or making data (the eval's generation is the same for every method, so left out).
+# Stages not named here generate nothing; a CAI data flow's are its steps' `cai/<step>/generated_tokens`.
+_GENERATED_TOKENS = {"ppo": "ppo/generated_tokens", "rloo": "rloo/generated_tokens"}
+_CAI_DATA_STEPS = ("respond", "critique_revise", "sl_datasets", "rlaif", "version")
 # (row key, eval prompt kind): the rate is eval/<kind>_refusal_rate over eval/<kind>_prompts prompts.
 _RATES = (("harmful_refusal", "harmful"), ("benign_over_refusal", "benign"),
           ("sound_harmful_over_refusal", "sound_harmful"))
@@ -40,12 +44,17 @@ def with_cai(results: Mapping[str, StageResult], cai_results: Mapping[str, Stage
 
 
 def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, float], *, demos: int,
-                    pairs: int, principles: int | None = None) -> list[dict]:
-    """A row per evaluated method; `seconds[stage]` is the wall time of the run that computed that stage, `demos`
-    the SFT demonstrations and `pairs` the preference pairs the optimizers trained on, `principles` the
-    constitution's behind the CAI rows. CAI rows used no human demos or pairs: their data is AI-made, counted
-    apart, and their reward-model numbers are left out (their reward model is another, trained on AI labels)."""
+                    pairs: int, principles: int | None = None,
+                    tokens: Mapping[str, float | None] | None = None) -> list[dict]:
+    """A row per evaluated method; `seconds[stage]` is the wall time of the run that computed that stage and
+    `tokens[stage]` the tokens it generated, `demos` the SFT demonstrations and `pairs` the preference pairs the
+    optimizers trained on, `principles` the constitution's behind the CAI rows. CAI rows used no human pairs and no
+    human demos (unless the model that made their data was the SFT model); their data is AI-made, counted apart.
+    A separate CAI run (`with_cai`, its own `cai-promote`) had its own reward model, trained on AI labels: its
+    reward numbers are left out and its gates are its own."""
     promote = results.get("promote")
+    separate_cai = "cai-promote" in results
+    cai_demos = demos if _cai_policy(results).startswith("stage:sft:") else 0
     rows = []
     for method, stages in {**METHOD_STAGES, **CAI_METHODS}.items():
         evaluation = results.get(f"evaluate-{method}")
@@ -53,22 +62,35 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
             continue
         m = evaluation.metrics
         cai = method in CAI_METHODS
-        row = {"method": method, "stages": list(stages), "demos": 0 if cai else demos,
+        own_judge = cai and separate_cai
+        row = {"method": method, "stages": list(stages), "demos": cai_demos if cai else demos,
                "preference_pairs": 0 if cai or method == "sft" else pairs,
                "principles": principles if cai else 0,
                "ai_data": _ai_data(results.get("cai-data"), method) if cai else None,
                "wall_seconds": round(sum(seconds[s] for s in stages), 1) if set(stages) <= set(seconds) else None,
-               "reward": None if cai else m.get("eval/reward_mean"),
-               "win_rate_vs_base": None if cai else m.get("eval/win_rate_vs_base"),
-               "win_rate_vs_sft": None if cai else m.get("eval/win_rate_vs_sft"),
+               "generated_tokens": _sum_known(tokens or {}, stages),
+               "reward": None if own_judge else m.get("eval/reward_mean"),
+               "win_rate_vs_base": None if own_judge else m.get("eval/win_rate_vs_base"),
+               "win_rate_vs_sft": None if own_judge else m.get("eval/win_rate_vs_sft"),
                "kl_to_sft": m.get("eval/kl_to_reference"),
                "ppl_ratio_vs_sft": m.get("eval/benign_perplexity_ratio_vs_sft"),
-               "gates": _cai_gates(method, results.get("cai-promote")) if cai else gate_decision(method, promote)}
+               "gates": _cai_gates(method, results["cai-promote"]) if own_judge else gate_decision(method, promote)}
         for name, kind in _RATES:
             if m.get(f"eval/{kind}_prompts"):  # a kind the eval set has
                 row[name] = _rate(m[f"eval/{kind}_refusal_rate"], int(m[f"eval/{kind}_prompts"]))
         rows.append(row)
     return rows
+
+
+def _sum_known(values: Mapping[str, float | None], stages: tuple[str, ...]) -> float | None:
+    known = [values.get(stage) for stage in stages]
+    return None if None in known else float(sum(known))
+
+
+def _cai_policy(results: Mapping[str, StageResult]) -> str:
+    """The model that made the CAI data (`stage:base:…`, `stage:sft:…`, a URI); '' when not known."""
+    version = results.get("cai-version")
+    return version.outputs.get("policy", "") if version is not None else ""
 
 
 def _cai_gates(method: str, promote: StageResult | None) -> str:
@@ -85,43 +107,64 @@ def _ai_data(data: StageResult | None, method: str) -> str | None:
 
 def comparison_markdown(rows: list[dict]) -> str:
     header = ["method", "stages", "demos", "preference pairs", "principles", "AI-made data", "wall",
+              "generated tokens",
               "harmful refusal", "benign over-refusal", "sound-harmful over-refusal", "reward", "win rate vs base",
               "win rate vs SFT", "KL to SFT", "ppl ratio vs SFT", "gates"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], " → ".join(row["stages"]), str(row["demos"]), str(row["preference_pairs"]),
                  "-" if row.get("principles") is None else str(row["principles"]), row.get("ai_data") or "-",
-                 _minutes(row["wall_seconds"]),
+                 _minutes(row["wall_seconds"]), _count(row.get("generated_tokens")),
                  *(_rate_cell(row.get(name)) for name, _ in _RATES),
                  *(format_value(row[key]) for key in ("reward", "win_rate_vs_base", "win_rate_vs_sft", "kl_to_sft",
                                                    "ppl_ratio_vs_sft")),
                  row["gates"]]
         lines.append("| " + " | ".join(cells) + " |")
-    note = "Rates: value [95% Wilson interval] (prompts). Demos, pairs and principles are human-made data."
-    if any(row["method"] in CAI_METHODS for row in rows):
-        note += (" CAI rows: a pipeline run on the CAI data; KL to its own SFT model; reward and win rates left out "
-                 "(its reward model is trained on AI labels, not comparable).")
+    note = ("Rates: value [95% Wilson interval] (prompts). Demos, pairs and principles are human-made data. "
+            "Generated tokens: sampled while training or making data (PPO and RLOO rollouts, CAI's answers, "
+            "critiques, revisions and samples), not in evaluation.")
+    if any(row["method"] in CAI_METHODS and row["reward"] is None for row in rows):
+        note += (" CAI rows: a separate pipeline run on the CAI data; KL to its own SFT model; reward and win rates "
+                 "left out (its reward model is trained on AI labels, not comparable).")
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
 def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> list[dict]:
     """The comparison of this pipeline run, on the active (parent) run: demos counted in the SFT model's data
-    (`results["data"]`), pairs in the optimizers' (`data`; a feedback round's own), stage times from their runs."""
+    (`results["data"]`), pairs in the optimizers' (`data`; a feedback round's own), stage times from their runs.
+    The CAI data's time, tokens and principles: from its steps' runs when this run made it (`cai-<step>`
+    results), else from the CAI flow that made the data a CAI-trained SFT model learnt from."""
     client = mlflow.MlflowClient()
-    seconds = {}
+    seconds, tokens = {}, {}
     for stage in {s for stages in {**METHOD_STAGES, **CAI_METHODS}.values() for s in stages}:
         if stage in results and results[stage].run_id:
             seconds[stage] = _seconds(client.get_run(results[stage].run_id))
-    cai_flow = _cai_flow_version_run(client, results.get("cai-sft"))
-    if cai_flow is not None:  # the CAI data's wall time: its flow's parent run, whose last step versioned it
-        seconds["cai-data"] = _seconds(client.get_run(cai_flow.data.tags["mlflow.parentRunId"]))
-    principles = cai_flow.data.metrics.get("cai_data/principles") if cai_flow is not None else None
+            tokens[stage] = results[stage].metrics.get(_GENERATED_TOKENS[stage]) if stage in _GENERATED_TOKENS else 0.0
+    steps = [results[f"cai-{step}"] for step in _CAI_DATA_STEPS if f"cai-{step}" in results]
+    if steps:  # made in this run: its steps' runs, and the validation of what they made
+        step_seconds = [*(_seconds(client.get_run(step.run_id)) for step in steps), seconds.get("cai-data")]
+        seconds["cai-data"] = None if None in step_seconds else sum(step_seconds)
+        cai_metrics = {name: value for step in steps for name, value in step.metrics.items()}
+    elif (cai_flow := _cai_flow_version_run(client, results.get("cai-sft"))) is not None:
+        parent = client.get_run(cai_flow.data.tags["mlflow.parentRunId"])  # the flow that versioned the data
+        seconds["cai-data"], cai_metrics = _seconds(parent), parent.data.metrics
+    else:
+        cai_metrics = {}
+    tokens["cai-data"] = _cai_tokens(cai_metrics)
+    principles = cai_metrics.get("cai_data/principles")
     rows = comparison_rows(results, {k: v for k, v in seconds.items() if v is not None},
                            demos=_rows(results["data"], "sft_train"), pairs=_rows(data, "preferences_train"),
-                           principles=None if principles is None else int(principles))
+                           principles=None if principles is None else int(principles), tokens=tokens)
     mlflow.log_dict(rows, f"{ARTIFACT_DIR}/comparison.json")
     mlflow.log_text(comparison_markdown(rows), f"{ARTIFACT_DIR}/comparison.md")
     return rows
+
+
+def _cai_tokens(metrics: Mapping[str, float]) -> float | None:
+    """The CAI data flow's generated tokens; None when its answering or revising step did not count them."""
+    counted = {name.split("/")[1]: value for name, value in metrics.items()
+               if name.startswith("cai/") and name.endswith("/generated_tokens")}
+    return float(sum(counted.values())) if {"respond", "critique_revise"} <= set(counted) else None
 
 
 def _seconds(run) -> float | None:
@@ -156,6 +199,10 @@ def _rate_cell(rate: dict | None) -> str:
         return "-"
     low, high = rate["ci95"]
     return f"{rate['value']:.2f} [{low:.2f}, {high:.2f}] ({rate['n']})"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _minutes(seconds: float | None) -> str:

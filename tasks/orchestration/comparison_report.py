@@ -74,9 +74,11 @@ def _generations(evaluation: StageResult) -> list[dict]:
 
 def _lineage(lineage: Lineage, results: Mapping[str, StageResult]) -> dict[str, str]:
     data = results["data"].output_hashes
+    cai = results["cai-version"].output_hashes if "cai-version" in results else {}  # CAI data made in this run
+    made = {"CAI data (DVC md5)": cai["dvc_md5"], "constitution (sha256)": cai["constitution_sha256"]} if cai else {}
     return {"git commit": lineage.git_sha, "config hash": lineage.config_hash, "data (DVC md5)": lineage.data_md5,
             **{f"{name} (md5)": digest for name, digest in sorted(data.items()) if name != "dvc_md5"},
-            **dict(lineage.data_tags)}
+            **made, **dict(lineage.data_tags)}
 
 
 def results_from_file(path: Path) -> dict[str, StageResult]:
@@ -91,6 +93,13 @@ def results_from_file(path: Path) -> dict[str, StageResult]:
         raise AlignflowError(f"{path}: no {', '.join(missing)} result; expected the JSON `alignflow run --out` "
                              "writes for a whole pipeline run")
     return results
+
+
+def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
+    """The comparison a finished pipeline run logged on its parent run, and where it wrote its report."""
+    parent_id = mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"]
+    rows = mlflow.artifacts.load_dict(f"runs:/{parent_id}/{ARTIFACT_DIR}/comparison.json")
+    return rows, Path(cfg.reports_dir) / f"{cfg.name}-comparison.html"
 
 
 def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:

@@ -25,7 +25,9 @@ _WHERE_TO_LOOK = ("Each model's answers, side by side: on this experiment's runs
 def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> str:
     """Markdown: one row per evaluated model (base, SFT, each optimizer), its gate decision, the promotion."""
     promote = results.get("promote")
-    labels = [label for label in ("base", "sft", *cfg.optimizers) if f"evaluate-{label}" in results]
+    # sl-cai and rlaif-dpo: Constitutional AI's models in `alignflow compare` (tasks.orchestration.comparison)
+    labels = [label for label in ("base", "sft", *cfg.optimizers, "sl-cai", "rlaif-dpo")
+              if f"evaluate-{label}" in results]
     prompts = results[f"evaluate-{labels[-1]}"].metrics if labels else {}
     count = sum(int(prompts.get(f"eval/{kind}_prompts", 0)) for kind in ("harmful", "benign", "sound_harmful"))
     optimizers = ", ".join(o.upper() for o in cfg.optimizers) or "no optimizer"
@@ -33,7 +35,9 @@ def pipeline_description(cfg: PipelineConfig, results: Mapping[str, StageResult]
     outcome = (f"Promoted: **{promoted}** (version {promote.outputs.get('version')})." if promoted
                else "Promoted: nothing; the champion stays as it was.")
     # The outcome leads: the run page shows a description's first lines and folds the rest under "Show more".
-    headline = (f"**{cfg.name}**: SFT and a reward model, then {optimizers}, each judged on the same {count} "
+    cai = (", and Constitutional AI (SL-CAI and RLAIF on data the model made from a constitution)"
+           if "evaluate-sl-cai" in results else "")
+    headline = (f"**{cfg.name}**: SFT and a reward model, then {optimizers}{cai}, each judged on the same {count} "
                 f"held-out prompts (greedy) against the SFT baseline. {outcome}")
     lines = [headline, ""]
     header = ["model", *(name for name, _ in _COLUMNS), "gates"]
