@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tasks.cai.backends import check_http_formats
+from tasks.cai.backends import check_http_formats, generated_tokens
 from tasks.cai.config import BackendSection, load_constitution
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import draw_principle, load_templates
@@ -222,3 +223,14 @@ def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_an
     assert rlaif.metrics["rlaif/refusal_preferred_calibrated"] == 1.0
     assert rlaif.metrics["rlaif/position_bias_logodds"] == pytest.approx(0.0, abs=1e-6)
     assert not any(r.get("n") for r in fake.requests)  # original against revision: nothing sampled
+    # Generated tokens: the local policy's counted by its tokenizer, the server's from its reported usage.
+    assert responses.metrics["cai/respond/generated_tokens"] > 0
+    assert (revisions.metrics["cai/critique_revise/generated_tokens"] + rlaif.metrics["cai/rlaif/generated_tokens"]
+            == fake.completion_tokens > 0)
+
+
+def test_generated_tokens_count_each_backend_once_and_nothing_when_one_cannot_tell():
+    policy, judge = SimpleNamespace(generated_tokens=10), SimpleNamespace(generated_tokens=5)
+    assert generated_tokens("rlaif", policy, policy, None) == {"cai/rlaif/generated_tokens": 10.0}
+    assert generated_tokens("rlaif", policy, judge) == {"cai/rlaif/generated_tokens": 15.0}
+    assert generated_tokens("rlaif", policy, SimpleNamespace(generated_tokens=None)) == {}  # a server without usage

@@ -90,11 +90,13 @@ def pipeline(cai: CAIConfig):
 @dataclass
 class FakeOpenAI:
     """What the server does: a canned assistant that complies first and refuses when asked to revise, and a
-    judge that prefers the refusal whichever position it is in. `fail_first` answers 503 that many times."""
+    judge that prefers the refusal whichever position it is in. `fail_first` answers 503 that many times. Its
+    usage counts a word as a token; `completion_tokens` is the total it reported."""
 
     fail_first: int = 0
     status: int = 200
     requests: list[dict] = field(default_factory=list)
+    completion_tokens: int = 0
 
     def complete(self, body: dict) -> dict:
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
@@ -106,7 +108,10 @@ class FakeOpenAI:
                 if body.get("logprobs"):
                     choice["logprobs"] = {"tokens": ["A"], "top_logprobs": [self._judge(prompt)]}
                 choices.append(choice)
-        return {"object": "text_completion", "model": body.get("model", "fake"), "choices": choices}
+        used = sum(len(choice["text"].split()) for choice in choices)
+        self.completion_tokens += used
+        return {"object": "text_completion", "model": body.get("model", "fake"), "choices": choices,
+                "usage": {"completion_tokens": used}}
 
     def _text(self, prompt: str, body: dict, j: int) -> str:
         if prompt.endswith("Critique:"):
