@@ -17,6 +17,7 @@ from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.cai_methods import cai_training_config, comparison_configs
+from tasks.orchestration.comparison import COMPARISON
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import run_stage
@@ -53,6 +54,8 @@ def method_comparison(config_path: str, overrides: list[str] | None = None) -> d
         candidates = constitutional_methods(cfg, cai, lineage, results, judged) if cai else {}
         train_and_promote(cfg, lineage, results, judged, start=results["sft"], data=results["data"],
                           candidates=candidates)
+        # The parent run itself, which holds the comparison: cached stages' runs belong to earlier parents.
+        results[COMPARISON] = StageResult(stage=COMPARISON, run_id=lineage.parent_run_id, cache_key=lineage.config_hash)
     return results
 
 

@@ -65,7 +65,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
 
     store = tmp_path / "mlflow.db"
     out = tmp_path / "results.json"
-    compare(config=paths.DEMO_CONFIG, out=out, overrides=[
+    overrides = [
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
         f"reports_dir={tmp_path / 'reports'}", "reward.max_steps=4", "dpo.max_steps=2",
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
@@ -73,13 +73,15 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         # configs/cai.yaml, its data in the test's folder and out of DVC, one critique round of short answers
         # (SFT trains its demo epochs: after one, the tiny model's revisions repeat its answers: no CAI data)
         (f"compare.cai_overrides=[output_dir={tmp_path / 'data-cai'},dvc_add=false,critique.rounds=1,"
-         "respond.max_new_tokens=16,critique.revision_max_new_tokens=16,rlaif.max_new_tokens=16]")])
+         "respond.max_new_tokens=16,critique.revision_max_new_tokens=16,rlaif.max_new_tokens=16]")]
+    compare(config=paths.DEMO_CONFIG, out=out, overrides=overrides)
     printed = capsys.readouterr().out
     assert "| ppo | sft → reward → ppo |" in printed and f"report: {tmp_path / 'reports'}" in printed
     assert "| rlaif-dpo | cai-data → cai-sft → cai-dpo |" in printed
     results = results_from_file(out)
     client = MlflowClient()
-    parent_id = client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"]
+    parent_id = results["comparison"].run_id
+    assert client.get_run(results["sft"].run_id).data.tags["mlflow.parentRunId"] == parent_id
     # One parent run holds every method, the CAI data steps and CAI's two models included.
     for name in ("ppo", "rloo", "cai-respond", "cai-rlaif", "cai-version", "cai-data", "cai-sft", "cai-dpo",
                  "evaluate-sl-cai", "evaluate-rlaif-dpo", "promote"):
@@ -197,3 +199,22 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         save_screenshot(driver, "comparison-report.png", tmp_path)
+
+    # 8. The same comparison again: every stage comes from the cache and the CAI steps resume every record, so
+    # the rows keep the first run's wall times and tokens, and the CAI data's cost (an earlier run's) is unknown,
+    # not zero.
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    again_out = tmp_path / "again.json"
+    compare(config=paths.DEMO_CONFIG, out=again_out, overrides=overrides)
+    again = results_from_file(again_out)
+    assert [again[name].run_id for name in ("sft", "ppo", "cai-sft", "cai-dpo", "evaluate-sl-cai")] == [
+        results[name].run_id for name in ("sft", "ppo", "cai-sft", "cai-dpo", "evaluate-sl-cai")]
+    # The results name the new parent run; the CAI steps ran again (resuming) under it.
+    again_parent = again["comparison"].run_id
+    assert client.get_run(again["cai-respond"].run_id).data.tags["mlflow.parentRunId"] == again_parent
+    assert again_parent != parent_id and again["cai-respond"].metrics["cai/responses_generated"] == 0
+    rows = {row["method"]: row for row in
+            mlflow.artifacts.load_dict(f"runs:/{again_parent}/comparison/comparison.json")}
+    assert [rows[m]["wall_seconds"] for m in ("sft", "ppo")] == [comparison[m]["wall_seconds"] for m in ("sft", "ppo")]
+    assert rows["ppo"]["generated_tokens"] == tokens["ppo"]
+    assert rows["sl-cai"]["wall_seconds"] is None and rows["sl-cai"]["generated_tokens"] is None

@@ -15,6 +15,7 @@ from tasks.orchestration.run_summary import format_value, gate_decision
 from tasks.run.contract import StageResult
 
 ARTIFACT_DIR = "comparison"
+COMPARISON = "comparison"  # the result naming a comparison's parent run (`flows.comparison`)
 # The training stages each method needs after the base model ("complexity"); evaluation is the same for all.
 METHOD_STAGES = {"sft": ("sft",), "dpo": ("sft", "dpo"), "ppo": ("sft", "reward", "ppo"),
                  "rloo": ("sft", "reward", "rloo")}
@@ -151,6 +152,10 @@ def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> lis
     else:
         cai_metrics = {}
     tokens["cai-data"] = _cai_tokens(cai_metrics)
+    if cai_metrics.get("cai/responses_resumed") or cai_metrics.get("cai/revisions_resumed"):
+        # Records an earlier run generated: their cost was that run's, so this run's time and tokens are not it.
+        seconds.pop("cai-data", None)
+        tokens["cai-data"] = None
     principles = cai_metrics.get("cai_data/principles")
     rows = comparison_rows(results, {k: v for k, v in seconds.items() if v is not None},
                            demos=_rows(results["data"], "sft_train"), pairs=_rows(data, "preferences_train"),

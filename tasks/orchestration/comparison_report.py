@@ -16,7 +16,7 @@ from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
 from tasks.core.tags import CONFIG_HASH_TAG, CONSTITUTION_TAG, DATA_MD5_TAG, GIT_SHA_TAG
 from tasks.data.writers import write_text
-from tasks.orchestration.comparison import ARTIFACT_DIR, comparison_markdown, log_comparison
+from tasks.orchestration.comparison import ARTIFACT_DIR, COMPARISON, comparison_markdown, log_comparison
 from tasks.report.figures import curves_png, summary_png
 from tasks.report.page import render_report
 from tasks.run.contract import StageResult
@@ -96,8 +96,8 @@ def results_from_file(path: Path) -> dict[str, StageResult]:
 
 
 def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
-    """The comparison a finished pipeline run logged on its parent run, and where it wrote its report."""
-    parent_id = mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"]
+    """The comparison a finished comparison run logged on its parent run, and where it wrote its report."""
+    parent_id = results[COMPARISON].run_id
     rows = mlflow.artifacts.load_dict(f"runs:/{parent_id}/{ARTIFACT_DIR}/comparison.json")
     return rows, Path(cfg.reports_dir) / f"{cfg.name}-comparison.html"
 
@@ -105,7 +105,8 @@ def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -
 def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
     """The comparison and report of a pipeline run that has ended, logged on its own parent run again (with the
     CAI rows when `results` went through `comparison.with_cai`)."""
-    parent_id = mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"]
+    parent_id = (results[COMPARISON].run_id if COMPARISON in results  # `alignflow compare --out` names it
+                 else mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"])
     tags = mlflow.get_run(parent_id).data.tags
     lineage = Lineage(git_sha=tags.get(GIT_SHA_TAG, "unknown"), config_hash=tags.get(CONFIG_HASH_TAG, ""),
                       data_md5=tags.get(DATA_MD5_TAG, ""), parent_run_id=parent_id,
