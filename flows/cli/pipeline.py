@@ -62,12 +62,13 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     )
 
     overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
-    try:
-        comparison_configs(config, overrides)  # a bad config fails before MLflow or Prefect start, its message alone
-    except AlignflowError as err:
-        fail(str(err))
-    cfg = registry_config(config, overrides)
     cai = results_from_file(cai_results) if cai_results is not None else {}  # a bad file fails before any training
+    if from_results is None:
+        try:
+            comparison_configs(config, overrides)  # a bad CAI config fails before MLflow or Prefect start
+        except AlignflowError as err:
+            fail(str(err))
+    cfg = registry_config(config, overrides)
     if from_results is None:
         results = method_comparison(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
