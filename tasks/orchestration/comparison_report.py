@@ -42,9 +42,8 @@ def log_comparison_report(cfg: PipelineConfig, lineage: Lineage, results: Mappin
     page = render_report(title=f"{cfg.name}: the alignment methods compared", table_markdown=comparison_markdown(rows),
                          summary_png=summary, curves_png=training, answers=fixed_answers(generations),
                          lineage=_lineage(lineage, results))
-    out = Path(cfg.reports_dir)
-    html_path = write_text(out / f"{cfg.name}-comparison.html", page)
-    png_path = write_atomically(out / f"{cfg.name}-comparison.png", lambda partial: partial.write_bytes(summary))
+    html_path = write_text(report_path(cfg), page)
+    png_path = write_atomically(report_path(cfg).with_suffix(".png"), lambda partial: partial.write_bytes(summary))
     mlflow.log_artifact(str(html_path), ARTIFACT_DIR)
     mlflow.log_artifact(str(png_path), ARTIFACT_DIR)
     return html_path
@@ -97,9 +96,12 @@ def results_from_file(path: Path) -> dict[str, StageResult]:
 
 def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
     """The comparison a finished comparison run logged on its parent run, and where it wrote its report."""
-    parent_id = results[COMPARISON].run_id
-    rows = mlflow.artifacts.load_dict(f"runs:/{parent_id}/{ARTIFACT_DIR}/comparison.json")
-    return rows, Path(cfg.reports_dir) / f"{cfg.name}-comparison.html"
+    rows = mlflow.artifacts.load_dict(f"runs:/{results[COMPARISON].run_id}/{ARTIFACT_DIR}/comparison.json")
+    return rows, report_path(cfg)
+
+
+def report_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.reports_dir) / f"{cfg.name}-comparison.html"
 
 
 def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
