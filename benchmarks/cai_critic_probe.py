@@ -41,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(paths.CONFIGS_DIR / "smollm2.yaml")
-    shots = [(s.prompt, s.response, s.revision) for s in load_constitution(paths.CONFIGS_DIR / "constitution.yaml").few_shots]
+    shots = [(s.prompt, s.response, s.revision)
+             for s in load_constitution(paths.CONFIGS_DIR / "constitution.yaml").few_shots]
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_model_and_tokenizer(str(convert_gguf(gguf_path(cfg.model.pretrained), Path(tmp))))
     chat = prompt_formatter(tokenizer, "chat_template", "")

@@ -28,7 +28,8 @@ def main(
     inputs: Annotated[Path | None, typer.Option(help="JSON of stage results from `alignflow run --out`.")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
-    request: Annotated[Path | None, typer.Option(help="A stage request JSON (instead of stage/--inputs/--config).")] = None,
+    request: Annotated[Path | None,
+                       typer.Option(help="A stage request JSON (instead of stage/--inputs/--config).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write this stage's result here (main process only).")] = None,
 ) -> None:
     prepare_environment()

@@ -45,13 +45,13 @@ def needs_validated_data(cfg: PipelineConfig) -> bool:
 
 
 def base_model_key(cfg: PipelineConfig, data: StageResult | None = None) -> str:
-    return stage_key(STAGE, cfg, _sections(cfg), _input_hashes(cfg, data))
+    return stage_key(STAGE, cfg, _sections(cfg), _input_hashes(cfg, data), code=__name__)
 
 
 def run_base_model(cfg: PipelineConfig, lineage: Lineage, *, data: StageResult | None = None) -> StageResult:
     """The base model; the tiny one needs `data`, the validate stage's result, to train its tokenizer on."""
     key = base_model_key(cfg, data)
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=_sections(cfg)) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=_sections(cfg), code=__name__) as run:
         if cfg.model.pretrained is not None and is_gguf_source(cfg.model.pretrained):
             source = _gguf_file(cfg)
             mlflow.set_tags({f"{TAG_PREFIX}base.pretrained": cfg.model.pretrained,
@@ -81,7 +81,8 @@ def _model_hash(cfg: PipelineConfig, data: StageResult | None, key: str) -> str:
     a new eval file must not retrain everything downstream."""
     if not needs_validated_data(cfg):
         return key
-    return stage_key(STAGE, cfg, SECTIONS, {name: data.output_hashes[name] for name in _TOKENIZER_SOURCES})
+    hashes = {name: data.output_hashes[name] for name in _TOKENIZER_SOURCES}
+    return stage_key(STAGE, cfg, SECTIONS, hashes, code=__name__)
 
 
 def _sections(cfg: PipelineConfig) -> tuple[str, ...]:

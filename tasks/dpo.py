@@ -1,7 +1,7 @@
 """Stage: Direct Preference Optimization with TRL's `DPOTrainer`, starting from and anchored to the SFT model.
 
 The reference is the SFT model. Its log-probabilities are computed once per (reference weights, data,
-tokenization) and reused from MLflow (`tasks.reference_logps`), so no second copy of the model is kept in
+tokenization) and reused from MLflow (`tasks.training.reference_logps`), so no second copy of the model is kept in
 memory. With LoRA the reference is the adapter-disabled base, again without a copy. `dpo.loss_type` picks
 sigmoid (DPO), ipo or hinge; `dpo.sft_weight` adds an NLL term on the chosen responses.
 """
@@ -41,13 +41,14 @@ def _input_hashes(sft: StageResult, data: StageResult) -> dict[str, str]:
 
 
 def dpo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data))
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data), code=__name__)
 
 
 def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult) -> StageResult:
     key = dpo_key(cfg, sft, data)
     stage_dir = work_dir(cfg, STAGE, key)
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"sft": sft.model_uri}) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, code=__name__,
+                   parents={"sft": sft.model_uri}) as run:
         sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
         model, tokenizer = load_chain(cfg, sft_chain)
         # The SFT model is the reference: its files (weights and any adapters) key the log-prob cache.

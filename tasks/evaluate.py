@@ -67,7 +67,7 @@ def evaluate_key(cfg: PipelineConfig, policy: StageResult, data: StageResult, la
                  reward: StageResult | None = None, reference: StageResult | None = None,
                  baseline: StageResult | None = None, base: StageResult | None = None) -> str:
     return stage_key(f"{STAGE}-{label}", cfg, SECTIONS,
-                     _input_hashes(policy, data, reward, reference, baseline, base))
+                     _input_hashes(policy, data, reward, reference, baseline, base), code=__name__)
 
 
 def run_evaluate(
@@ -85,7 +85,8 @@ def run_evaluate(
     key = evaluate_key(cfg, policy, data, label, reward, reference, baseline, base)
     stage_dir = work_dir(cfg, f"{STAGE}-{label}", key)
     parents = {"policy": policy.model_uri, **({"reward": reward.model_uri} if reward else {})}
-    with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(f"{STAGE}-{label}", cfg, lineage, cache_key=key, sections=SECTIONS, code=__name__,
+                   parents=parents) as run:
         if run is None:  # another process of a launch: evaluating needs no collectives, the main one does it all
             return follower_result(f"{STAGE}-{label}", key)
         # The method names the run, so the UI can group, colour and compare runs by it.

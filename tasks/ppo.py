@@ -55,7 +55,7 @@ _HYPERPARAMS = tuple(PPOHyperparams.__dataclass_fields__)
 
 
 def ppo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult, reward: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, rl_input_hashes(sft, reward, data))
+    return stage_key(STAGE, cfg, SECTIONS, rl_input_hashes(sft, reward, data), code=__name__)
 
 
 def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult,
@@ -63,7 +63,7 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     key = ppo_key(cfg, sft, data, reward)
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"sft": sft.model_uri, "reward": reward.model_uri}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
         preferences = read_rows(validated_file(data, "preferences_train", stage_dir / "data"))
         prompts = training_prompts(preferences, "PPO", data.outputs["preferences_train"])
         probe = probe_set(preferences, cfg.ppo.monitors.probe_size, cfg.ppo.seed)

@@ -43,7 +43,7 @@ def promote_key(
     baseline: StageResult,
     champion: StageResult | None,
 ) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(candidates, baseline, champion))
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(candidates, baseline, champion), code=__name__)
 
 
 def run_promote(
@@ -64,7 +64,7 @@ def run_promote(
     champion_metrics = champion.metrics if champion is not None else None
     decisions: dict[str, GateDecision] = {}
     metrics: dict[str, float] = {}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
         if not (cfg.gates.thresholds or cfg.gates.beat_baseline or cfg.gates.champion):
             log.warning("promote: no gates configured; every candidate passes")
         for label, (registered, evaluation) in candidates.items():

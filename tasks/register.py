@@ -18,7 +18,7 @@ SECTIONS = ("registry",)
 
 def register_key(cfg: PipelineConfig, policy: StageResult, evaluation: StageResult, label: str | None = None) -> str:
     return stage_key(STAGE, cfg, SECTIONS, {"policy": policy.cache_key, "evaluation": evaluation.cache_key,
-                                            "label": label or policy.stage})
+                                            "label": label or policy.stage}, code=__name__)
 
 
 def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, evaluation: StageResult,

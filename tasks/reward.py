@@ -53,7 +53,7 @@ def _input_hashes(sft: StageResult, data: StageResult) -> dict[str, str]:
 
 
 def reward_key(cfg: PipelineConfig, sft: StageResult, data: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data))
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data), code=__name__)
 
 
 def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult) -> StageResult:
@@ -62,7 +62,7 @@ def run_reward(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data:
     key = reward_key(cfg, sft, data)
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"sft": sft.model_uri}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
         model, tokenizer = _setup_model(cfg, sft, stage_dir)
         train_file = validated_file(data, "preferences_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")

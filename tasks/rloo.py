@@ -44,7 +44,7 @@ SECTIONS = ("rloo", "model", "validation")
 
 
 def rloo_key(cfg: PipelineConfig, sft: StageResult, data: StageResult, reward: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, rl_input_hashes(sft, reward, data))
+    return stage_key(STAGE, cfg, SECTIONS, rl_input_hashes(sft, reward, data), code=__name__)
 
 
 def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult,
@@ -52,7 +52,7 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
     key = rloo_key(cfg, sft, data, reward)
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"sft": sft.model_uri, "reward": reward.model_uri}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
         preferences = read_rows(validated_file(data, "preferences_train", stage_dir / "data"))
         prompts = training_prompts(preferences, "RLOO", data.outputs["preferences_train"])
         model, tokenizer = load_chain(cfg, model_chain(sft.model_uri, stage_dir / "sft"))

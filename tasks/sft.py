@@ -37,13 +37,14 @@ def _input_hashes(base: StageResult, data: StageResult) -> dict[str, str]:
 
 
 def sft_key(cfg: PipelineConfig, base: StageResult, data: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(base, data))
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(base, data), code=__name__)
 
 
 def run_sft(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult, data: StageResult) -> StageResult:
     key = sft_key(cfg, base, data)
     stage_dir = work_dir(cfg, STAGE, key)
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, code=__name__,
+                   parents={"base": base.model_uri}) as run:
         model, tokenizer = load_stage_model(cfg, base.model_uri, stage_dir / "base")
         train_file = validated_file(data, "sft_train", stage_dir / "data")
         trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")

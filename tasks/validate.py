@@ -35,7 +35,7 @@ def _input_hashes(cfg: PipelineConfig, base: StageResult | None) -> dict[str, st
 
 
 def validate_key(cfg: PipelineConfig, base: StageResult | None = None) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg, base))
+    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg, base), code=__name__)
 
 
 def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult | None = None) -> StageResult:
@@ -43,7 +43,7 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult | N
     key = validate_key(cfg, base)
     stage_dir = work_dir(cfg, STAGE, key)
     parents = {"base": base.model_uri} if base is not None else {}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
         tokenizer = None if base is None else load_tokenizer(
             resolve_model_source(base.model_uri, stage_dir / "base"),
             revision=cfg.model.revision,

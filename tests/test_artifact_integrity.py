@@ -92,7 +92,8 @@ def test_a_logged_model_carries_its_manifest_and_a_changed_copy_is_refused(tiny,
     with mlflow.start_run():
         saved_uri, by_hand_uri = log_hf_model(saved, cfg, "sft"), log_hf_model(by_hand, cfg, "sft")
         shutil.copyfile(saved / "model.safetensors", saved / "extra.safetensors")
-        with pytest.raises(ModelIntegrityError, match=re.escape(f"{saved}/extra.safetensors: file not in the manifest")):
+        with pytest.raises(ModelIntegrityError,
+                           match=re.escape(f"{saved}/extra.safetensors: file not in the manifest")):
             log_hf_model(saved, cfg, "sft")  # changed since it was saved: not logged
     for uri, source in ((saved_uri, saved), (by_hand_uri, by_hand)):
         logged = Path(model_chain(uri, tmp_path / "download")[0])
@@ -128,7 +129,8 @@ def test_a_missing_file_is_refused_naming_it(tiny, tmp_path):
     _, _, base = tiny
     adapter = _adapter(tiny, tmp_path / "adapter")
     (adapter / "value_head.safetensors").unlink()  # nothing else would notice: merging reads only the adapters
-    with pytest.raises(ModelIntegrityError, match=re.escape(f"{adapter}/value_head.safetensors: listed in the manifest but")):
+    with pytest.raises(ModelIntegrityError,
+                       match=re.escape(f"{adapter}/value_head.safetensors: listed in the manifest but")):
         load_model_and_tokenizer(base, adapters=[adapter])
 
 

@@ -143,7 +143,8 @@ def test_prompts_come_from_a_conversational_file_by_kind(tmp_path):
         read_prompts(no_kind, kinds=["benign"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "Hi"}], "kind": "benign"}) + "\n")
-    with pytest.raises(DataValidationError, match=r"bad\.jsonl: row \d+: `messages` must be a non-empty string or hold"):
+    with pytest.raises(DataValidationError,
+                       match=r"bad\.jsonl: row \d+: `messages` must be a non-empty string or hold"):
         read_prompts(bad)
     conversational = tmp_path / "preferences.jsonl"  # a preference file's prompt is a list of turns
     conversational.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}], "kind": k}) + "\n"
@@ -174,8 +175,10 @@ def test_rlaif_labels_each_original_against_its_revision(tmp_path, demo_data_dir
 
     result = run_rlaif(cfg, LINEAGE, cai=cai, models=models, responses=responses, revisions=revisions)
 
-    originals = {r["id"]: r["response"] for r in map(json.loads, Path(responses.outputs["records"]).read_text().splitlines())}
-    finals = {r["id"]: r["revision"] for r in map(json.loads, Path(revisions.outputs["records"]).read_text().splitlines())}
+    originals = {r["id"]: r["response"]
+                 for r in map(json.loads, Path(responses.outputs["records"]).read_text().splitlines())}
+    finals = {r["id"]: r["revision"]
+              for r in map(json.loads, Path(revisions.outputs["records"]).read_text().splitlines())}
     by_prompt = {prompt: {" " + originals[pid], " " + finals[pid]} for pid, prompt in read_prompts(
         Path(cfg.data.path("red_team_prompts")), cai.limit)}
     kept = [json.loads(line) for line in Path(result.outputs["rlaif_preferences"]).read_text().splitlines()]
@@ -199,7 +202,8 @@ def test_a_stronger_critic_over_http_may_judge_a_chat_model_in_text_but_not_in_c
     check_http_formats(http, http, "text", "plain")
 
 
-def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_answered(tmp_path, demo_data_dir, tracked):
+def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_answered(tmp_path, demo_data_dir,
+                                                                                       tracked):
     # The local tiny model answers; the OpenAI-compatible server (the stronger critic) critiques, revises into a
     # refusal, and labels original against revision, preferring the refusal in either position.
     fake = FakeOpenAI()

@@ -34,7 +34,8 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
     assert (rows["sft"]["demos"], rows["sft"]["preference_pairs"]) == (40, 0)
     assert (rows["dpo"]["demos"], rows["dpo"]["preference_pairs"]) == (40, 100)
     assert [rows[m]["gates"] for m in ("sft", "dpo", "ppo")] == ["baseline", "promoted", "failed"]
-    # 5 of 10 harmful prompts refused: Wilson [0.2366, 0.7634]; 1 of 20 benign: [0.0089, 0.2361] (centre 0.1225, half-width 0.1136).
+    # 5 of 10 harmful prompts refused: Wilson [0.2366, 0.7634]; 1 of 20 benign: [0.0089, 0.2361]
+    # (centre 0.1225, half-width 0.1136).
     assert rows["ppo"]["harmful_refusal"]["successes"] == 5
     assert rows["ppo"]["harmful_refusal"]["ci95"] == pytest.approx([0.236593, 0.763407], abs=1e-5)
     assert rows["dpo"]["benign_over_refusal"]["ci95"] == pytest.approx([0.008881, 0.236136], abs=1e-5)
@@ -78,7 +79,8 @@ def test_constitutional_ais_run_adds_two_rows_with_no_human_data_and_its_own_gat
     assert sl["reward"] is None and rlaif["win_rate_vs_sft"] is None  # another reward model: not comparable
     assert rlaif["harmful_refusal"]["successes"] == 7
     table = comparison_markdown(list(rows.values()))
-    assert "| rlaif-dpo | cai-data → cai-sft → cai-dpo | 0 | 0 | 4 | 262 demos, 16 AI-labeled pairs | 19.0 min |" in table
+    assert ("| rlaif-dpo | cai-data → cai-sft → cai-dpo | 0 | 0 | 4 | 262 demos, 16 AI-labeled pairs "
+            "| 19.0 min |") in table
     assert "CAI rows:" in table
 
 

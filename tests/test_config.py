@@ -64,7 +64,8 @@ def test_ranking_cut_short_answers_without_hard_negatives_is_refused():
 
 def test_ppo_batch_must_hold_whole_groups_of_answers_per_prompt():
     with pytest.raises(ConfigError, match=r"rollout_batch_size \(8\) must be a multiple of samples_per_prompt \(3\)"):
-        load_config(paths.DEMO_CONFIG, ["ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=3"])
+        load_config(paths.DEMO_CONFIG,
+                    ["ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=3"])
 
 
 def test_section_hash_tracks_only_the_named_sections():

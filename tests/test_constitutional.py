@@ -171,7 +171,8 @@ def test_outputs_are_trl_datasets_that_pass_the_pipelines_validation(tmp_path, d
     assert revisions.metrics["cai/revisions_generated"] == 12
 
     tokenizer = load_model_and_tokenizer(tiny_dir)[1]
-    report = validate_files({"sft_train": Path(sl.outputs["sft"]), "preferences_train": Path(sl.outputs["preferences"])},
+    report = validate_files({"sft_train": Path(sl.outputs["sft"]),
+                             "preferences_train": Path(sl.outputs["preferences"])},
                             tokenizer=tokenizer, format_prompt=lambda p: f"User: {p}\nAssistant:", max_length=128,
                             on_failure="fail", max_quarantine_fraction=0.0, out_dir=tmp_path / "report")
     assert report.success
@@ -343,5 +344,6 @@ def test_demo_cai_is_the_demo_trained_on_the_cai_preferences():
     output_dir = load_cai_config(paths.CONFIGS_DIR / "cai.yaml").output_dir
     assert demo_cai.data.path("preferences_train").resolve() == (output_dir / PREFERENCES_FILE).resolve()
     assert demo_cai.data.sft_train == demo.data.sft_train and demo_cai.data.eval_prompts == demo.data.eval_prompts
-    drifted = [s for s in PipelineConfig.model_fields if s not in ("name", "data") and getattr(demo, s) != getattr(demo_cai, s)]
+    drifted = [s for s in PipelineConfig.model_fields
+               if s not in ("name", "data") and getattr(demo, s) != getattr(demo_cai, s)]
     assert drifted == [], f"configs/demo-cai.yaml differs from configs/demo.yaml in {drifted}"

@@ -190,7 +190,8 @@ def test_bad_turns_name_file_check_column_row_and_problem(tmp_path, tokenizer, c
 
     assert f"{files[bad_file]} (" in message
     expectation = "expect_column_values_to_be_between" if column.endswith("_tokens") else (
-        "expect_column_values_to_be_in_set" if column == "chosen_equals_rejected" else "expect_column_values_to_be_null")
+        "expect_column_values_to_be_in_set" if column == "chosen_equals_rejected"
+        else "expect_column_values_to_be_null")
     assert f"{expectation} [{column}]: 1 unexpected -- {words}" in message
     failure = message[message.index(f"{expectation} [{column}]"):]
     example = json.loads(example_line(failure, row))

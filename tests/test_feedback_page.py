@@ -1,4 +1,4 @@
-"""The labelling page end to end: `alignflow feedback serve` as a real process, driven in headless Chromium.
+"""The labelling page end to end: `alignflow feedback page` as a real process, driven in headless Chromium.
 
 Labels by click and by key, a note, Back to change a label, a reload, a SIGKILL and a restart on the same labels
 file; the JSONL is checked after each. The screenshots go to $ALIGNFLOW_SCREENSHOTS (docs/feedback-page*.png
@@ -68,13 +68,13 @@ PAIRS = [
 
 
 class _Server:
-    """`alignflow feedback serve` in a child process; `url` is the line it printed."""
+    """`alignflow feedback page` in a child process; `url` is the line it printed."""
 
     def __init__(self, pairs: Path, out: Path):
         env = dict(os.environ, PYTHONUNBUFFERED="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                    MLFLOW_DISABLE_TELEMETRY="true")
         env.pop("ALIGNFLOW_FEEDBACK_TOKEN", None)
-        command = [sys.executable, "-c", "from flows.cli import main; main()", "feedback", "serve",
+        command = [sys.executable, "-c", "from flows.cli import main; main()", "feedback", "page",
                    "--pairs", str(pairs), "--out", str(out), "--port", "0", "--token", TOKEN,
                    "--annotator", ANNOTATOR]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -103,7 +103,7 @@ class _Server:
             if found:
                 return found.group(1)
         self.stop()
-        pytest.fail(f"`alignflow feedback serve` printed no `open http://...` line; it printed:\n"
+        pytest.fail(f"`alignflow feedback page` printed no `open http://...` line; it printed:\n"
                     f"{''.join(self.output)}")
 
     def kill(self) -> None:

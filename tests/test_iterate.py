@@ -120,7 +120,7 @@ def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp
     waiting = feedback_rounds(str(paths.DEMO_CONFIG), overrides, 2, "human", _settings(root))
     assert [s["status"] for s in waiting] == ["waiting"]  # round 2 does not start while round 1 waits
     round_1 = root / "feedback" / "round-1"
-    assert "alignflow feedback serve --pairs" in waiting[0]["message"] and not (round_1 / "data").exists()
+    assert "alignflow feedback page --pairs" in waiting[0]["message"] and not (round_1 / "data").exists()
     assert not (root / "feedback" / "round-2").exists()
 
     # People label on our page (here: straight into its labels file): A for every pair but one tie.

@@ -1,6 +1,6 @@
 """The MLflow UI and the comparison report tell what a pipeline run did, without a guide: `alignflow compare` on
-the demo (every method, Constitutional AI included, in one parent run), a real `mlflow server` on its store, and headless Chromium on the pages a user opens first (the
-experiment, the pipeline run, the registry) and on the report.
+the demo (every method, Constitutional AI included, in one parent run), a real `mlflow server` on its store, and
+headless Chromium on the pages a user opens first (the experiment, the pipeline run, the registry) and on the report.
 
 Screenshots of those three go to $ALIGNFLOW_SCREENSHOTS, else to the test's temporary folder.
 """

@@ -94,7 +94,8 @@ def _raised_while_handling(cause: BaseException, error: BaseException, *, hide_c
     RestException({"error_code": "INTERNAL_ERROR", "message": "db restarting"}),
     MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE),
     sqlite3.OperationalError("database is locked"),
-    _raised_while_handling(ConnectionResetError("peer reset"), RuntimeError("stage failed"), as_cause=True),  # found through the cause chain
+    # found through the cause chain
+    _raised_while_handling(ConnectionResetError("peer reset"), RuntimeError("stage failed"), as_cause=True),
 ], ids=repr)
 def test_transient_faults(error):
     assert is_transient(error)

@@ -181,7 +181,8 @@ def test_empty_prompt_set_is_a_clear_error(stages, tmp_path):
 def test_a_reward_model_with_another_tokenizer_is_rejected():
     ours = train_tokenizer(["User: hello\nAssistant: hi there"] * 20, 300, 64)
     theirs = train_tokenizer(["completely different text for another vocabulary"] * 20, 300, 64)
-    with pytest.raises(ValueError, match=r"reward model's tokenizer \(rm/, 299 tokens\) does not match the policy's \(sft/"):
+    with pytest.raises(ValueError,
+                       match=r"reward model's tokenizer \(rm/, 299 tokens\) does not match the policy's \(sft/"):
         check_same_tokenizer(ours, theirs, "sft/", "rm/")
     check_same_tokenizer(ours, ours, "sft/", "sft/")
 

@@ -250,7 +250,8 @@ def test_regression_against_the_champion_fails_the_champion_gate(model_uri):
     assert [g.name for g in decision.failed] == ["champion:eval/harmful_refusal_rate"]
     record_rejection(NAME, candidate, decision, candidate_alias="candidate")
     assert _aliases()["champion"] == champion
-    assert _tags(candidate)["alignflow.gate.champion/eval/harmful_refusal_rate"].startswith("fail value=0.93 bound=0.94")
+    assert _tags(candidate)["alignflow.gate.champion/eval/harmful_refusal_rate"].startswith(
+        "fail value=0.93 bound=0.94")
 
 
 def test_rollback_walks_back_through_promotions_and_then_refuses(model_uri):

@@ -1,5 +1,5 @@
-"""RLAIF labeling: position swap, calibration against position bias, dropped pairs, soft labels; end to end on the tiny local model and
-over HTTP against a real local server."""
+"""RLAIF labeling: position swap, calibration against position bias, dropped pairs, soft labels; end to end on the
+tiny local model and over HTTP against a real local server."""
 
 from __future__ import annotations
 

@@ -84,9 +84,10 @@ def test_stage_runs_log_params_and_tags_with_credentials_masked(tmp_path, demo_d
     monkeypatch.setenv("ALIGNFLOW_TEST_TOKEN", PLANTED)
     # A config value carrying a credential (as a database tracking URI would), and a tag carrying the env secret.
     cfg = cfg.model_copy(update={"name": f"postgresql://u:{PLANTED}@db/x"})
-    lineage = Lineage(git_sha="test", config_hash="test", data_md5="untracked", data_tags=(("alignflow.note", PLANTED),))
+    lineage = Lineage(git_sha="test", config_hash="test", data_md5="untracked",
+                      data_tags=(("alignflow.note", PLANTED),))
     configure_tracking(cfg)
-    with stage_run("probe", cfg, lineage, cache_key="k" * 64, sections=("name",)) as run:
+    with stage_run("probe", cfg, lineage, cache_key="k" * 64, sections=("name",), code="tasks.run.contract") as run:
         pass
     recorded = mlflow.get_run(run.info.run_id).data
     assert recorded.params["name"] == "postgresql://u:***@db/x"

@@ -123,7 +123,8 @@ def test_dispatched_pipeline_runs_stages_on_the_worker_and_registers_on_the_serv
     print(f"dispatched pipeline: {time.perf_counter() - started:.1f} s")
 
     # Each dispatched stage ran as a flow run of deployment alignflow-stage/gpu, on the gpu pool's worker.
-    stage_runs = {run.data.tags["alignflow.stage"]: run for run in _runs(mlflow_client, "tags.`alignflow.dispatch.deployment` = 'alignflow-stage/gpu'")}
+    stage_runs = {run.data.tags["alignflow.stage"]: run
+                  for run in _runs(mlflow_client, "tags.`alignflow.dispatch.deployment` = 'alignflow-stage/gpu'")}
     assert set(stage_runs) == set(DISPATCHED), output[-3000:]
     for stage, run in stage_runs.items():
         flow_run = services.prefect("GET", f"/flow_runs/{run.data.tags['alignflow.dispatch.flow_run_id']}").json()
@@ -158,7 +159,7 @@ def test_dispatched_pipeline_runs_stages_on_the_worker_and_registers_on_the_serv
 
 def test_scheduled_retraining_skips_unchanged_data_and_trains_on_a_new_version(stack, mlflow_client):
     services, home = stack
-    server = _alignflow(services, home, "serve", "--cron", "0 3 * * *", "--config", "loopback.yaml")
+    server = _alignflow(services, home, "schedule", "--cron", "0 3 * * *", "--config", "loopback.yaml")
     try:
         deployment = _wait_for_deployment(services, "alignment_pipeline/scheduled-retraining", server)
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
@@ -166,7 +167,8 @@ def test_scheduled_retraining_skips_unchanged_data_and_trains_on_a_new_version(s
         # Same DVC data version and config as the champion: the scheduled run ends early.
         unchanged = _run_deployment(services, deployment["id"])
         assert unchanged["state_type"] == "COMPLETED"
-        assert any(m.startswith("nothing changed: champion alignflow-policy") for m in services.flow_run_logs(unchanged["id"]))
+        assert any(m.startswith("nothing changed: champion alignflow-policy")
+                   for m in services.flow_run_logs(unchanged["id"]))
 
         # A new DVC data version: the scheduled run trains, evaluates and gates.
         write_demo_data(home / "data", seed=1)
@@ -219,7 +221,8 @@ def test_two_concurrent_pipelines_both_register_and_gates_pick_the_champion(stac
     # Separate runs, separate artifact folders: neither model overwrote the other.
     assert dpo_runs[0].info.run_id != dpo_runs[1].info.run_id
     assert dpo_runs[0].info.artifact_uri != dpo_runs[1].info.artifact_uri
-    new_versions = [v for v in mlflow_client.search_model_versions("name='alignflow-policy'") if v.version not in before]
+    new_versions = [v for v in mlflow_client.search_model_versions("name='alignflow-policy'")
+                    if v.version not in before]
     assert {run.info.run_id for run in dpo_runs} <= {v.tags["alignflow.source_run_id"] for v in new_versions}
     champion = mlflow_client.get_model_version_by_alias("alignflow-policy", "champion")
     assert champion.tags["alignflow.gate_decision"] == "pass"

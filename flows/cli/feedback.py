@@ -57,11 +57,11 @@ def feedback_export(
         fail(str(err))
     typer.echo(f"{len(pairs)} pairs in {out} ({len(chosen) - len(pairs)} prompts dropped: answers identical or empty); "
                f"MLflow run {run_id}")
-    typer.echo(f"label them: alignflow feedback serve --pairs {out / 'pairs.jsonl'} --out {out / 'labels.jsonl'}")
+    typer.echo(f"label them: alignflow feedback page --pairs {out / 'pairs.jsonl'} --out {out / 'labels.jsonl'}")
 
 
-@app.command("serve")
-def feedback_serve(
+@app.command("page")
+def feedback_page(
     pairs: Annotated[Path, typer.Option(help="The pairs.jsonl of an export.")],
     out: Annotated[Path, typer.Option(help="Labels JSONL: appended to, one line per label; reopening resumes.")],
     host: Annotated[str, typer.Option(help="Interface to bind; anything but 127.0.0.1 exposes the page.")]
@@ -71,7 +71,7 @@ def feedback_serve(
     token: Annotated[str | None, typer.Option(
         help=f"Access token (default: ${TOKEN_VARIABLE}, else a random one printed in the URL).")] = None,
 ) -> None:
-    """Start the labelling page: prompt and answers A/B side by side; A, B, tie, skip (keys 1/2/3/0), a note,
+    """Open the labelling page: prompt and answers A/B side by side; A, B, tie, skip (keys 1/2/3/0), a note,
     back and next. Every label is saved at once."""
     from tasks.core.errors import AlignflowError
     from tasks.feedback.page import LabellingServer
@@ -99,6 +99,10 @@ def feedback_serve(
         server.serve_forever()
     finally:
         server.server_close()
+
+
+# The page's old name, kept for one release: `serve` also named the scheduler and MLflow's model server.
+app.command("serve", hidden=True, deprecated=True, help="Old name of `alignflow feedback page`.")(feedback_page)
 
 
 @app.command("import")
@@ -200,7 +204,8 @@ def iterate(
             typer.echo(summary["message"])
             continue
         evaluations = summary["metrics"]
-        line = " ".join(f"{name.removeprefix('evaluate-')}: harmful {m.get('eval/harmful_refusal_rate', float('nan')):.2f}"
+        line = " ".join(f"{name.removeprefix('evaluate-')}:"
+                        f" harmful {m.get('eval/harmful_refusal_rate', float('nan')):.2f}"
                         f" benign {m.get('eval/benign_refusal_rate', float('nan')):.2f}"
                         f" reward {m.get('eval/reward_mean', float('nan')):.2f}"
                         f" kl {m.get('eval/kl_to_reference', float('nan')):.1f};"

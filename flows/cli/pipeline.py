@@ -90,7 +90,7 @@ def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = No
     write_json(out, result.model_dump())
 
 
-def serve(
+def schedule(
     cron: Annotated[str, typer.Option(help='Cron schedule of the retraining runs, e.g. "0 3 * * *".')],
     config: ConfigOption = paths.DEMO_CONFIG,
     overrides: SetOption = None,
@@ -98,7 +98,7 @@ def serve(
     timezone: Annotated[str | None, typer.Option(help="IANA time zone of the schedule (default UTC).")] = None,
     always_retrain: Annotated[bool, typer.Option(help="Retrain even when nothing changed.")] = False,
 ) -> None:
-    """Serve the pipeline as a Prefect deployment that reruns it on a cron schedule, until stopped.
+    """Run the pipeline on a cron schedule, as a Prefect deployment served from this process, until stopped.
 
     Scheduled runs end early with 'nothing changed' when the champion was trained on the same DVC data version
     with the same config. The deployment runs in this process; for workers, see infra/prefect.yaml.
@@ -110,18 +110,18 @@ def serve(
     from tasks.core.errors import AlignflowError
 
     if not get_current_settings().api.url:  # the ephemeral server that `alignflow run` uses has no scheduler
-        fail("alignflow serve needs a Prefect server, whose scheduler starts the runs: start one with "
+        fail("alignflow schedule needs a Prefect server, whose scheduler starts the runs: start one with "
               "`prefect server start` and set PREFECT_API_URL (see docs/production.md)")
     try:
         load_config(config, overrides or [])  # a bad config fails now, not at 3 a.m.
-        schedule = Cron(cron, timezone=timezone)
+        cron_schedule = Cron(cron, timezone=timezone)
     except (AlignflowError, ValueError) as err:
         fail(str(err))
     from flows.pipeline import alignment_pipeline
 
     alignment_pipeline.serve(
         name=name,
-        schedules=[schedule],
+        schedules=[cron_schedule],
         parameters={"config_path": str(config.resolve()), "overrides": overrides or [],
                     "skip_if_unchanged": not always_retrain},
         tags=["alignflow", "scheduled"],

@@ -87,7 +87,8 @@ def status(
         return
     aliases = {alias: row["version"] for row in rows for alias in row["aliases"]}
     typer.echo(f"{name} @ {mlflow.get_tracking_uri()}")
-    typer.echo(_alias_line(aliases, registry.champion_alias, registry.previous_champion_alias, registry.candidate_alias))
+    typer.echo(_alias_line(aliases, registry.champion_alias, registry.previous_champion_alias,
+                           registry.candidate_alias))
     header = ("version", "aliases", "gates", "promotion", "source", "git_sha", "config", "data_md5")
     table = [header]
     for row in rows:

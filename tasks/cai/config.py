@@ -1,6 +1,6 @@
 """The Constitutional AI config and the constitution: typed schemas, YAML loaders, `--set a.b=c` overrides.
 
-Same rules as `flows.config`: every config field has a default and a one-line help, and an unknown key or a
+Same rules as `tasks.core.config`: every config field has a default and a one-line help, and an unknown key or a
 bad value raises `ConfigError` naming the key path. The constitution is content, not settings: its
 principles and their fields are required, and a missing one is named the same way
 (`constitution.yaml: key 'principles.0.revision_request': Field required`).
@@ -64,7 +64,8 @@ class Constitution(Section):
 class BackendSection(Section):
     """Where a model runs: in this process (transformers) or behind an OpenAI-compatible HTTP server."""
 
-    kind: Literal["local", "http"] = Field("local", description="`local`: transformers in-process; `http`: /v1/completions.")
+    kind: Literal["local", "http"] = Field("local", description="`local`: transformers in-process; "
+                                           "`http`: /v1/completions.")
     model_uri: str | None = Field(
         None, description="local: folder, runs:/, models:/ or hub id. None: the policy's model (for the policy: "
         "the SFT model the flow trains with the pipeline's stages)."
@@ -106,7 +107,8 @@ class CritiqueSection(Section):
         "declined), and a preference pair only when the original did not already decline."
     )
     critique: bool = Field(True, description="Critique before revising; false revises from the revision request "
-                           "alone (Bai et al. 2022 found critiques matter little for revisions; a weak critic's may hurt).")
+                           "alone (Bai et al. 2022 found critiques matter little for revisions; "
+                           "a weak critic's may hurt).")
     critique_max_new_tokens: int = Field(32, gt=0, description="Tokens per critique (greedy).")
     revision_max_new_tokens: int = Field(48, gt=0, description="Tokens per revision (greedy).")
 
@@ -115,7 +117,8 @@ class RlaifSection(Section):
     enabled: bool = Field(True, description="Label pairs of policy responses with the feedback model.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the two policy responses per prompt.")
     max_new_tokens: int = Field(48, gt=0, description="Tokens per sampled policy response.")
-    options: tuple[str, str] = Field(("A", "B"), description="Answer labels scored by log-prob; the template ends before them.")
+    options: tuple[str, str] = Field(("A", "B"), description="Answer labels scored by log-prob; "
+                                     "the template ends before them.")
     pairs: Literal["samples", "revisions"] = Field(
         "samples", description="samples: two sampled policy responses per prompt; revisions: the original response "
         "and its final revision (the labeler, not the assumption that a revision is better, picks the chosen one)."

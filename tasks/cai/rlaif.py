@@ -46,12 +46,12 @@ def samples_key(cai: CAIConfig, cfg: PipelineConfig, models: ModelSources) -> st
     # The batch size is in: each batch of prompts is sampled with one seed.
     settings = {"temperature": cai.rlaif.temperature, "max_new_tokens": cai.rlaif.max_new_tokens, "stop": cai.stop,
                 "seed": cai.seed, "batch_size": cai.policy.batch_size}
-    return step_key("rlaif_samples", model=models.policy_id, settings=settings,
+    return step_key("rlaif_samples", code=__name__, model=models.policy_id, settings=settings,
                     prompt_format=cfg.model.prompt_format, prompt_template=cfg.model.prompt_template)
 
 
 def labels_key(cai: CAIConfig, models: ModelSources, samples: str, inputs: Inputs) -> str:
-    return step_key("rlaif_labels", samples=samples, model=models.feedback_id, options=cai.rlaif.options,
+    return step_key("rlaif_labels", code=__name__, samples=samples, model=models.feedback_id, options=cai.rlaif.options,
                     seed=cai.seed, constitution=inputs.constitution_sha256, template=inputs.templates["choice"].sha256)
 
 
@@ -61,13 +61,14 @@ def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: 
     from_revisions = cai.rlaif.pairs == "revisions"
     if from_revisions and (responses is None or revisions is None):
         raise ValueError("rlaif.pairs=revisions needs the respond and critique_revise results")
-    sampled_key = (step_key("rlaif_revision_pairs", responses=responses.cache_key, revisions=revisions.cache_key,
-                            rounds=cai.critique.rounds) if from_revisions else samples_key(cai, cfg, models))
+    sampled_key = (step_key("rlaif_revision_pairs", code=__name__, responses=responses.cache_key,
+                            revisions=revisions.cache_key, rounds=cai.critique.rounds)
+                   if from_revisions else samples_key(cai, cfg, models))
     key = labels_key(cai, models, sampled_key, inputs)
     samples = ProgressLog(step_dir(cfg, "rlaif-samples", sampled_key) / SAMPLES, key=lambda r: r["id"])
     out = step_dir(cfg, "rlaif-labels", key)
     labels = ProgressLog(out / LABELS, key=lambda r: r["id"])
-    with step_run("rlaif", cai, cfg, lineage, key=key, sections=("rlaif", "policy", "feedback", "seed"),
+    with step_run("rlaif", cai, cfg, lineage, key=key, code=__name__, sections=("rlaif", "policy", "feedback", "seed"),
                   inputs=inputs, parents={"policy": models.policy_uri, "feedback": models.feedback_uri}) as run:
         policy = None if from_revisions else backend_for("policy", cai, cfg, models)
         # One model loaded once when it both answers and judges (the demo; a 7B model would not fit twice).
@@ -105,7 +106,8 @@ def revision_pairs(prompts: list[tuple[str, str]], responses: StageResult, revis
                    rounds: int) -> list[tuple[str, str, str, str]]:
     """(id, prompt, original, final revision) for every red-team prompt."""
     initial = supervised.responses_of(responses)
-    final = {pid: supervised.final_revision(records) for pid, records in supervised.rounds_of(revisions, rounds).items()}
+    final = {pid: supervised.final_revision(records)
+             for pid, records in supervised.rounds_of(revisions, rounds).items()}
     return [(pid, prompt, initial[pid], final.get(pid, "")) for pid, prompt in prompts]
 
 

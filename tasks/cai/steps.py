@@ -1,8 +1,9 @@
 """What every CAI step shares: the prompts it works on, the models it uses, its key and its MLflow run.
 
 A step's key hashes only what can change its records (model identities, generation settings, the
-constitution, the template files, the seed), not the code version or batch sizes: the key names the folder
-of its progress file, and a long generation job should resume after an unrelated code edit.
+constitution, the template files, the seed, and the code version of the step's own module and what it imports,
+`tasks.core.code_version`), not batch sizes: the key names the folder of its progress file, so a long generation
+job resumes after an edit to code it does not run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.cai.backends import Backend, check_http_formats, open_backend
 from tasks.cai.config import CAIConfig, Constitution, constitution_sha256, load_constitution
 from tasks.cai.prompts import Template, load_templates, prompt_id
+from tasks.core.code_version import code_version
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import DataValidationError
 from tasks.core.lineage import Lineage
@@ -96,8 +98,10 @@ def _first_user_turn(messages) -> str | None:
                 None)
 
 
-def step_key(step: str, **parts) -> str:
-    return hashlib.sha256(json.dumps({"step": step, **parts}, sort_keys=True, default=str).encode()).hexdigest()
+def step_key(step: str, *, code: str, **parts) -> str:
+    """The step's key: what can change its records, and the version of `code`, the step's module."""
+    payload = {"step": step, "code": code_version(code), **parts}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def step_dir(cfg: PipelineConfig, step: str, key: str) -> Path:
@@ -116,10 +120,10 @@ def backend_for(role: Literal["policy", "feedback"], cai: CAIConfig, cfg: Pipeli
 
 @contextmanager
 def step_run(step: str, cai: CAIConfig, cfg: PipelineConfig, lineage: Lineage, *, key: str, sections: tuple[str, ...],
-             inputs: Inputs, parents: Mapping[str, str | None] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """The step's MLflow child run (`tasks.stage.stage_run`) plus its CAI settings and the constitution hash."""
+             inputs: Inputs, code: str, parents: Mapping[str, str | None] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """The step's MLflow child run (`tasks.run.contract.stage_run`) plus its CAI settings and the constitution hash."""
     parents = {name: uri for name, uri in (parents or {}).items() if uri}
-    with stage_run(f"cai-{step}", cfg, lineage, cache_key=key, sections=(), parents=parents) as run:
+    with stage_run(f"cai-{step}", cfg, lineage, cache_key=key, sections=(), parents=parents, code=code) as run:
         params = cai.flat_params()
         mlflow.log_params({k: v for k, v in params.items() if k.split(".")[1] in sections})
         mlflow.set_tag(CONSTITUTION_TAG, inputs.constitution_sha256)

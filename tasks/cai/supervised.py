@@ -41,7 +41,7 @@ SFT_FILE, PREFERENCES_FILE, TRACE_FILE, DROPPED_FILE = "sft.jsonl", "preferences
 
 
 def respond_key(cai: CAIConfig, cfg: PipelineConfig, models: ModelSources) -> str:
-    return step_key("respond", model=models.policy_id, settings=cai.section_hash("respond", "stop"),
+    return step_key("respond", code=__name__, model=models.policy_id, settings=cai.section_hash("respond", "stop"),
                     prompt_format=cfg.model.prompt_format, prompt_template=cfg.model.prompt_template)
 
 
@@ -49,7 +49,7 @@ def run_respond(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
     key = respond_key(cai, cfg, models)
     inputs = Inputs(cai, cfg)
     progress = ProgressLog(step_dir(cfg, "respond", key) / PROGRESS, key=lambda r: r["id"])
-    with step_run("respond", cai, cfg, lineage, key=key, sections=("respond", "policy"), inputs=inputs,
+    with step_run("respond", cai, cfg, lineage, key=key, code=__name__, sections=("respond", "policy"), inputs=inputs,
                   parents={"policy": models.policy_uri}) as run:
         backend = backend_for("policy", cai, cfg, models)
         prompts = inputs.prompts + inputs.helpful_prompts
@@ -80,7 +80,8 @@ def respond(backend: Backend, prompts: list[tuple[str, str]], progress: Progress
 def critique_key(cai: CAIConfig, models: ModelSources, responses: StageResult, inputs: Inputs) -> str:
     # Not `rounds`: round r's records do not depend on how many rounds follow, so raising it reuses them.
     settings = {**cai.critique.model_dump(exclude={"rounds", "keep"}), "stop": cai.stop, "seed": cai.seed}
-    return step_key("critique_revise", responses=responses.cache_key, model=models.feedback_id, settings=settings,
+    return step_key("critique_revise", code=__name__, responses=responses.cache_key, model=models.feedback_id,
+                    settings=settings,
                     constitution=inputs.constitution_sha256,
                     templates={name: inputs.templates[name].sha256 for name in ("critique", "revision")})
 
@@ -91,8 +92,9 @@ def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig
     key = critique_key(cai, models, responses, inputs)
     initial = responses_of(responses)
     progress = ProgressLog(step_dir(cfg, "critique", key) / PROGRESS, key=lambda r: (r["id"], r["round"]))
-    with step_run("critique_revise", cai, cfg, lineage, key=key, sections=("critique", "feedback", "seed"),
-                  inputs=inputs, parents={"feedback": models.feedback_uri}) as run:
+    with step_run("critique_revise", cai, cfg, lineage, key=key, code=__name__,
+                  sections=("critique", "feedback", "seed"), inputs=inputs,
+                  parents={"feedback": models.feedback_uri}) as run:
         backend = backend_for("feedback", cai, cfg, models)
         try:
             written = critique_and_revise(backend, inputs.prompts, initial, progress, constitution=inputs.constitution,
@@ -179,13 +181,13 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
                     revisions: StageResult) -> StageResult:
     """Write the SFT and preference datasets (plus the full trace and the dropped prompts) to a work folder."""
     inputs = Inputs(cai, cfg)
-    key = step_key("sl_datasets", revisions=revisions.cache_key, responses=responses.cache_key,
+    key = step_key("sl_datasets", code=__name__, revisions=revisions.cache_key, responses=responses.cache_key,
                    prompts=[pid for pid, _ in inputs.prompts], helpful=[pid for pid, _ in inputs.helpful_prompts],
                    prefix=cai.completion_prefix, keep=cai.critique.keep)
     out = step_dir(cfg, "sl_datasets", key)
     initial = responses_of(responses)
     rounds = rounds_of(revisions, cai.critique.rounds)
-    with step_run("sl_datasets", cai, cfg, lineage, key=key, sections=("completion_prefix", "critique"),
+    with step_run("sl_datasets", cai, cfg, lineage, key=key, code=__name__, sections=("completion_prefix", "critique"),
                   inputs=inputs) as run:
         tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix,
                                    keep=cai.critique.keep, helpful=inputs.helpful_prompts)

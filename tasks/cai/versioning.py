@@ -36,8 +36,9 @@ def run_version(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models
     inputs = Inputs(cai, cfg)
     files = {name: Path(path) for result in datasets for name, path in result.outputs.items()}
     metrics = {name: value for result in datasets for name, value in result.metrics.items()}
-    key = step_key("version", files={name: md5_file(path) for name, path in files.items()})
-    with step_run("version", cai, cfg, lineage, key=key, sections=("output_dir", "dvc_add"), inputs=inputs) as run:
+    key = step_key("version", code=__name__, files={name: md5_file(path) for name, path in files.items()})
+    with step_run("version", cai, cfg, lineage, key=key, code=__name__, sections=("output_dir", "dvc_add"),
+                  inputs=inputs) as run:
         out = publish(files, cai.output_dir, MANIFEST, "CAI")
         manifest = build_manifest(cai, inputs, models, out, {name: path.name for name, path in files.items()},
                                   metrics)
@@ -74,7 +75,8 @@ def build_manifest(cai: CAIConfig, inputs: Inputs, models: ModelSources, out: Pa
         "templates": {name: template.sha256 for name, template in inputs.templates.items()},
         "settings_sha256": cai.section_hash("respond", "critique", "rlaif", "stop", "completion_prefix"),
         "files": files,
-        "rows": {name: len((out / filename).read_text(encoding="utf-8").splitlines()) for name, filename in files.items()},
+        "rows": {name: len((out / filename).read_text(encoding="utf-8").splitlines())
+                 for name, filename in files.items()},
         # Quality of the AI labels; run counters (how much was resumed) stay in MLflow, so a rerun is byte-equal.
         "rlaif": {name.removeprefix("rlaif/"): value for name, value in metrics.items() if name in _LABEL_QUALITY},
     }

@@ -92,7 +92,8 @@ class ChampionGate(Section):
 class GatesSection(Section):
     thresholds: list[MetricGate] = Field(default_factory=list, description="Absolute bars, all must pass.")
     beat_baseline: list[ChampionGate] = Field(
-        default_factory=list, description="Metrics on which the candidate must beat the SFT baseline (margin 0 = tie ok)."
+        default_factory=list, description="Metrics on which the candidate must beat the SFT baseline "
+        "(margin 0 = tie ok)."
     )
     champion: list[ChampionGate] = Field(
         default_factory=list, description="Metrics on which the candidate may not fall behind the champion."
@@ -107,7 +108,8 @@ class EvalSection(Section):
     score_batch_size: int = Field(32, gt=0, description="Sequences per forward pass when scoring (log-probs, "
                                   "rewards): its logits hold batch x length x vocabulary floats.")
     logged_samples: int = Field(16, ge=0, description="Generations logged as an MLflow table.")
-    kl_samples: int = Field(1, ge=1, description="Sampled responses per prompt for the KL(policy || reference) estimate.")
+    kl_samples: int = Field(1, ge=1, description="Sampled responses per prompt for the KL(policy || reference) "
+                            "estimate.")
     seed: int = Field(0, description="Seed for the sampled responses.")
     base: bool = Field(False, description="Also evaluate the base model (run `evaluate-base`): the 'before' of a "
                        "before/after table, and the reference of each model's `benign_perplexity_ratio_vs_base`.")
@@ -116,7 +118,8 @@ class EvalSection(Section):
 class RegistrySection(Section):
     policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
     reward_name: str = Field("alignflow-reward", description="Registered model name for reward models.")
-    reward_alias: str = Field("newest", description="Alias of the newest reward model ('latest' is reserved by MLflow).")
+    reward_alias: str = Field("newest", description="Alias of the newest reward model "
+                              "('latest' is reserved by MLflow).")
     candidate_alias: str = Field("candidate", description="Alias given to the newest trained "
                                  "policy; a version that fails its gates loses it.")
     champion_alias: str = Field("champion", description="Alias of the promoted policy.")
@@ -163,7 +166,8 @@ class DispatchSection(Section):
         "runs the stage with `accelerate launch` on all its GPUs (DDP, FSDP, DeepSpeed ZeRO-3).")
     flow: str = Field("alignflow-stage", description="Name of the stage flow the pools' deployments run.")
     poll_interval_s: float = Field(5.0, gt=0, description="How often the pipeline polls a dispatched stage.")
-    timeout_s: float | None = Field(None, gt=0, description="Give up on a dispatched stage after this long; None waits.")
+    timeout_s: float | None = Field(None, gt=0, description="Give up on a dispatched stage after this long; "
+                                    "None waits.")
 
 
 class CompareSection(Section):
@@ -213,7 +217,8 @@ class PipelineConfig(HashableConfig):
                 f"model.tiny.max_position_embeddings ({self.model.tiny.max_position_embeddings})"
             )
         if self.model.prompt_format == "chat_template":
-            raise ValueError("model.prompt_format=chat_template needs model.pretrained: the tiny model has no chat template")
+            raise ValueError("model.prompt_format=chat_template needs model.pretrained: "
+                             "the tiny model has no chat template")
         return self
 
 

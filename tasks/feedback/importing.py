@@ -88,8 +88,8 @@ def log_import(imported: Imported, *, tags: dict | None = None, nested: bool = F
     from tasks.core.tags import DATA_MD5_TAG, STAGE_TAG
     from tasks.run.lifecycle import tracked_run
 
-    with tracked_run(run_name="feedback-import", nested=nested, tags={STAGE_TAG: "feedback-import", DATA_MD5_TAG: imported.dvc_md5,
-                                                       **(tags or {})}) as run:
+    with tracked_run(run_name="feedback-import", nested=nested,
+                     tags={STAGE_TAG: "feedback-import", DATA_MD5_TAG: imported.dvc_md5, **(tags or {})}) as run:
         mlflow.log_metrics({f"feedback/{name}": value for name, value in imported.tally.metrics().items()})
         mlflow.log_param("feedback.format", imported.format)
         mlflow.log_param("feedback.data_dir", str(imported.folder))

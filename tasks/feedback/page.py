@@ -44,8 +44,9 @@ class LabellingServer(ThreadingHTTPServer):
         return {
             "annotator": self.annotator,
             # Blind labelling: no sources, no `swapped`.
-            "pairs": [{"pair_id": pid, "prompt": prompt_text(self.pairs[pid].prompt), "answer_a": self.pairs[pid].answer_a,
-                       "answer_b": self.pairs[pid].answer_b} for pid in self.order],
+            "pairs": [{"pair_id": pid, "prompt": prompt_text(self.pairs[pid].prompt),
+                       "answer_a": self.pairs[pid].answer_a, "answer_b": self.pairs[pid].answer_b}
+                      for pid in self.order],
             "labels": {pid: {"choice": label.choice, "note": label.note} for pid, label in labels.items()
                        if pid in self.pairs},
         }

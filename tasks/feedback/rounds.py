@@ -110,8 +110,8 @@ def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: St
         ends = [_best_and_worst(scores[i * n:(i + 1) * n], drawn[i]) for i in range(len(prompts))]
         pairs = build_pairs(prompts, [d[best] for d, (best, _) in zip(drawn, ends, strict=True)],
                             [d[worst] for d, (_, worst) in zip(drawn, ends, strict=True)],
-                            source_first=f"{start.model_uri}#best-of-{n}", source_second=f"{start.model_uri}#worst-of-{n}",
-                            seed=sampling.seed)
+                            source_first=f"{start.model_uri}#best-of-{n}",
+                            source_second=f"{start.model_uri}#worst-of-{n}", seed=sampling.seed)
     else:
         pairs = export_pairs(cfg, prompts, model_uri=start.model_uri, against_uri=None, sampling=sampling,
                              download_dir=scratch)
@@ -198,7 +198,8 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
         return Label(pair_id=pair.pair_id, choice="tie" if reason else "A" if p_a > 0.5 else "B",
                      annotator=f"ai:{backend.identity}",
                      note=f"P(A) {p_a:.6f} (orders {answer['p_first']:.3f}, {answer['p_second']:.3f}), position "
-                          f"bias {bias:+.2f} log-odds, principle {answer['principle']}" + (f"; {reason}" if reason else ""))
+                          f"bias {bias:+.2f} log-odds, principle {answer['principle']}"
+                          + (f"; {reason}" if reason else ""))
 
     return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
 

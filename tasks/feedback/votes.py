@@ -3,7 +3,8 @@
 Per pair, the A and B votes are counted. More A than B makes A the chosen answer (and the other way round); as
 many A as B is a disagreement, dropped. A pair with no A or B vote is dropped as a tie (someone said tie) or a
 skip. Agreement is reported over the pairs that two or more annotators voted A or B on: the share of those
-votes that went with the majority (1.0 when everyone agreed, 0.5 on a split pair). Nothing is dropped silently: every count is in the tally.
+votes that went with the majority (1.0 when everyone agreed, 0.5 on a split pair). Nothing is dropped silently:
+every count is in the tally.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Models in MLflow: logging and resolving them, registered versions, gates, promotion, the champion, serving wrappers."""
+"""Models in MLflow: logging and resolving them, registered versions, gates, promotion, the champion, serving
+wrappers."""

@@ -2,7 +2,8 @@
 
 A stage is a plain function `run_<stage>(cfg, ...) -> StageResult`. Its *cache key* hashes everything that
 can change its output: the config sections it reads, the hashes of its data, the keys of the stages whose
-models it starts from, and the code version. The same key names its work folder (checkpoints resume there)
+models it starts from, and the version of the code it runs (`tasks.core.code_version`: its module and what that
+imports, so an edit elsewhere keeps the cache). The same key names its work folder (checkpoints resume there)
 and is the Prefect cache key, so unchanged inputs are never recomputed.
 """
 
@@ -13,13 +14,12 @@ import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import mlflow
 from pydantic import BaseModel, ConfigDict
 
-from tasks.core import paths
+from tasks.core.code_version import code_version
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.locks import file_lock
@@ -29,7 +29,6 @@ from tasks.run.lifecycle import tracked_run
 from tasks.run.ranks import is_main_process
 
 log = logging.getLogger(__name__)
-_CODE_PACKAGES = ("tasks", "models")
 
 
 class StageResult(BaseModel):
@@ -51,25 +50,14 @@ class StageResult(BaseModel):
     input_hashes: dict[str, str] = {}
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the stage and model source code: a code change invalidates cached stage results."""
-    root = paths.PROJECT_ROOT
-    digest = hashlib.sha256()
-    for package in _CODE_PACKAGES:
-        for source in sorted((root / package).rglob("*.py")):
-            digest.update(source.relative_to(root).as_posix().encode())
-            digest.update(source.read_bytes())
-    return digest.hexdigest()
-
-
-def stage_key(stage: str, cfg: PipelineConfig, sections: tuple[str, ...], input_hashes: Mapping[str, str]) -> str:
-    """The stage's cache key: config sections it reads + input hashes + code version."""
+def stage_key(stage: str, cfg: PipelineConfig, sections: tuple[str, ...], input_hashes: Mapping[str, str], *,
+              code: str) -> str:
+    """The stage's cache key: config sections it reads + input hashes + the version of `code`, the stage's module."""
     payload = {
         "stage": stage,
         "config": cfg.section_hash(*sections),
         "inputs": dict(sorted(input_hashes.items())),
-        "code": code_version(),
+        "code": code_version(code),
         "tracking_uri": strip_credentials(mlflow.get_tracking_uri()),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -95,10 +83,12 @@ def stage_run(
     *,
     cache_key: str,
     sections: tuple[str, ...],
+    code: str,
     parents: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """An MLflow run for one stage, nested under the pipeline run, carrying the full lineage as tags.
 
+    `code` is the stage's module, whose code version (`tasks.core.code_version`) is tagged beside the cache key.
     Held under the stage's work-folder lock, so two runs with the same inputs never write the same checkpoints.
 
     Under a multi-process launch only the main process does this (`tasks.run.ranks`). Every other process gets
@@ -112,7 +102,7 @@ def stage_run(
         **lineage.tags(),
         STAGE_TAG: stage,
         CACHE_KEY_TAG: cache_key,
-        CODE_VERSION_TAG: code_version(),
+        CODE_VERSION_TAG: code_version(code),
     }
     for name, uri in (parents or {}).items():
         tags[f"{PARENT_TAG_PREFIX}{name}"] = uri

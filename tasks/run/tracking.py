@@ -12,7 +12,8 @@ from tasks.core.secrets import split_credentials, strip_credentials
 
 
 def configure_tracking(cfg: PipelineConfig) -> str:
-    """Point MLflow at the configured store (config > $MLFLOW_TRACKING_URI > local SQLite); returns the experiment id."""
+    """Point MLflow at the configured store (config > $MLFLOW_TRACKING_URI > local SQLite);
+    returns the experiment id."""
     uri = use_tracking_uri(cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                            or paths.DEFAULT_TRACKING_URI)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)

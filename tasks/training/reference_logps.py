@@ -2,8 +2,10 @@
 
 DPO compares the policy's log-probabilities of each chosen and rejected response with the frozen reference's.
 The reference numbers depend only on the reference weights, the preference data and the tokenization, so they
-are keyed by exactly those three hashes. A DPO run whose key matches an earlier run's downloads that run's
-artifact instead of running the reference model over the whole dataset; any other key computes afresh.
+are keyed by exactly those three hashes and the code that computes them (`tasks.core.code_version`: this module,
+what it imports, and the versions of torch, transformers and TRL). A DPO run whose key matches an earlier run's
+downloads that run's artifact instead of running the reference model over the whole dataset; any other key
+computes afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file, save_file
 from trl import DPOTrainer
 
+from tasks.core.code_version import code_version
 from tasks.core.hashing import md5_file
 from tasks.core.tags import TAG_PREFIX
 from tasks.run.ranks import is_main_process
@@ -42,7 +45,7 @@ def folder_hash(folder: Path, patterns: tuple[str, ...]) -> str:
 
 
 def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict) -> dict[str, str]:
-    """The three hashes the cache is keyed by, and their combination under `key`.
+    """The three hashes the cache is keyed by, and their combination with the code version under `key`.
 
     `reference_chain` is the reference model's folders: full weights, then any adapters merged over them (see
     `models.adapters`); the tokenizer is the last folder's. `tokenization` holds what turns rows into token ids
@@ -58,7 +61,8 @@ def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict)
             (folder_hash(folders[-1], _TOKENIZER_FILES) + json.dumps(tokenization, sort_keys=True)).encode()
         ).hexdigest(),
     }
-    parts["key"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    keyed = {**parts, "code": code_version(__name__)}
+    parts["key"] = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     return parts
 
 

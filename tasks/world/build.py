@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from models.generation import generate
 from models.prompting import prompt_formatter
 from models.safety import is_refusal
-from tasks.core import paths
+from tasks.core.code_version import code_version
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage, dvc_data_md5
 from tasks.core.tags import DATA_MD5_TAG, TAG_PREFIX
@@ -40,25 +40,21 @@ SECTIONS = ("world", "model")
 MANIFEST = "world_manifest.json"
 MANIFEST_KIND = "alignflow-safety-world"
 CATALOGUE_TAG = f"{TAG_PREFIX}world_catalogue_sha256"
-_WORLD_CODE = Path(__file__).parent
 
 
 def world_key(cfg: PipelineConfig, base: StageResult) -> str:
-    """What the datasets depend on: settings, catalogue, base model, and the world's own code (not the rest of the
-    project's, so an unrelated edit does not regenerate minutes of answers)."""
-    code = hashlib.sha256()
-    for source in sorted(_WORLD_CODE.glob("*.py")) + [paths.PROJECT_ROOT / "models" / "generation.py",
-                                                      paths.PROJECT_ROOT / "models" / "safety.py"]:
-        code.update(source.read_bytes())
+    """What the datasets depend on: settings, catalogue, base model, and the code the step runs (its module and what
+    it imports, `tasks.core.code_version`), so an unrelated edit does not regenerate minutes of answers."""
     payload = {"world": cfg.section_hash("world", "model"), "catalogue": catalogue_sha256(cfg.world.catalogue),
-               "base": base.output_hashes["model"], "code": code.hexdigest()}
+               "base": base.output_hashes["model"], "code": code_version(__name__)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def run_world(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult) -> StageResult:
     key = world_key(cfg, base)
     out = Path(cfg.data.dir)
-    with stage_run(STEP, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"base": base.model_uri}) as run:
+    with stage_run(STEP, cfg, lineage, cache_key=key, sections=SECTIONS, code=__name__,
+                   parents={"base": base.model_uri}) as run:
         manifest = _existing_manifest(out, key)
         if manifest is None:
             manifest = _generate(cfg, base, key, out, work_dir(cfg, STEP, key))

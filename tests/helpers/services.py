@@ -128,7 +128,8 @@ class LoopbackServices:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if service.process.poll() is not None:
-                raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.output()[-4000:]}")
+                raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n"
+                                   f"{service.output()[-4000:]}")
             with contextlib.suppress(Exception):
                 if ready():
                     return time.perf_counter() - service.started_s
@@ -169,7 +170,8 @@ class LoopbackServices:
         seconds = time.perf_counter() - started  # initdb included
         for database in ("mlflow", "mlflow_auth", "prefect"):
             subprocess.run([postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "alignflow",
-                            database], check=True, capture_output=True, env={**os.environ, "PGPASSWORD": self.db_password})
+                            database],
+                           check=True, capture_output=True, env={**os.environ, "PGPASSWORD": self.db_password})
         return seconds
 
     def stop_mlflow(self) -> None:
