@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo demo-real test lint ui clean
+.PHONY: install test-tools demo demo-real test lint ui clean
 
 install: $(STAMP)
 
@@ -36,7 +36,13 @@ demo-real: install
 	$(BIN)/alignflow data world --config configs/smollm2.yaml
 	time $(BIN)/alignflow run --config configs/smollm2.yaml --set 'optimizers=[dpo]' --out reports/smollm2-pipeline.json
 
-test: install
+# What the tests need beyond Python, from Debian's packages: PostgreSQL (the loopback services test) and Chromium
+# with its chromedriver (the browser tests). Each script does nothing when its tools are already there.
+test-tools:
+	bash infra/install_postgres.sh
+	bash infra/install_chromium.sh
+
+test: install test-tools
 	$(BIN)/pytest
 
 lint: install

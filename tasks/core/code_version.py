@@ -4,7 +4,7 @@ Every cache in the project (a stage's key, the safety world, a CAI step's progre
 log-probs) names its code through `code_version(module)`. That covers the module's own source and, transitively,
 every project module it imports, read statically from the source (imports inside functions count too), plus the
 versions of the libraries whose numerics make the result. An edit therefore invalidates exactly the caches whose
-code it touches: a docstring in `tasks/cai/` leaves SFT's cache hit, an edit to `models/losses.py` misses DPO's.
+code it touches: a docstring in `tasks/cai/` leaves SFT's cache hit, an edit to `models/losses.py` misses PPO's.
 """
 
 from __future__ import annotations

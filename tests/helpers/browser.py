@@ -17,7 +17,7 @@ def chromium(window: str = "1200,900") -> Iterator:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
     if missing:
         pytest.fail(f"the browser tests need Debian's chromium and chromedriver; missing {', '.join(missing)}: "
-                    "run infra/install_chromium.sh", pytrace=False)
+                    "`make test` installs them (infra/install_chromium.sh)", pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

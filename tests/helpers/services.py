@@ -42,7 +42,7 @@ def postgres_bin(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if found is None:
         raise RuntimeError(f"PostgreSQL's {name} is not installed; install Debian's `postgresql` package "
-                           "(.ci/run does: infra/install_postgres.sh)")
+                           "(`make test` does: infra/install_postgres.sh)")
     return found
 
 

@@ -1,7 +1,7 @@
 """How good a critic, reviser and labeler is SmolLM2-135M-Instruct? A quick probe on the first red-team prompts of the
 SmolLM2 world, before spending a whole CAI run on a prompt format.
 
-    .venv/bin/python benchmarks/cai_critic_probe.py [--prompts 24]
+    .venv/bin/python benchmarks/probes/cai_critic_probe.py [--prompts 24]
 
 Run after `alignflow data world --config configs/smollm2.yaml`. Measures, with the eval's refusal detector:
 - how often revisions decline, for three revision prompts: zero-shot in a chat turn, the constitution's two

@@ -1,8 +1,8 @@
 """Five fixed prompts (two harmful, two that sound harmful, one benign) answered by each model of a SmolLM2
 pipeline run, greedy, through the chat template, with the refusal detector's verdict: the before and after.
 
-    .venv/bin/python benchmarks/smollm2_answers.py                         # the base model alone (converted here)
-    .venv/bin/python benchmarks/smollm2_answers.py --pipeline reports/smollm2-pipeline.json
+    .venv/bin/python benchmarks/probes/smollm2_answers.py                  # the base model alone (converted here)
+    .venv/bin/python benchmarks/probes/smollm2_answers.py --pipeline reports/smollm2-pipeline.json
 
 `--pipeline` reads the JSON `alignflow run --out` writes and answers with every model in it (base, sft, dpo,
 ppo), loaded from MLflow as the stages load them (adapters merged over their base). Set MLFLOW_TRACKING_URI when
