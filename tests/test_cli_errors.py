@@ -58,17 +58,6 @@ def test_compare_from_results_names_a_file_that_is_not_a_runs_results(tmp_path):
     assert not (tmp_path / "reports").exists()  # nothing written
 
 
-def test_compare_cai_results_is_checked_before_anything_trains(tmp_path):
-    partial = tmp_path / "cai.json"
-    partial.write_text('{"sft": {"stage": "sft", "run_id": "r", "cache_key": "k"}}')
-    done = _alignflow("compare", "--cai-results", str(partial), "--set", f"tracking.tracking_uri=sqlite:///"
-                      f"{tmp_path / 'mlflow.db'}", "--set", f"reports_dir={tmp_path / 'reports'}",
-                      "--set", f"work_dir={tmp_path / 'work'}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert f"error: {partial}: no data, evaluate-sft, promote result" in done.stderr
-    assert not (tmp_path / "reports").exists() and not (tmp_path / "work").exists()  # no stage ran
-
-
 @pytest.mark.parametrize(("cai_config", "expected"), [
     ("missing-cai.yaml", "missing-cai.yaml"),
     # written for SmolLM2: the demo's comparison starts from the tiny model

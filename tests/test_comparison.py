@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.orchestration.comparison import comparison_markdown, comparison_rows, with_cai
+from tasks.orchestration.comparison import comparison_markdown, comparison_rows
 from tasks.run.contract import StageResult
 
 
@@ -53,35 +53,6 @@ def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():
     assert row["wall_seconds"] is None
     assert row["generated_tokens"] is None  # nor its tokens: none given
     assert "| ppo | sft → reward → ppo | 1 | 1 | 0 | - | - | - |" in comparison_markdown([row])
-
-
-def test_constitutional_ais_run_adds_two_rows_with_no_human_data_and_its_own_gates():
-    main = {"evaluate-sft": _eval("sft", 0.2, 0.0), "data": StageResult(stage="validate", run_id="d", cache_key="k"),
-            "promote": StageResult(stage="promote", run_id="p", cache_key="k", metrics={"gate/dpo/passed": 1.0})}
-    cai_data = StageResult(stage="validate", run_id="c", cache_key="k",
-                           metrics={"validate/sft_train/rows": 262, "validate/preferences_train/rows": 16})
-    cai = {"data": cai_data, "sft": StageResult(stage="sft", run_id="cs", cache_key="k"),
-           "evaluate-sft": _eval("sft", 0.6, 0.0), "evaluate-dpo": _eval("dpo", 0.7, 0.05),
-           "promote": StageResult(stage="promote", run_id="cp", cache_key="k", metrics={"gate/dpo/passed": 0.0})}
-    merged = with_cai(main, cai)
-    assert merged["evaluate-sft"] is main["evaluate-sft"] and merged["evaluate-sl-cai"] is cai["evaluate-sft"]
-    assert merged["cai-promote"] is cai["promote"] and merged["promote"] is main["promote"]
-
-    seconds = {"sft": 60.0, "cai-data": 720.0, "cai-sft": 300.0, "cai-dpo": 120.0}
-    rows = {row["method"]: row for row in comparison_rows(merged, seconds, demos=210, pairs=292, principles=4)}
-    assert list(rows) == ["sft", "sl-cai", "rlaif-dpo"]
-    sl, rlaif = rows["sl-cai"], rows["rlaif-dpo"]
-    assert (sl["demos"], sl["preference_pairs"], sl["principles"]) == (0, 0, 4)  # no human demos or comparisons
-    assert (rows["sft"]["demos"], rows["sft"]["principles"]) == (210, 0)
-    assert sl["ai_data"] == "262 demos" and rlaif["ai_data"] == "262 demos, 16 AI-labeled pairs"
-    assert rlaif["stages"] == ["cai-data", "cai-sft", "cai-dpo"] and rlaif["wall_seconds"] == 1140.0
-    assert (sl["gates"], rlaif["gates"]) == ("not gated", "failed")  # the CAI run's own promote, not the main one's
-    assert sl["reward"] is None and rlaif["win_rate_vs_sft"] is None  # another reward model: not comparable
-    assert rlaif["harmful_refusal"]["successes"] == 7
-    table = comparison_markdown(list(rows.values()))
-    assert ("| rlaif-dpo | cai-data → cai-sft → cai-dpo | 0 | 0 | 4 | 262 demos, 16 AI-labeled pairs "
-            "| 19.0 min |") in table
-    assert "CAI rows:" in table
 
 
 def test_constitutional_ai_inside_the_comparison_is_judged_and_gated_with_the_others():

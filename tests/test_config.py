@@ -104,8 +104,3 @@ def test_extends_loops_are_reported(tmp_path: Path):
         load_config(tmp_path / "a.yaml")
 
 
-def test_demo_cai_is_the_demo_with_cai_preferences():
-    demo, cai = load_config(paths.DEMO_CONFIG), load_config(paths.CONFIGS_DIR / "demo-cai.yaml")
-    assert cai.name == "demo-cai" and cai.sft == demo.sft and cai.gates == demo.gates
-    assert cai.data.preferences_train == "../data-cai/preferences.jsonl"
-    assert cai.data.sft_train == demo.data.sft_train

@@ -336,14 +336,3 @@ def test_flow_trains_the_helpful_model_versions_the_datasets_and_logs_lineage(
     assert again["version"].output_hashes["dvc_md5"] == dvc_md5  # identical data, identical DVC version
 
 
-def test_demo_cai_is_the_demo_trained_on_the_cai_preferences():
-    from tasks.cai.supervised import PREFERENCES_FILE
-    from tasks.core.config import PipelineConfig, load_config
-
-    demo, demo_cai = load_config(paths.DEMO_CONFIG), load_config(paths.CONFIGS_DIR / "demo-cai.yaml")
-    output_dir = load_cai_config(paths.CONFIGS_DIR / "cai.yaml").output_dir
-    assert demo_cai.data.path("preferences_train").resolve() == (output_dir / PREFERENCES_FILE).resolve()
-    assert demo_cai.data.sft_train == demo.data.sft_train and demo_cai.data.eval_prompts == demo.data.eval_prompts
-    drifted = [s for s in PipelineConfig.model_fields
-               if s not in ("name", "data") and getattr(demo, s) != getattr(demo_cai, s)]
-    assert drifted == [], f"configs/demo-cai.yaml differs from configs/demo.yaml in {drifted}"

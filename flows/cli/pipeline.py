@@ -1,4 +1,5 @@
-"""Running the pipeline: once (`run`, `validate`) or on a schedule (`serve`)."""
+"""Running the pipeline: once (`run`, `validate`), as a comparison of the methods (`compare`) or on a schedule
+(`schedule`)."""
 
 from __future__ import annotations
 
@@ -40,21 +41,18 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
 FromResultsOption = Annotated[Path | None, typer.Option(
     "--from-results", help="Train nothing: rebuild the comparison and report of a finished run from the stage "
     "results its `alignflow run --out` wrote.")]
-CaiResultsOption = Annotated[Path | None, typer.Option(
-    "--cai-results", help="The `alignflow run --out` results of a pipeline run trained on Constitutional AI data "
-    "(e.g. configs/smollm2-cai.yaml): its SFT model (SL-CAI) and DPO model (RLAIF) become two more rows.")]
 
 
 def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
-            from_results: FromResultsOption = None, cai_results: CaiResultsOption = None) -> None:
+            from_results: FromResultsOption = None) -> None:
     """Compare the alignment methods on the same base model, data and held-out eval, as one MLflow parent run:
     SFT, then DPO, PPO and RLOO from it, and with `compare.cai_config` Constitutional AI (SL-CAI and RLAIF, on
     data the base model made from a constitution). Unchanged stages come from the cache. Prints the comparison
-    table and writes the HTML report. --cai-results adds the CAI models of a separate pipeline run instead."""
+    table and writes the HTML report."""
     from flows.comparison import method_comparison
     from tasks.core.errors import AlignflowError
     from tasks.orchestration.cai_methods import comparison_configs
-    from tasks.orchestration.comparison import comparison_markdown, with_cai
+    from tasks.orchestration.comparison import comparison_markdown
     from tasks.orchestration.comparison_report import (
         logged_comparison,
         report_finished_run,
@@ -62,22 +60,18 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     )
 
     overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
-    cai = results_from_file(cai_results) if cai_results is not None else {}  # a bad file fails before any training
-    if from_results is None:
+    if from_results is not None:  # train nothing: the finished run's results, reported again
+        results = results_from_file(from_results)
+        rows, report = report_finished_run(registry_config(config, overrides), results)
+    else:
         try:
             comparison_configs(config, overrides)  # a bad CAI config fails before MLflow or Prefect start
         except AlignflowError as err:
             fail(str(err))
-    cfg = registry_config(config, overrides)
-    if from_results is None:
+        cfg = registry_config(config, overrides)
         results = method_comparison(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
-    else:
-        results = results_from_file(from_results)
-    if from_results is None and not cai:
         rows, report = logged_comparison(cfg, results)  # what the run logged
-    else:
-        rows, report = report_finished_run(cfg, with_cai(results, cai) if cai else results)
     typer.echo(f"\n{comparison_markdown(rows)}\nreport: {report}")
 
 

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import mlflow
 
 from models.metrics import wilson_interval
-from tasks.cai.versioning import CAI_MD5_TAG
 from tasks.orchestration.run_summary import format_value, gate_decision
 from tasks.run.contract import StageResult
 
@@ -20,10 +19,9 @@ COMPARISON = "comparison"  # the result naming a comparison's parent run (`flows
 METHOD_STAGES = {"sft": ("sft",), "dpo": ("sft", "dpo"), "ppo": ("sft", "reward", "ppo"),
                  "rloo": ("sft", "reward", "rloo")}
 # Constitutional AI's rows: SL-CAI is SFT on the CAI data from the same base model, RLAIF DPO from it on the AI
-# labels, both judged on the same eval; trained inside the comparison (`flows.comparison`), or by a second
-# pipeline run (`with_cai`). `cai-data` is the CAI flow that made the data (respond, critique, revise, label).
+# labels, both trained inside the comparison (`flows.comparison`) and judged on the same eval. `cai-data` is the
+# CAI steps that made the data (respond, critique, revise, label).
 CAI_METHODS = {"sl-cai": ("cai-data", "cai-sft"), "rlaif-dpo": ("cai-data", "cai-sft", "cai-dpo")}
-_CAI_STAGE = {"sl-cai": "sft", "rlaif-dpo": "dpo"}
 # Tokens sampled while training or making data (the eval's generation is the same for every method, so left out).
 # Stages not named here generate nothing; a CAI data flow's are its steps' `cai/<step>/generated_tokens`.
 _GENERATED_TOKENS = {"ppo": "ppo/generated_tokens", "rloo": "rloo/generated_tokens"}
@@ -33,28 +31,14 @@ _RATES = (("harmful_refusal", "harmful"), ("benign_over_refusal", "benign"),
           ("sound_harmful_over_refusal", "sound_harmful"))
 
 
-def with_cai(results: Mapping[str, StageResult], cai_results: Mapping[str, StageResult]) -> dict[str, StageResult]:
-    """The pipeline's results plus those of a pipeline run trained on CAI data, renamed so that its SFT and DPO
-    models are read as two more methods (`CAI_METHODS`)."""
-    merged = dict(results)
-    merged.update({f"cai-{stage}": cai_results[stage] for stage in ("data", "sft", "dpo", "promote")
-                   if stage in cai_results})
-    merged.update({f"evaluate-{method}": cai_results[f"evaluate-{stage}"] for method, stage in _CAI_STAGE.items()
-                   if f"evaluate-{stage}" in cai_results})
-    return merged
-
-
 def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, float], *, demos: int,
                     pairs: int, principles: int | None = None,
                     tokens: Mapping[str, float | None] | None = None) -> list[dict]:
     """A row per evaluated method; `seconds[stage]` is the wall time of the run that computed that stage and
     `tokens[stage]` the tokens it generated, `demos` the SFT demonstrations and `pairs` the preference pairs the
     optimizers trained on, `principles` the constitution's behind the CAI rows. CAI rows used no human pairs and no
-    human demos (unless the model that made their data was the SFT model); their data is AI-made, counted apart.
-    A separate CAI run (`with_cai`, its own `cai-promote`) had its own reward model, trained on AI labels: its
-    reward numbers are left out and its gates are its own."""
+    human demos (unless the model that made their data was the SFT model); their data is AI-made, counted apart."""
     promote = results.get("promote")
-    separate_cai = "cai-promote" in results
     cai_demos = demos if _cai_policy(results).startswith("stage:sft:") else 0
     rows = []
     for method, stages in {**METHOD_STAGES, **CAI_METHODS}.items():
@@ -63,19 +47,18 @@ def comparison_rows(results: Mapping[str, StageResult], seconds: Mapping[str, fl
             continue
         m = evaluation.metrics
         cai = method in CAI_METHODS
-        own_judge = cai and separate_cai
         row = {"method": method, "stages": list(stages), "demos": cai_demos if cai else demos,
                "preference_pairs": 0 if cai or method == "sft" else pairs,
                "principles": principles if cai else 0,
                "ai_data": _ai_data(results.get("cai-data"), method) if cai else None,
                "wall_seconds": round(sum(seconds[s] for s in stages), 1) if set(stages) <= set(seconds) else None,
                "generated_tokens": _sum_known(tokens or {}, stages),
-               "reward": None if own_judge else m.get("eval/reward_mean"),
-               "win_rate_vs_base": None if own_judge else m.get("eval/win_rate_vs_base"),
-               "win_rate_vs_sft": None if own_judge else m.get("eval/win_rate_vs_sft"),
+               "reward": m.get("eval/reward_mean"),
+               "win_rate_vs_base": m.get("eval/win_rate_vs_base"),
+               "win_rate_vs_sft": m.get("eval/win_rate_vs_sft"),
                "kl_to_sft": m.get("eval/kl_to_reference"),
                "ppl_ratio_vs_sft": m.get("eval/benign_perplexity_ratio_vs_sft"),
-               "gates": _cai_gates(method, results["cai-promote"]) if own_judge else gate_decision(method, promote)}
+               "gates": gate_decision(method, promote)}
         for name, kind in _RATES:
             if m.get(f"eval/{kind}_prompts"):  # a kind the eval set has
                 row[name] = _rate(m[f"eval/{kind}_refusal_rate"], int(m[f"eval/{kind}_prompts"]))
@@ -92,11 +75,6 @@ def _cai_policy(results: Mapping[str, StageResult]) -> str:
     """The model that made the CAI data (`stage:base:…`, `stage:sft:…`, a URI); '' when not known."""
     version = results.get("cai-version")
     return version.outputs.get("policy", "") if version is not None else ""
-
-
-def _cai_gates(method: str, promote: StageResult | None) -> str:
-    # The CAI run's SFT model is that run's baseline, never gated; its DPO model went through the same gates.
-    return "not gated" if _CAI_STAGE[method] == "sft" else gate_decision(_CAI_STAGE[method], promote)
 
 
 def _ai_data(data: StageResult | None, method: str) -> str | None:
@@ -124,17 +102,13 @@ def comparison_markdown(rows: list[dict]) -> str:
     note = ("Rates: value [95% Wilson interval] (prompts). Demos, pairs and principles are human-made data. "
             "Generated tokens: sampled while training or making data (PPO and RLOO rollouts, CAI's answers, "
             "critiques, revisions and samples), not in evaluation.")
-    if any(row["method"] in CAI_METHODS and row["reward"] is None for row in rows):
-        note += (" CAI rows: a separate pipeline run on the CAI data; KL to its own SFT model; reward and win rates "
-                 "left out (its reward model is trained on AI labels, not comparable).")
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
 def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> list[dict]:
     """The comparison of this pipeline run, on the active (parent) run: demos counted in the SFT model's data
     (`results["data"]`), pairs in the optimizers' (`data`; a feedback round's own), stage times from their runs.
-    The CAI data's time, tokens and principles: from its steps' runs when this run made it (`cai-<step>`
-    results), else from the CAI flow that made the data a CAI-trained SFT model learnt from."""
+    The CAI data's time, tokens and principles: from its steps' runs (`cai-<step>` results)."""
     client = mlflow.MlflowClient()
     seconds, tokens = {}, {}
     for stage in {s for stages in {**METHOD_STAGES, **CAI_METHODS}.values() for s in stages}:
@@ -142,15 +116,10 @@ def log_comparison(results: Mapping[str, StageResult], data: StageResult) -> lis
             seconds[stage] = _seconds(client.get_run(results[stage].run_id))
             tokens[stage] = results[stage].metrics.get(_GENERATED_TOKENS[stage]) if stage in _GENERATED_TOKENS else 0.0
     steps = [results[f"cai-{step}"] for step in _CAI_DATA_STEPS if f"cai-{step}" in results]
-    if steps:  # made in this run: its steps' runs, and the validation of what they made
+    cai_metrics = {name: value for step in steps for name, value in step.metrics.items()}
+    if steps:  # the steps' runs, and the validation of what they made
         step_seconds = [*(_seconds(client.get_run(step.run_id)) for step in steps), seconds.get("cai-data")]
         seconds["cai-data"] = None if None in step_seconds else sum(step_seconds)
-        cai_metrics = {name: value for step in steps for name, value in step.metrics.items()}
-    elif (cai_flow := _cai_flow_version_run(client, results.get("cai-sft"))) is not None:
-        parent = client.get_run(cai_flow.data.tags["mlflow.parentRunId"])  # the flow that versioned the data
-        seconds["cai-data"], cai_metrics = _seconds(parent), parent.data.metrics
-    else:
-        cai_metrics = {}
     tokens["cai-data"] = _cai_tokens(cai_metrics)
     if cai_metrics.get("cai/responses_resumed") or cai_metrics.get("cai/revisions_resumed"):
         # Records an earlier run generated: their cost was that run's, so this run's time and tokens are not it.
@@ -174,20 +143,6 @@ def _cai_tokens(metrics: Mapping[str, float]) -> float | None:
 
 def _seconds(run) -> float | None:
     return (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
-
-
-def _cai_flow_version_run(client, sft: StageResult | None):
-    """The `cai-version` run of the CAI flow that made the data a CAI-trained SFT model learnt from, found by the
-    data's DVC md5 in the SFT run's lineage tags; None when there is none."""
-    if sft is None:
-        return None
-    run = client.get_run(sft.run_id)
-    md5 = run.data.tags.get(CAI_MD5_TAG)
-    if not md5:
-        return None
-    found = client.search_runs([run.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.`{CAI_MD5_TAG}` = '{md5}' and attributes.run_name = 'cai-version'")
-    return found[0] if found and "mlflow.parentRunId" in found[0].data.tags else None
 
 
 def _rows(data: StageResult, name: str) -> int:

@@ -105,8 +105,7 @@ def report_path(cfg: PipelineConfig) -> Path:
 
 
 def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
-    """The comparison and report of a pipeline run that has ended, logged on its own parent run again (with the
-    CAI rows when `results` went through `comparison.with_cai`)."""
+    """The comparison and report of a pipeline run that has ended, logged on its own parent run again."""
     parent_id = (results[COMPARISON].run_id if COMPARISON in results  # `alignflow compare --out` names it
                  else mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"])
     tags = mlflow.get_run(parent_id).data.tags
