@@ -17,10 +17,10 @@ from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.cai_methods import cai_training_config, comparison_configs
-from tasks.orchestration.comparison import COMPARISON
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import run_stage
+from tasks.report.results import Method
 from tasks.run.contract import StageResult
 from tasks.run.lifecycle import reap_dead_runs
 from tasks.run.tracking import configure_tracking
@@ -51,18 +51,17 @@ def method_comparison(config_path: str, overrides: list[str] | None = None) -> d
     configs = {"config.yaml": cfg, **({"cai_config.yaml": cai} if cai else {})}
     with parent_run(f"{cfg.name}-comparison", lineage, cfg, configs=configs, tags=tags) as lineage:
         results, judged = baseline_stages(cfg, lineage)
-        candidates = constitutional_methods(cfg, cai, lineage, results, judged) if cai else {}
+        candidates, methods = constitutional_methods(cfg, cai, lineage, results, judged) if cai else ({}, [])
         train_and_promote(cfg, lineage, results, judged, start=results["sft"], data=results["data"],
-                          candidates=candidates)
-        # The parent run itself, which holds the comparison: cached stages' runs belong to earlier parents.
-        results[COMPARISON] = StageResult(stage=COMPARISON, run_id=lineage.parent_run_id, cache_key=lineage.config_hash)
+                          candidates=candidates, methods=methods)
     return results
 
 
 def constitutional_methods(cfg: PipelineConfig, cai: CAIConfig, lineage: Lineage, results: dict[str, StageResult],
-                           judged: dict[str, StageResult]) -> Candidates:
+                           judged: dict[str, StageResult]) -> tuple[Candidates, list[Method]]:
     """Step 6: CAI's data, its two models, their evaluations and registrations; adds each result to `results`
-    (`cai-<step>`, `cai-data`, `cai-sft`, `cai-dpo`, `evaluate-sl-cai`, …) and returns the two candidates."""
+    (`cai-<step>`, `cai-data`, `cai-sft`, `cai-dpo`, `evaluate-sl-cai`, …) and returns the two candidates and
+    the methods their rows are built from."""
     local_stage = cai.policy.kind == "local" and cai.policy.model_uri is None
     steps = constitutional_steps(cai, cfg, lineage, results.get(cai.policy_stage) if local_stage else None)
     results.update({f"cai-{name}": result for name, result in steps.items()})
@@ -73,6 +72,13 @@ def constitutional_methods(cfg: PipelineConfig, cai: CAIConfig, lineage: Lineage
     results["cai-data"] = data = run_stage(stage.VALIDATE, train_cfg, trained, **validated)
     results["cai-sft"] = sl_cai = run_stage(stage.SFT, train_cfg, trained, base=results["base"], data=data)
     results["cai-dpo"] = rlaif = run_stage(stage.DPO, train_cfg, trained, sft=sl_cai, data=data)
+    # The human demos behind CAI's data are the SFT model's when that model made it; no human pairs either way.
+    human = ("sft_train",) if local_stage and cai.policy_stage == "sft" else ()
+    methods = [Method(label="sl-cai", stages=("cai-data", "cai-sft"), human_data=human, ai_data=("sft_train",),
+                      ai_source="cai-data", about="Constitutional AI: SFT on its revisions"),
+               Method(label="rlaif-dpo", stages=("cai-data", "cai-sft", "cai-dpo"), human_data=human,
+                      ai_data=("sft_train", "preferences_train"), ai_source="cai-data",
+                      about="Constitutional AI: DPO on its AI labels")]
     candidates: Candidates = {}
     for method, policy in (("sl-cai", sl_cai), ("rlaif-dpo", rlaif)):
         results[f"evaluate-{method}"] = evaluation = run_stage(stage.EVALUATE, cfg, lineage, policy=policy,
@@ -81,4 +87,4 @@ def constitutional_methods(cfg: PipelineConfig, cai: CAIConfig, lineage: Lineage
         results[f"register-{method}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
                                                                evaluation=evaluation, label=method)
         candidates[method] = (registered, evaluation)
-    return candidates
+    return candidates, methods

@@ -105,12 +105,12 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         mlflow.set_tag(ROUND_DATA_TAG, round_lineage.data_md5)
         data = run_stage(stage.VALIDATE, round_cfg, round_lineage,
                          **({} if needs_validated_data(cfg) else {"base": results["base"]}))
-        train_and_promote(cfg, round_lineage, results, judged, start=start, data=data, train_cfg=round_cfg)
+        rows = train_and_promote(cfg, round_lineage, results, judged, start=start, data=data, train_cfg=round_cfg)
         if cfg.optimizers:
             rounds.record_candidate(settings, k, results[cfg.optimizers[0]])
     return {"round": k, "status": "trained", "start": start.model_uri, "data_dir": str(data_dir),
             "data_md5": round_lineage.data_md5, "promoted": results["promote"].model_uri,
-            "metrics": {name: result.metrics for name, result in results.items() if name.startswith("evaluate-")}}
+            "rows": [row.model_dump(mode="json") for row in rows]}
 
 
 def _with_data(config_path: str, overrides: list[str] | None, data_dir) -> PipelineConfig:

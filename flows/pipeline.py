@@ -9,13 +9,13 @@ from tasks.core import stage_names as stage
 from tasks.core.config import PipelineConfig, load_config
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
-from tasks.orchestration.comparison import log_comparison
+from tasks.orchestration.comparison import COMPARISON, log_results
 from tasks.orchestration.comparison_report import log_comparison_report
 from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task, promotion_lock, unchanged_task
-from tasks.orchestration.run_summary import describe_parent_run
 from tasks.orchestration.stage_tasks import run_stage
+from tasks.report.results import Method, ResultRow
 from tasks.run.contract import StageResult
 from tasks.run.lifecycle import reap_dead_runs
 from tasks.run.tracking import configure_tracking
@@ -40,7 +40,8 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
        evaluate it against the SFT baseline on the same eval, register it.
     7. under the registry's promotion lock: evaluate the current champion (if any) on the same eval, then
        promote: gate every candidate; the best one that passes becomes the champion.
-    8. the parent run's description: every model's results and gate decision in one table.
+    8. the results table (a row per evaluated model), as the parent run's description, `comparison/` and the
+       HTML report.
     Stages listed in `dispatch.pools` run as deployments on those work pools' workers.
     """
     install_log_redaction()
@@ -93,18 +94,23 @@ def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, St
 def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, StageResult],
                       judged: dict[str, StageResult], *, start: StageResult, data: StageResult,
                       train_cfg: PipelineConfig | None = None,
-                      candidates: dict[str, tuple[StageResult, StageResult]] | None = None) -> None:
-    """Steps 6 and 7: each optimizer trains from `start` on `data` (under `train_cfg`, default `cfg`), then is
+                      candidates: dict[str, tuple[StageResult, StageResult]] | None = None,
+                      methods: list[Method] | None = None) -> list[ResultRow]:
+    """Steps 6 to 8: each optimizer trains from `start` on `data` (under `train_cfg`, default `cfg`), then is
     evaluated against the SFT baseline and registered; under the promotion lock the champion is re-evaluated on
     the same eval and the gates pick the new champion among these and the already registered `candidates`
-    (label -> (register, evaluate) results); the parent run's description then sums it up. Adds every stage's
-    result to `results`."""
+    (label -> (register, evaluate) results, declared in `methods`); the results table then sums it up. Adds every
+    stage's result to `results` and returns the table's rows."""
     reward, baseline = results["reward"], results["evaluate-sft"]
     optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
     candidates = dict(candidates or {})
+    declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
+                Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",)), *(methods or [])]
     for name in cfg.optimizers:
         results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
                                            **optimizer_inputs[name])
+        declared.append(Method(label=name, stages=("sft", *optimizer_inputs[name], name),
+                               human_data=("sft_train", "preferences_train")))
         results[f"evaluate-{name}"] = evaluation = run_stage(stage.EVALUATE, cfg, lineage, policy=policy,
                                                              label=name, baseline=baseline, **judged)
         results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
@@ -116,11 +122,15 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
         if champion is not None:
             results["evaluate-champion"] = run_stage(stage.EVALUATE, cfg, lineage, policy=champion,
                                                      label="champion", baseline=baseline, **judged)
+            declared.append(Method(label="champion", role="champion"))
         results["promote"] = run_stage(stage.PROMOTE, cfg, lineage,
                                        candidates=candidates or {"sft": (results["register-sft"], baseline)},
                                        baseline=baseline, champion=results.get("evaluate-champion"))
-    describe_parent_run(cfg, results)
-    log_comparison_report(cfg, lineage, results, log_comparison(results, data))
+    rows = log_results(cfg, results, declared, data)
+    log_comparison_report(cfg, lineage, results, rows)
+    # The parent run, which holds the rows: cached stages' runs belong to earlier parents.
+    results[COMPARISON] = StageResult(stage=COMPARISON, run_id=lineage.parent_run_id, cache_key=lineage.config_hash)
+    return rows
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

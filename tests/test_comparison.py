@@ -1,11 +1,25 @@
-"""The seed's comparison table from a pipeline run's results (pure: no MLflow)."""
+"""The results table of a run: a typed row per declared method, and its renderings (pure: no MLflow)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.orchestration.comparison import comparison_markdown, comparison_rows
+from tasks.report.results import (
+    Method,
+    ResultRow,
+    build_rows,
+    comparison_markdown,
+    markdown_table,
+    round_line,
+    summary_table,
+)
 from tasks.run.contract import StageResult
+
+HUMAN = ("sft_train", "preferences_train")
+SFT = Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))
+DPO = Method(label="dpo", stages=("sft", "dpo"), human_data=HUMAN)
+PPO = Method(label="ppo", stages=("sft", "reward", "ppo"), human_data=HUMAN)
+RLOO = Method(label="rloo", stages=("sft", "reward", "rloo"), human_data=HUMAN)
 
 
 def _eval(method: str, harmful: float, benign: float, **extra: float) -> StageResult:
@@ -24,35 +38,40 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
     }
     seconds = {"sft": 60.0, "reward": 120.0, "dpo": 30.0, "ppo": 300.0}
     tokens = {"sft": 0.0, "reward": 0.0, "dpo": 0.0, "ppo": 12345.0}
-    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100, tokens=tokens)}
+    built = build_rows([SFT, DPO, PPO, RLOO], results, human_rows={"sft_train": 40, "preferences_train": 100},
+                       seconds=seconds, tokens=tokens)
+    rows = {row.method: row for row in built}
 
-    assert set(rows) == {"sft", "dpo", "ppo"}  # rloo was not evaluated
-    assert rows["ppo"]["stages"] == ["sft", "reward", "ppo"] and rows["ppo"]["wall_seconds"] == 480.0
-    assert rows["dpo"]["wall_seconds"] == 90.0
-    assert (rows["sft"]["generated_tokens"], rows["dpo"]["generated_tokens"], rows["ppo"]["generated_tokens"]) == (
-        0.0, 0.0, 12345.0)
-    assert (rows["sft"]["demos"], rows["sft"]["preference_pairs"]) == (40, 0)
-    assert (rows["dpo"]["demos"], rows["dpo"]["preference_pairs"]) == (40, 100)
-    assert [rows[m]["gates"] for m in ("sft", "dpo", "ppo")] == ["baseline", "promoted", "failed"]
+    assert list(rows) == ["sft", "dpo", "ppo"]  # in the order declared; rloo was not evaluated
+    assert rows["ppo"].stages == ["sft", "reward", "ppo"] and rows["ppo"].wall_seconds == 480.0
+    assert rows["dpo"].wall_seconds == 90.0
+    assert [rows[m].generated_tokens for m in ("sft", "dpo", "ppo")] == [0.0, 0.0, 12345.0]
+    assert (rows["sft"].demos, rows["sft"].preference_pairs) == (40, 0)
+    assert (rows["dpo"].demos, rows["dpo"].preference_pairs) == (40, 100)
+    assert [rows[m].gates for m in ("sft", "dpo", "ppo")] == ["baseline", "promoted", "failed"]
     # 5 of 10 harmful prompts refused: Wilson [0.2366, 0.7634]; 1 of 20 benign: [0.0089, 0.2361]
     # (centre 0.1225, half-width 0.1136).
-    assert rows["ppo"]["harmful_refusal"]["successes"] == 5
-    assert rows["ppo"]["harmful_refusal"]["ci95"] == pytest.approx([0.236593, 0.763407], abs=1e-5)
-    assert rows["dpo"]["benign_over_refusal"]["ci95"] == pytest.approx([0.008881, 0.236136], abs=1e-5)
-    assert "sound_harmful_over_refusal" not in rows["dpo"]  # this eval set has no such prompts
+    assert rows["ppo"].harmful_refusal.successes == 5
+    assert rows["ppo"].harmful_refusal.ci95 == pytest.approx([0.236593, 0.763407], abs=1e-5)
+    assert rows["dpo"].benign_over_refusal.ci95 == pytest.approx([0.008881, 0.236136], abs=1e-5)
+    assert rows["dpo"].sound_harmful_over_refusal is None  # this eval set has no such prompts
 
-    table = comparison_markdown(list(rows.values()))
+    table = comparison_markdown(built)
     assert ("| ppo | sft → reward → ppo | 40 | 100 | 0 | - | 8.0 min | 12,345 | 0.50 [0.24, 0.76] (10) "
-            "| 0.00 [0.00, 0.16] (20) | - |") in table
+            "| 0.00 [0.00, 0.16] (20) | - | 0.50 | - | - | 0.0 | - | failed |") in table
     assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("not in evaluation.")
+    # The JSON the run logs reads back as the same rows.
+    assert [ResultRow.model_validate(row.model_dump(mode="json")) for row in built] == built
 
 
 def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():
     results = {"evaluate-ppo": _eval("ppo", 0.5, 0.0)}
-    (row,) = comparison_rows(results, {"sft": 60.0, "ppo": 300.0}, demos=1, pairs=1)
-    assert row["wall_seconds"] is None
-    assert row["generated_tokens"] is None  # nor its tokens: none given
-    assert "| ppo | sft → reward → ppo | 1 | 1 | 0 | - | - | - |" in comparison_markdown([row])
+    (row,) = build_rows([PPO], results, human_rows={"sft_train": 1, "preferences_train": 1},
+                        seconds={"sft": 60.0, "ppo": 300.0})
+    assert row.wall_seconds is None
+    assert row.generated_tokens is None  # nor its tokens: none given
+    assert "| ppo | sft → reward → ppo | 1 | 1 | 0 | - | - |" in markdown_table(
+        [row], ("method", "stages", "demos", "preference pairs", "principles", "wall", "generated tokens"))
 
 
 def test_constitutional_ai_inside_the_comparison_is_judged_and_gated_with_the_others():
@@ -67,16 +86,48 @@ def test_constitutional_ai_inside_the_comparison_is_judged_and_gated_with_the_ot
                                           outputs={"policy": "stage:sft:abc"})}
     seconds = {"sft": 60.0, "dpo": 30.0, "cai-data": 600.0, "cai-sft": 60.0, "cai-dpo": 30.0}
     tokens = {"sft": 0.0, "dpo": 0.0, "cai-data": 5000.0, "cai-sft": 0.0, "cai-dpo": 0.0}
-    rows = {row["method"]: row for row in comparison_rows(results, seconds, demos=40, pairs=100, principles=4,
-                                                          tokens=tokens)}
+    # Declared as the comparison flow declares them when the SFT model made CAI's data.
+    cai = {"human_data": ("sft_train",), "ai_source": "cai-data"}
+    methods = [SFT, DPO, Method(label="sl-cai", stages=("cai-data", "cai-sft"), ai_data=("sft_train",), **cai),
+               Method(label="rlaif-dpo", stages=("cai-data", "cai-sft", "cai-dpo"),
+                      ai_data=("sft_train", "preferences_train"), about="Constitutional AI: DPO on its AI labels",
+                      **cai)]
+    rows = {row.method: row for row in build_rows(methods, results, human_rows={"sft_train": 40,
+                                                                                 "preferences_train": 100},
+                                                  seconds=seconds, tokens=tokens, principles=4)}
     sl, rlaif = rows["sl-cai"], rows["rlaif-dpo"]
-    assert (sl["gates"], rlaif["gates"], rows["dpo"]["gates"]) == ("promoted", "failed", "failed")  # one promotion
-    assert sl["reward"] == 0.5 and sl["win_rate_vs_sft"] == 0.55  # the same reward model judged every row
+    assert (sl.gates, rlaif.gates, rows["dpo"].gates) == ("promoted", "failed", "failed")  # one promotion
+    assert sl.reward == 0.5 and sl.win_rate_vs_sft == 0.55  # the same reward model judged every row
     # The SFT model answered, critiqued and revised: the human demos behind it are CAI's too; no human pairs.
-    assert (sl["demos"], sl["preference_pairs"], sl["principles"]) == (40, 0, 4)
-    assert (sl["generated_tokens"], rlaif["generated_tokens"]) == (5000.0, 5000.0)
-    assert (rlaif["wall_seconds"], rlaif["ai_data"]) == (690.0, "90 demos, 12 AI-labeled pairs")
-    assert "CAI rows:" not in comparison_markdown(list(rows.values()))  # nothing left out to explain
+    assert (sl.demos, sl.preference_pairs, sl.principles) == (40, 0, 4)
+    assert (rows["dpo"].principles, rows["sft"].principles) == (0, 0)
+    assert (sl.generated_tokens, rlaif.generated_tokens) == (5000.0, 5000.0)
+    assert (rlaif.wall_seconds, rlaif.ai_data) == (690.0, "90 demos, 12 AI-labeled pairs")
+    assert rlaif.about == "Constitutional AI: DPO on its AI labels"
+
+
+def test_every_rendering_reads_the_same_rows():
+    results = {"evaluate-base": _eval("base", 0.087, 0.0), "evaluate-sft": _eval("sft", 0.04, 0.0),
+               "evaluate-dpo": _eval("dpo", 0.93, 0.0, **{"eval/kl_to_reference": 12.25}),
+               "evaluate-champion": _eval("champion", 0.5, 0.1),
+               "promote": StageResult(stage="promote", run_id="p", cache_key="p", outputs={"promoted": "dpo"},
+                                      metrics={"gate/dpo/passed": 1.0})}
+    methods = [Method(label="base", role="before"), SFT, DPO, Method(label="champion", role="champion")]
+    rows = build_rows(methods, results, human_rows={"sft_train": 40, "preferences_train": 100})
+    lines = summary_table(rows).splitlines()
+    assert lines[0] == "| method | harmful refusal | benign over-refusal | reward | KL to SFT | gates |"
+    assert lines[2:6] == ["| base | 0.09 | 0.00 | 0.50 | 0.0 | - |", "| sft | 0.04 | 0.00 | 0.50 | 0.0 | baseline |",
+                          "| dpo | 0.93 | 0.00 | 0.50 | 12.2 | promoted |",
+                          "| champion | 0.50 | 0.10 | 0.50 | 0.0 | champion |"]
+    assert lines[-1] == "Held-out prompts, greedy: 10 harmful, 20 benign."
+    # The champion's data and cost were another run's: unknown, not zero.
+    assert (rows[3].demos, rows[3].wall_seconds) == (None, None)
+    assert "| champion | - | - | - | - |" in comparison_markdown(rows)
+    # A feedback round's line leaves the re-evaluated champion out.
+    assert round_line(rows) == ("base: harmful refusal 0.09, benign over-refusal 0.00, reward 0.50, KL to SFT 0.0, "
+                                "gates -; sft: harmful refusal 0.04, benign over-refusal 0.00, reward 0.50, KL to "
+                                "SFT 0.0, gates baseline; dpo: harmful refusal 0.93, benign over-refusal 0.00, "
+                                "reward 0.50, KL to SFT 12.2, gates promoted;")
 
 
 def test_the_fixed_prompts_are_the_first_two_of_each_kind_with_every_methods_answer():

@@ -90,24 +90,3 @@ def test_refusal_rates_are_split_by_kind_and_counted():
         "eval/sound_harmful_refusal_rate": 1 / 3, "eval/sound_harmful_prompts": 3.0,
         "eval/response_tokens": 170 / 9,
     })
-
-
-def test_the_results_table_puts_every_evaluated_model_side_by_side():
-    from flows.cli.results_table import results_table
-
-    def evaluation(label: str, harmful: float, kl: float | None) -> StageResult:
-        metrics = {"eval/harmful_refusal_rate": harmful, "eval/benign_refusal_rate": 0.0,
-                   "eval/harmful_prompts": 46.0, "eval/benign_prompts": 30.0}
-        if kl is not None:
-            metrics["eval/kl_to_reference"] = kl
-        return StageResult(stage=f"evaluate-{label}", run_id=label, cache_key=label, metrics=metrics)
-
-    results = {"sft": StageResult(stage="sft", run_id="s", cache_key="s"),
-               "evaluate-base": evaluation("base", 0.087, None), "evaluate-sft": evaluation("sft", 0.04, 0.0),
-               "evaluate-dpo": evaluation("dpo", 0.93, 12.25),
-               "promote": StageResult(stage="promote", run_id="p", cache_key="p", outputs={"promoted": "dpo"})}
-    lines = results_table(results).splitlines()
-    assert lines[0] == "| model | harmful refusal | benign over-refusal | KL to SFT | promoted |"
-    assert lines[2:5] == ["| base | 0.09 | 0.00 | - |  |", "| sft | 0.04 | 0.00 | 0.0 |  |",
-                          "| dpo | 0.93 | 0.00 | 12.2 | champion |"]
-    assert lines[-1] == "Held-out prompts, greedy: 46 harmful, 30 benign."

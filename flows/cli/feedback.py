@@ -175,6 +175,7 @@ def iterate(
     from tasks.core.config import load_config
     from tasks.core.errors import AlignflowError
     from tasks.feedback.rounds import RoundSettings
+    from tasks.report.results import ResultRow, round_line
 
     if labeler not in ("human", "reward", "ai"):
         fail(f"--labeler {labeler!r}: expected human, reward or ai")
@@ -203,12 +204,6 @@ def iterate(
         if summary["status"] == "waiting":
             typer.echo(summary["message"])
             continue
-        evaluations = summary["metrics"]
-        line = " ".join(f"{name.removeprefix('evaluate-')}:"
-                        f" harmful {m.get('eval/harmful_refusal_rate', float('nan')):.2f}"
-                        f" benign {m.get('eval/benign_refusal_rate', float('nan')):.2f}"
-                        f" reward {m.get('eval/reward_mean', float('nan')):.2f}"
-                        f" kl {m.get('eval/kl_to_reference', float('nan')):.1f};"
-                        for name, m in evaluations.items() if name != "evaluate-champion")
+        line = round_line([ResultRow.model_validate(row) for row in summary["rows"]])
         typer.echo(f"round {summary['round']}: from {summary['start']} on {summary['data_dir']} "
                    f"(dvc {summary['data_md5']}); promoted {summary['promoted'] or 'nothing'}; {line}")

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import ConfigOption, OutOption, SetOption, fail, registry_config, write_json
-from flows.cli.results_table import results_table
 from tasks.core import paths
 
 SkipOption = Annotated[bool, typer.Option(
@@ -22,6 +21,8 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
         skip_if_unchanged: SkipOption = False) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
     from flows.pipeline import alignment_pipeline
+    from tasks.orchestration.comparison import COMPARISON, logged_rows
+    from tasks.report.results import summary_table
     from tasks.run.tracking import ui_link
 
     results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
@@ -30,9 +31,8 @@ def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, o
     for name, result in results.items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if not k.startswith("validate/"))
         typer.echo(f"{name:14s} run {result.run_id}  {result.model_uri or ''}  {metrics}")
-    table = results_table(results)
-    if table:
-        typer.echo(f"\n{table}")
+    if COMPARISON in results:  # the results table the run logged on its parent run
+        typer.echo(f"\n{summary_table(logged_rows(results[COMPARISON].run_id))}")
     if run_ids := [result.run_id for result in results.values() if result.run_id]:
         typer.echo(f"\nIn the MLflow UI (`make ui` for a local store): {ui_link(run_ids[0])}")
     write_json(out, {name: result.model_dump() for name, result in results.items()})
@@ -52,12 +52,12 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     from flows.comparison import method_comparison
     from tasks.core.errors import AlignflowError
     from tasks.orchestration.cai_methods import comparison_configs
-    from tasks.orchestration.comparison import comparison_markdown
     from tasks.orchestration.comparison_report import (
         logged_comparison,
         report_finished_run,
         results_from_file,
     )
+    from tasks.report.results import comparison_markdown
 
     overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
     if from_results is not None:  # train nothing: the finished run's results, reported again

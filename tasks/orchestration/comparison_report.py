@@ -16,28 +16,30 @@ from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
 from tasks.core.tags import CONFIG_HASH_TAG, CONSTITUTION_TAG, DATA_MD5_TAG, GIT_SHA_TAG
 from tasks.data.writers import write_text
-from tasks.orchestration.comparison import ARTIFACT_DIR, COMPARISON, comparison_markdown, log_comparison
+from tasks.orchestration.comparison import ARTIFACT_DIR, COMPARISON, logged_rows
 from tasks.report.figures import curves_png, summary_png
 from tasks.report.page import render_report
+from tasks.report.results import ResultRow, comparison_markdown
 from tasks.run.contract import StageResult
 
-# The curve each training stage is judged by (a second one on a right axis).
+# The curve each kind of training stage is judged by (a second one on a right axis).
 CURVES = {"sft": ("sft/loss",), "reward": ("reward/train/loss",), "dpo": ("dpo/loss",),
-          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl"),
-          "cai-sft": ("sft/loss",), "cai-dpo": ("dpo/loss",)}
+          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl")}
 PROMPT_KINDS = ("harmful", "sound_harmful", "benign")
 PROMPTS_PER_KIND = 2
 
 
 def log_comparison_report(cfg: PipelineConfig, lineage: Lineage, results: Mapping[str, StageResult],
-                          rows: list[dict]) -> Path:
+                          rows: list[ResultRow]) -> Path:
     """Writes `<reports_dir>/<name>-comparison.html` (self-contained) and its summary plot as `.png` (for a
     README), and logs both on the active (parent) run. Returns the HTML's path."""
     client = mlflow.MlflowClient()
-    curves = {stage: {metric: [(m.step, m.value) for m in client.get_metric_history(results[stage].run_id, metric)]
-                      for metric in metrics}
-              for stage, metrics in CURVES.items() if stage in results and results[stage].run_id}
-    generations = {row["method"]: _generations(results[f"evaluate-{row['method']}"]) for row in rows}
+    trained = [name for name in dict.fromkeys(stage for row in rows for stage in row.stages)
+               if name in results and results[name].run_id and results[name].stage in CURVES]
+    curves = {name: {metric: [(m.step, m.value) for m in client.get_metric_history(results[name].run_id, metric)]
+                     for metric in CURVES[results[name].stage]}
+              for name in trained}
+    generations = {row.method: _generations(results[f"evaluate-{row.method}"]) for row in rows}
     summary, training = summary_png(rows), curves_png(curves)
     page = render_report(title=f"{cfg.name}: the alignment methods compared", table_markdown=comparison_markdown(rows),
                          summary_png=summary, curves_png=training, answers=fixed_answers(generations),
@@ -94,18 +96,18 @@ def results_from_file(path: Path) -> dict[str, StageResult]:
     return results
 
 
-def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
-    """The comparison a finished comparison run logged on its parent run, and where it wrote its report."""
-    rows = mlflow.artifacts.load_dict(f"runs:/{results[COMPARISON].run_id}/{ARTIFACT_DIR}/comparison.json")
-    return rows, report_path(cfg)
+def logged_comparison(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[ResultRow], Path]:
+    """The rows a finished run logged on its parent run, and where it wrote its report."""
+    return logged_rows(results[COMPARISON].run_id), report_path(cfg)
 
 
 def report_path(cfg: PipelineConfig) -> Path:
     return Path(cfg.reports_dir) / f"{cfg.name}-comparison.html"
 
 
-def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[dict], Path]:
-    """The comparison and report of a pipeline run that has ended, logged on its own parent run again."""
+def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult]) -> tuple[list[ResultRow], Path]:
+    """The report of a pipeline run that has ended, from the rows it logged, written and logged on its parent run
+    again."""
     parent_id = (results[COMPARISON].run_id if COMPARISON in results  # `alignflow compare --out` names it
                  else mlflow.get_run(results["promote"].run_id).data.tags["mlflow.parentRunId"])
     tags = mlflow.get_run(parent_id).data.tags
@@ -113,5 +115,5 @@ def report_finished_run(cfg: PipelineConfig, results: Mapping[str, StageResult])
                       data_md5=tags.get(DATA_MD5_TAG, ""), parent_run_id=parent_id,
                       data_tags=tuple(sorted((k, v) for k, v in tags.items() if k == CONSTITUTION_TAG)))
     with mlflow.start_run(run_id=parent_id):
-        rows = log_comparison(results, results["data"])
+        rows = logged_rows(parent_id)
         return rows, log_comparison_report(cfg, lineage, results, rows)

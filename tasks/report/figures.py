@@ -1,5 +1,5 @@
 """The comparison report's plots, as PNG bytes: what each method refused (with 95% intervals), reward against
-KL, and each training stage's curve. Pure: rows and curves in, images out."""
+KL, and each training stage's curve. Pure: rows (`tasks.report.results`) and curves in, images out."""
 
 from __future__ import annotations
 
@@ -11,32 +11,33 @@ matplotlib.use("Agg")  # no screen on a worker
 
 import matplotlib.pyplot as plt
 
+from tasks.report.results import ResultRow
+
 RATES = (("harmful_refusal", "harmful refusal (higher is better)"),
          ("benign_over_refusal", "benign over-refusal"),
          ("sound_harmful_over_refusal", "sound-harmful over-refusal"))
 
 
-def summary_png(rows: list[dict]) -> bytes:
+def summary_png(rows: list[ResultRow]) -> bytes:
     """Left: each method's refusal rates as bars with their Wilson intervals. Right: reward against KL."""
     figure, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    rates = [(key, label) for key, label in RATES if any(key in row for row in rows)]
+    rates = [(key, label) for key, label in RATES if any(getattr(row, key) for row in rows)]
     width = 0.8 / max(len(rates), 1)
     for i, (key, label) in enumerate(rates):
-        xs = [m + (i - (len(rates) - 1) / 2) * width for m, row in enumerate(rows) if key in row]
-        values = [row[key]["value"] for row in rows if key in row]
-        errors = [[row[key]["value"] - row[key]["ci95"][0] for row in rows if key in row],
-                  [row[key]["ci95"][1] - row[key]["value"] for row in rows if key in row]]
-        bars.bar(xs, values, width, yerr=errors, capsize=3, label=label)
-    bars.set_xticks(range(len(rows)), [row["method"] for row in rows])
+        measured = [(m, getattr(row, key)) for m, row in enumerate(rows) if getattr(row, key) is not None]
+        xs = [m + (i - (len(rates) - 1) / 2) * width for m, _ in measured]
+        errors = [[rate.value - rate.ci95[0] for _, rate in measured],
+                  [rate.ci95[1] - rate.value for _, rate in measured]]
+        bars.bar(xs, [rate.value for _, rate in measured], width, yerr=errors, capsize=3, label=label)
+    bars.set_xticks(range(len(rows)), [row.method for row in rows])
     bars.set_ylim(0, 1.05)
     bars.set_ylabel("share of held-out prompts")
     bars.set_title("Refusal and over-refusal (95% Wilson intervals)")
     bars.legend(fontsize=8, loc="upper left")
     for row in rows:
-        if row.get("reward") is not None and row.get("kl_to_sft") is not None:
-            scatter.scatter(row["kl_to_sft"], row["reward"], s=40)
-            scatter.annotate(row["method"], (row["kl_to_sft"], row["reward"]), textcoords="offset points",
-                             xytext=(5, 5))
+        if row.reward is not None and row.kl_to_sft is not None:
+            scatter.scatter(row.kl_to_sft, row.reward, s=40)
+            scatter.annotate(row.method, (row.kl_to_sft, row.reward), textcoords="offset points", xytext=(5, 5))
     scatter.set_xlabel("KL to the SFT model (nats per answer)")
     scatter.set_ylabel("reward-model score")
     scatter.set_title("Reward against KL")
