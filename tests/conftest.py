@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker gets its share of the cores (torch would take them all in every worker, and the
+# workers would fight over them), and its own Prefect home: the CLI's default is the checkout's ./.prefect, whose
+# SQLite database two workers' ephemeral servers would share.
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix=f"prefect-{os.environ['PYTEST_XDIST_WORKER']}-"))
+
+
+def pytest_collection_modifyitems(items):
+    """The heavy files first, so that the parallel workers end together rather than one waiting on the last."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: file order kept otherwise
 
 
 @pytest.fixture(scope="session")

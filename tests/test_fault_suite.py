@@ -7,8 +7,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.fault_suite import SMALL, run_suite, summary
 from models.failpoints import FAILPOINTS
+
+pytestmark = pytest.mark.heavy  # minutes long: scheduled first (conftest.py)
+
 
 
 def test_a_failpoint_kills_at_its_nth_pass_and_only_then(monkeypatch):

@@ -25,6 +25,8 @@ from tasks.run.tracking import ui_link
 from tests.helpers.browser import chromium, save_screenshot
 from tests.helpers.services import free_port
 
+pytestmark = pytest.mark.heavy  # minutes long: scheduled first (conftest.py)
+
 WAIT_S = 90  # the UI renders slowly on two busy cores
 ML = "?workflowType=machine_learning"  # MLflow 3.17's UI opens in its GenAI mode unless told otherwise
 
