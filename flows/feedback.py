@@ -10,8 +10,7 @@ from prefect import flow, get_run_logger
 from flows.pipeline import baseline_stages, train_and_promote
 from tasks.base_model import needs_validated_data
 from tasks.core import stage_names as stage
-from tasks.core.config import PipelineConfig, load_config
-from tasks.core.errors import ConfigError
+from tasks.core.config import IterateSection, PipelineConfig, load_config
 from tasks.core.secrets import install_log_redaction
 from tasks.core.tags import TAG_PREFIX
 from tasks.feedback import rounds
@@ -31,10 +30,9 @@ ROUND_DATA_TAG = f"{TAG_PREFIX}feedback_data_md5"
 
 
 @flow(name="feedback_rounds")
-def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int, labeler: rounds.Labeler,
-                    settings: rounds.RoundSettings) -> list[dict]:
-    """Rounds 1..n of fresh feedback, one MLflow parent run each, tagged with the round, the model it started
-    from and its data version. Round k:
+def feedback_rounds(config_path: str, overrides: list[str] | None = None) -> list[dict]:
+    """Rounds 1..n of fresh feedback (the config's `iterate` section), one MLflow parent run each, tagged with
+    the round, the model it started from and its data version. Round k:
 
     1. the SFT pipeline's stages (cached: unchanged data), giving the reward model and the SFT baseline;
     2. plan: the champion (the SFT model while there is none; with `start_from: previous`, the last round's
@@ -52,20 +50,19 @@ def feedback_rounds(config_path: str, overrides: list[str] | None, n_rounds: int
     cfg = load_config(config_path, overrides)
     reap_dead_runs([configure_tracking(cfg)])
     check_dispatchable(cfg)
-    if labeler == "ai" and settings.cai_config is None:
-        raise ConfigError("--labeler ai needs --cai-config: the CAI config naming the feedback model, constitution "
-                          "and choice template")
+    settings = rounds.round_settings(cfg)
     summaries = []
-    for k in range(1, n_rounds + 1):
-        summaries.append(feedback_round(config_path, overrides, cfg, k, labeler, settings))
+    for k in range(1, settings.rounds + 1):
+        summaries.append(feedback_round(config_path, overrides, cfg, k, settings))
         if summaries[-1]["status"] == "waiting":
             break
     return summaries
 
 
 def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineConfig, k: int,
-                   labeler: rounds.Labeler, settings: rounds.RoundSettings) -> dict:
+                   settings: IterateSection) -> dict:
     log = get_run_logger()
+    labeler = settings.labeler
     lineage = flow_lineage(cfg.section_hash(), cfg)
     with parent_run(f"{cfg.name}-feedback-round-{k}", lineage, cfg, configs={"config.yaml": cfg},
                     tags={ROUND_TAG: str(k), LABELER_TAG: labeler}) as lineage:

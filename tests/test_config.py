@@ -104,3 +104,28 @@ def test_extends_loops_are_reported(tmp_path: Path):
         load_config(tmp_path / "a.yaml")
 
 
+
+
+def test_extends_works_for_every_schema(tmp_path: Path):
+    from tasks.cai.config import load_cai_config
+    from tasks.world.catalogue import catalogue_sha256, load_catalogue
+
+    # A CAI config two lines over the demo's: the child wins, the rest comes from the base.
+    (tmp_path / "cai.yaml").write_text(f"extends: {paths.CONFIGS_DIR / 'cai.yaml'}\nseed: 7\n")
+    base, child = load_cai_config(paths.CONFIGS_DIR / "cai.yaml"), load_cai_config(tmp_path / "cai.yaml")
+    assert child.seed == 7 and child.model_copy(update={"seed": base.seed}) == base
+    # A world catalogue over the SmolLM2 one: same sub-categories, other held-out phrasings.
+    world = paths.CONFIGS_DIR / "safety_world.yaml"
+    (tmp_path / "world.yaml").write_text(f"extends: {world}\nphrasings:\n  held_out: ['{{request}} Briefly.']\n")
+    variant = load_catalogue(tmp_path / "world.yaml")
+    assert variant.phrasings.held_out == ["{request} Briefly."]
+    assert variant.phrasings.train == load_catalogue(world).phrasings.train
+    # Its hash is of the resolved catalogue: a change to the file it extends changes it too.
+    (tmp_path / "parent.yaml").write_text(world.read_text())
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\n")
+    before = catalogue_sha256(tmp_path / "child.yaml")
+    assert before == catalogue_sha256(world)  # the same catalogue, whichever file holds it
+    (tmp_path / "parent.yaml").write_text(world.read_text().replace("Keep it brief.", "Be brief."))
+    assert catalogue_sha256(tmp_path / "child.yaml") != before
+    with pytest.raises(ConfigError, match="safety world file .*missing.yaml does not exist"):
+        load_catalogue(tmp_path / "missing.yaml")

@@ -13,7 +13,6 @@ from mlflow import MlflowClient
 from flows.feedback import LABELER_TAG, ROUND_DATA_TAG, ROUND_TAG, START_TAG, feedback_rounds
 from tasks.core import paths
 from tasks.feedback.records import Label, LabelLog, read_labels, read_pairs
-from tasks.feedback.rounds import RoundSettings
 from tests.helpers.dvc import dvc_repo_with_tracked_data
 
 
@@ -23,9 +22,11 @@ def _overrides(tmp_path, data_dir):
             "reward.max_steps=10", "dpo.max_steps=4", "eval.max_new_tokens=12"]
 
 
-def _settings(root, **changes) -> RoundSettings:
-    return RoundSettings(feedback_dir=root / "feedback", prompts_file=root / "data" / "preferences_train.jsonl",
-                         pairs_per_round=12, first_round_pairs=6, max_new_tokens=12, **changes)
+def _settings(root, **changes) -> list[str]:
+    """The `iterate` section's settings of these tests, as overrides."""
+    settings = {"feedback_dir": root / "feedback", "prompts_file": root / "data" / "preferences_train.jsonl",
+                "pairs_per_round": 12, "first_round_pairs": 6, "max_new_tokens": 12, **changes}
+    return [f"iterate.{key}={value}" for key, value in settings.items()]
 
 
 def _round_parents(client: MlflowClient) -> dict[str, list]:
@@ -49,8 +50,8 @@ def _preferences(folder) -> list[dict]:
 def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_path):
     data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
     root = tmp_path / "repo"
-    settings = _settings(root, start_from="previous")
-    summaries = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", settings)
+    settings = _settings(root, start_from="previous", rounds=2, labeler="reward")
+    summaries = feedback_rounds(str(paths.DEMO_CONFIG), [*_overrides(tmp_path, data_dir), *settings])
     assert [s["status"] for s in summaries] == ["trained", "trained"]
     # Round 2 starts from the model round 1 trained (start_from: previous), round 1 from the SFT model.
     candidate = json.loads((root / "feedback" / "round-1" / "candidate.json").read_text())
@@ -91,7 +92,7 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
         assert dpo.data.tags["alignflow.parent.sft"] == tags[START_TAG]  # trained from the round's start
 
     # A rerun reuses the finished rounds: same plan, same data version, no stage recomputed.
-    again = feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, data_dir), 2, "reward", settings)
+    again = feedback_rounds(str(paths.DEMO_CONFIG), [*_overrides(tmp_path, data_dir), *settings])
     assert [s["data_md5"] for s in again] == [s["data_md5"] for s in summaries]
     last = _round_parents(client)["2"][-1]
     assert last.data.tags["alignflow.cache.dpo"].startswith("reused:")
@@ -100,10 +101,12 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
 
     # The AI labeler on the same pairs: the CAI feedback model (here the round's own policy) in both orders.
     from tasks.core.config import load_config
-    from tasks.feedback.rounds import label_with_ai
+    from tasks.feedback.rounds import label_with_ai, round_settings
 
-    cfg = load_config(paths.DEMO_CONFIG, _overrides(tmp_path, data_dir))
-    ai = _settings(root, cai_config=paths.CONFIGS_DIR / "cai.yaml").model_copy(update={"feedback_dir": tmp_path / "ai"})
+    ai_settings = _settings(root, labeler="ai", cai_config=paths.CONFIGS_DIR / "cai.yaml")
+    cfg = load_config(paths.DEMO_CONFIG, [*_overrides(tmp_path, data_dir), *ai_settings,
+                                          f"iterate.feedback_dir={tmp_path / 'ai'}"])
+    ai = round_settings(cfg)
     labels = read_labels(label_with_ai(cfg, ai, 1, rounds[0] / "export" / "pairs.jsonl", summaries[0]["start"]))
     assert [label.pair_id for label in labels] == list(read_pairs(rounds[0] / "export" / "pairs.jsonl"))
     for label in labels:
@@ -117,7 +120,7 @@ def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp
     data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
     root = tmp_path / "repo"
     overrides = _overrides(tmp_path, data_dir)
-    waiting = feedback_rounds(str(paths.DEMO_CONFIG), overrides, 2, "human", _settings(root))
+    waiting = feedback_rounds(str(paths.DEMO_CONFIG), [*overrides, *_settings(root, rounds=2)])
     assert [s["status"] for s in waiting] == ["waiting"]  # round 2 does not start while round 1 waits
     round_1 = root / "feedback" / "round-1"
     assert "alignflow feedback page --pairs" in waiting[0]["message"] and not (round_1 / "data").exists()
@@ -128,7 +131,7 @@ def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp
     log = LabelLog(round_1 / "labels.jsonl")
     for i, pid in enumerate(pairs):
         log.append(Label(pair_id=pid, choice="tie" if i == 0 else "A", annotator="ann"))
-    resumed = feedback_rounds(str(paths.DEMO_CONFIG), overrides, 1, "human", _settings(root))
+    resumed = feedback_rounds(str(paths.DEMO_CONFIG), [*overrides, *_settings(root, rounds=1)])
     assert resumed[0]["status"] == "trained"
     rows = _preferences(round_1 / "data")
     assert [row["chosen"] for row in rows] == [pairs[pid].answer_a for pid in list(pairs)[1:]]
@@ -143,7 +146,7 @@ def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp
 def test_ai_labeler_needs_a_cai_config(prefect_harness, tracked, tmp_path):
     from tasks.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--labeler ai needs --cai-config"):
-        feedback_rounds(str(paths.DEMO_CONFIG), _overrides(tmp_path, tmp_path / "data"), 1, "ai",
-                        _settings(tmp_path))
+    with pytest.raises(ConfigError, match="key 'iterate': .*labeler ai needs cai_config"):
+        feedback_rounds(str(paths.DEMO_CONFIG), [*_overrides(tmp_path, tmp_path / "data"),
+                                                 *_settings(tmp_path, labeler="ai")])
     assert mlflow.active_run() is None

@@ -145,59 +145,48 @@ def feedback_import(
 
 
 def iterate(
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run (finished rounds are reused).")] = 3,
-    labeler: Annotated[str, typer.Option(help="human: export, then wait for people's labels; reward: the reward "
-                                         "model labels; ai: the CAI feedback model labels (--cai-config).")] = "human",
-    pairs_per_round: Annotated[int, typer.Option(min=1, help="Fresh prompts compared per round.")] = 96,
-    first_round_pairs: Annotated[int | None, typer.Option(
-        min=1, help="Fewer prompts in round 1: a deliberately weak start.")] = None,
-    prompts: Annotated[Path | None, typer.Option(
-        help="Prompt pool (default: the config's preferences_train prompts); no round reuses a prompt.")] = None,
-    feedback_dir: Annotated[Path | None, typer.Option(
-        help="Where the rounds' folders go (default: feedback/<config name>).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the prompts, samples and A/B orders (plus the round).")] = 0,
-    temperature: Annotated[float, typer.Option(min=0.01, help="Sampling temperature of the answers.")] = 0.8,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
-    reward_margin: Annotated[float, typer.Option(min=0.0, help="Reward labels closer than this are ties.")] = 0.1,
-    samples_per_prompt: Annotated[int, typer.Option(
-        min=2, help="With --labeler reward: sample this many answers and pair the best with the worst.")] = 2,
-    start_from: Annotated[str, typer.Option(
-        help="champion: each round starts from the champion (the SFT model while there is none); previous: from "
-        "the last round's candidate, promoted or not.")] = "champion",
-    cai_config: Annotated[Path | None, typer.Option(
-        help="CAI config of the ai labeler (feedback model, constitution, choice template).")] = None,
-    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data.")] = False,
+    rounds: Annotated[int | None, typer.Option(help="Rounds to run (iterate.rounds).")] = None,
+    labeler: Annotated[str | None, typer.Option(help="human, reward or ai (iterate.labeler).")] = None,
+    pairs_per_round: Annotated[int | None, typer.Option(help="Fresh prompts per round (iterate.pairs_per_round).")]
+    = None,
+    first_round_pairs: Annotated[int | None, typer.Option(help="Prompts in round 1 (iterate.first_round_pairs).")]
+    = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt pool (iterate.prompts_file).")] = None,
+    feedback_dir: Annotated[Path | None, typer.Option(help="The rounds' folders (iterate.feedback_dir).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (iterate.seed).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (iterate.temperature).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per answer (iterate.max_new_tokens).")] = None,
+    reward_margin: Annotated[float | None, typer.Option(help="Ties below it (iterate.reward_margin).")] = None,
+    samples_per_prompt: Annotated[int | None, typer.Option(
+        help="Best-of-worst samples (iterate.samples_per_prompt).")] = None,
+    start_from: Annotated[str | None, typer.Option(help="champion or previous (iterate.start_from).")] = None,
+    cai_config: Annotated[Path | None, typer.Option(help="The ai labeler's CAI config (iterate.cai_config).")] = None,
+    no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the rounds' data (iterate.dvc=false).")]
+    = False,
     config: ConfigOption = paths.DEMO_CONFIG,
     overrides: SetOption = None,
 ) -> None:
     """Rounds of fresh feedback as a Prefect flow: the champion answers new prompts, the pairs are labelled, the
-    labels become a new data version, and the optimizers train from the champion on it, then gates decide."""
+    labels become a new data version, and the optimizers train from the champion on it, then gates decide. The
+    settings are the config's `iterate` section; each option here overrides one of its keys."""
     from tasks.core.config import load_config
     from tasks.core.errors import AlignflowError
-    from tasks.feedback.rounds import RoundSettings
     from tasks.report.results import ResultRow, round_line
 
-    if labeler not in ("human", "reward", "ai"):
-        fail(f"--labeler {labeler!r}: expected human, reward or ai")
-    if start_from not in ("champion", "previous"):
-        fail(f"--start-from {start_from!r}: expected champion or previous")
-    if labeler == "ai" and cai_config is None:
-        fail("--labeler ai needs --cai-config: the CAI config naming the feedback model, constitution and template")
+    given = {"rounds": rounds, "labeler": labeler, "pairs_per_round": pairs_per_round,
+             "first_round_pairs": first_round_pairs, "prompts_file": prompts, "feedback_dir": feedback_dir,
+             "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens,
+             "reward_margin": reward_margin, "samples_per_prompt": samples_per_prompt, "start_from": start_from,
+             "cai_config": cai_config, "dvc": False if no_dvc else None}
+    overrides = [*(overrides or []), *(f"iterate.{key}={value}" for key, value in given.items() if value is not None)]
     try:
-        cfg = load_config(config, overrides or [])
+        load_config(config, overrides)  # a bad setting fails here, before Prefect starts
     except AlignflowError as err:
         fail(str(err))
-    settings = RoundSettings(
-        feedback_dir=feedback_dir or Path("feedback") / cfg.name,
-        prompts_file=prompts or cfg.data.path("preferences_train"), pairs_per_round=pairs_per_round,
-        first_round_pairs=first_round_pairs, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
-        reward_margin=reward_margin, samples_per_prompt=samples_per_prompt, start_from=start_from,
-        cai_config=cai_config,
-        dvc=not no_dvc)
     from flows.feedback import feedback_rounds
 
     try:
-        summaries = feedback_rounds(str(config), overrides or [], rounds, labeler, settings)
+        summaries = feedback_rounds(str(config), overrides)
     except AlignflowError as err:
         fail(str(err))
     for summary in summaries:

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tasks.core import paths
-from tasks.core.config_files import HashableConfig, Section, apply_override, read_yaml_mapping, validate_model
+from tasks.core.config_files import HashableConfig, Section, load_config_file, read_yaml_mapping, validate_model
 
 PROMPTS_DIR = paths.CONFIGS_DIR / "prompts"
 
@@ -189,11 +189,8 @@ class CAIConfig(HashableConfig):
 # ------------------------------------------------------------------------------------------------- loading
 
 def load_cai_config(path: Path | str, overrides: list[str] | None = None) -> CAIConfig:
-    """Read a CAI YAML, apply `key.path=value` overrides and validate it."""
-    raw = read_yaml_mapping(Path(path), "config")
-    for override in overrides or []:
-        apply_override(raw, override)
-    return validate_model(CAIConfig, raw, str(path))
+    """Read a CAI YAML (following `extends:`), apply `key.path=value` overrides and validate it."""
+    return load_config_file(CAIConfig, path, overrides)
 
 
 def load_constitution(path: Path | str) -> Constitution:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tasks.core import paths, stage_names
-from tasks.core.config_files import HashableConfig, Section, apply_override, read_config_tree, validate_model
+from tasks.core.config_files import HashableConfig, Section, load_config_file, validate_model
 from tasks.core.training_sections import DPOSection, PPOSection, RewardSection, RLOOSection, SFTSection
 
 
@@ -180,6 +180,40 @@ class CompareSection(Section):
     cai_overrides: list[str] = Field(default_factory=list, description="`key.path=value` overrides of the CAI config.")
 
 
+class IterateSection(Section):
+    """`alignflow iterate`: rounds of fresh feedback on the current policy's answers (its options override these)."""
+
+    rounds: int = Field(3, ge=1, description="Rounds to run (finished rounds are reused).")
+    labeler: Literal["human", "reward", "ai"] = Field(
+        "human", description="human: export, then wait for people's labels; reward: the reward model labels; ai: "
+        "the CAI feedback model of `cai_config` labels.")
+    pairs_per_round: int = Field(96, ge=1, description="Fresh prompts compared per round.")
+    first_round_pairs: int | None = Field(None, ge=1, description="Fewer prompts in round 1: a deliberately weak "
+                                          "start. None: pairs_per_round.")
+    prompts_file: Path | None = Field(None, description="Prompt pool (None: data.preferences_train's prompts); no "
+                                      "round reuses a prompt.")
+    feedback_dir: Path | None = Field(None, description="Where the rounds' folders go (None: feedback/<name>).")
+    seed: int = Field(0, description="Seed of the prompts, samples and A/B orders (plus the round).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature of the answers.")
+    max_new_tokens: int = Field(48, ge=1, description="Tokens per answer.")
+    reward_margin: float = Field(0.1, ge=0, description="Reward labels closer than this are ties.")
+    samples_per_prompt: int = Field(2, ge=2, description="With the reward labeler: sample this many answers and "
+                                    "pair the best with the worst.")
+    start_from: Literal["champion", "previous"] = Field(
+        "champion", description="champion: each round starts from the champion (the SFT model while there is none); "
+        "previous: from the last round's candidate, promoted or not.")
+    cai_config: Path | None = Field(None, description="CAI config of the ai labeler (feedback model, constitution, "
+                                    "choice template).")
+    dvc: bool = Field(True, description="`dvc add` the rounds' data.")
+
+    @model_validator(mode="after")
+    def _ai_labeler_needs_a_cai_config(self) -> IterateSection:
+        if self.labeler == "ai" and self.cai_config is None:
+            raise ValueError("labeler ai needs cai_config: the CAI config naming the feedback model, constitution "
+                             "and choice template")
+        return self
+
+
 class PipelineConfig(HashableConfig):
     # Where stages run and where they are logged never change what they compute.
     _unhashed_sections: ClassVar[tuple[str, ...]] = ("dispatch", "tracking")
@@ -206,6 +240,7 @@ class PipelineConfig(HashableConfig):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
     compare: CompareSection = Field(default_factory=CompareSection)
+    iterate: IterateSection = Field(default_factory=IterateSection)
 
     @model_validator(mode="after")
     def _tiny_model_constraints(self) -> PipelineConfig:
@@ -225,10 +260,7 @@ class PipelineConfig(HashableConfig):
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a YAML config (following `extends:`), apply `key.path=value` overrides and validate it."""
-    raw = read_config_tree(Path(path))
-    for override in overrides or []:
-        apply_override(raw, override)
-    return parse_config(raw, source=str(path))
+    return load_config_file(PipelineConfig, path, overrides)
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:

@@ -1,6 +1,7 @@
 """Config files: YAML read as a mapping, `extends:` merged, `--set a.b=c` applied, validated with key paths.
 
-Shared by every config schema (the pipeline's and the CAI flow's), so they report problems the same way.
+Shared by every config schema (the pipeline's, the CAI flow's and the safety world's): `load_config_file` is the
+one way a config file is read, so every schema follows `extends:` and reports problems the same way.
 """
 
 from __future__ import annotations
@@ -74,19 +75,35 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
     return raw
 
 
-def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_config_file(schema: type[_Model], path: Path | str, overrides: list[str] | None = None, *,
+                     what: str = "config") -> _Model:
+    """Read a config file of `schema` (following `extends:`), apply `key.path=value` overrides and validate it."""
+    raw = read_config_tree(Path(path), what=what)
+    for override in overrides or []:
+        apply_override(raw, override)
+    return validate_model(schema, raw, str(path))
+
+
+def resolved_sha256(path: Path | str, what: str = "config") -> str:
+    """sha256 of a config file as resolved (`extends:` merged): it changes when the file or any file it extends
+    does, and not when only formatting or comments do."""
+    tree = read_config_tree(Path(path), what=what)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_config_tree(path: Path, seen: tuple[Path, ...] = (), what: str = "config") -> dict[str, Any]:
     """A config file merged over the file it `extends:` (relative to its own folder), the child winning.
 
     Variants of a pipeline are a few lines over their base, never copies of it.
     """
-    raw = read_yaml_mapping(path)
+    raw = read_yaml_mapping(path, what)
     base = raw.pop("extends", None)
     if base is None:
         return raw
     base_path = (path.parent / str(base)).resolve()
     if base_path in seen:
-        raise ConfigError(f"config file {path}: 'extends' loops back to {base_path}")
-    return _merge(read_config_tree(base_path, (*seen, path.resolve())), raw)
+        raise ConfigError(f"{what} file {path}: 'extends' loops back to {base_path}")
+    return _merge(read_config_tree(base_path, (*seen, path.resolve()), what), raw)
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -18,13 +18,10 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from models.prompting import Prompt, prompt_formatter
 from models.reward import reward_scores
-from tasks.core.config import PipelineConfig
+from tasks.core.config import IterateSection, PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.hashing import md5_file
 from tasks.data.writers import write_text
@@ -42,34 +39,24 @@ from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, prompt_text, rea
 from tasks.registry.logged_models import load_stage_reward_model
 from tasks.run.contract import StageResult
 
-Labeler = Literal["human", "reward", "ai"]
 ROUND_FILE = "round.json"
 CANDIDATE_FILE = "candidate.json"  # the model a round trained (its first optimizer's), for `start_from: previous`
 LABEL_FILES = ("labels.jsonl", "labelstudio-export.json", "argilla-export.jsonl")
 
 
-class RoundSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    feedback_dir: Path
-    prompts_file: Path
-    pairs_per_round: int = 96
-    first_round_pairs: int | None = None  # a deliberately small first round; None: pairs_per_round
-    seed: int = 0
-    temperature: float = 0.8
-    max_new_tokens: int = 48
-    reward_margin: float = 0.1  # reward-model labels closer than this are ties
-    samples_per_prompt: int = 2  # > 2 with the reward labeler: pair the best and the worst of that many samples
-    start_from: Literal["champion", "previous"] = "champion"  # previous: the last round's candidate, promoted or not
-    cai_config: Path | None = None  # the AI labeler's feedback model, constitution and choice template
-    dvc: bool = True
+def round_settings(cfg: PipelineConfig) -> IterateSection:
+    """`cfg.iterate` with its defaults resolved: the feedback folder and the prompt pool."""
+    settings = cfg.iterate
+    return settings.model_copy(update={
+        "feedback_dir": settings.feedback_dir or Path("feedback") / cfg.name,
+        "prompts_file": settings.prompts_file or cfg.data.path("preferences_train")})
 
 
-def round_dir(settings: RoundSettings, k: int) -> Path:
+def round_dir(settings: IterateSection, k: int) -> Path:
     return settings.feedback_dir / f"round-{k}"
 
 
-def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[StageResult, list[Prompt]]:
+def plan_round(settings: IterateSection, k: int, start: StageResult) -> tuple[StageResult, list[Prompt]]:
     """The round's starting model and fresh prompts, fixed the first time the round runs. The model is `start`
     (the champion, or the SFT model), or with `start_from: previous` the candidate the last round trained."""
     path = round_dir(settings, k) / ROUND_FILE
@@ -89,7 +76,7 @@ def plan_round(settings: RoundSettings, k: int, start: StageResult) -> tuple[Sta
     return start, prompts
 
 
-def export_round(cfg: PipelineConfig, settings: RoundSettings, k: int, start: StageResult, prompts: list[Prompt],
+def export_round(cfg: PipelineConfig, settings: IterateSection, k: int, start: StageResult, prompts: list[Prompt],
                  reward: StageResult | None = None) -> tuple[Path, bool]:
     """The round's pairs (kept from an earlier attempt): two samples of the starting model per prompt; with
     `samples_per_prompt` > 2 and a `reward` model, the best- and the worst-scored of that many samples (the
@@ -138,11 +125,11 @@ def _scorer(cfg: PipelineConfig, reward: StageResult, scratch: Path):
                                                   batch_size=cfg.eval.score_batch_size).tolist()
 
 
-def record_candidate(settings: RoundSettings, k: int, candidate: StageResult) -> None:
+def record_candidate(settings: IterateSection, k: int, candidate: StageResult) -> None:
     write_text(round_dir(settings, k) / CANDIDATE_FILE, candidate.model_dump_json(indent=2) + "\n")
 
 
-def labels_file(settings: RoundSettings, k: int) -> Path | None:
+def labels_file(settings: IterateSection, k: int) -> Path | None:
     """The labels people (or a labeler) left in the round's folder, if any."""
     found = [round_dir(settings, k) / name for name in LABEL_FILES if (round_dir(settings, k) / name).is_file()]
     if len(found) > 1:
@@ -151,7 +138,7 @@ def labels_file(settings: RoundSettings, k: int) -> Path | None:
     return found[0] if found else None
 
 
-def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
+def label_with_reward_model(cfg: PipelineConfig, settings: IterateSection, k: int, pairs_file: Path,
                             reward: StageResult) -> Path:
     """The reward model labels each pair (recorded as its annotator): the higher-scored answer, a tie within
     `reward_margin`."""
@@ -165,7 +152,7 @@ def label_with_reward_model(cfg: PipelineConfig, settings: RoundSettings, k: int
         for pair, a, b in zip(pairs, score_a, score_b, strict=True)))
 
 
-def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_file: Path,
+def label_with_ai(cfg: PipelineConfig, settings: IterateSection, k: int, pairs_file: Path,
                   policy_uri: str) -> Path:
     """The CAI feedback model labels each pair under a drawn principle, asked in both orders (`tasks.cai.rlaif`):
     calibrated against its position bias by averaging the two orders' log-odds; a pair whose calibrated
@@ -204,7 +191,7 @@ def label_with_ai(cfg: PipelineConfig, settings: RoundSettings, k: int, pairs_fi
     return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
 
 
-def _write_labels(settings: RoundSettings, k: int, labels: Iterable[Label]) -> Path:
+def _write_labels(settings: IterateSection, k: int, labels: Iterable[Label]) -> Path:
     """A labeler's labels as the round's labels file, written aside first: a crash never leaves a labels file
     the next run would trust."""
     out = round_dir(settings, k) / LABEL_FILES[0]
@@ -225,7 +212,7 @@ def _reward_choice(difference: float, margin: float) -> str:
     return "tie"
 
 
-def imported_data(settings: RoundSettings, k: int) -> Path | None:
+def imported_data(settings: IterateSection, k: int) -> Path | None:
     """The round's data version, once its import finished (manifest written, and `dvc add` done)."""
     folder = round_dir(settings, k) / "data"
     versioned = not settings.dvc or folder.with_name("data.dvc").is_file()

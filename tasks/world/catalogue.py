@@ -15,8 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.core.config_files import Section, read_yaml_mapping, validate_model
-from tasks.core.hashing import sha256_file
+from tasks.core.config_files import Section, load_config_file, resolved_sha256
 
 Kind = Literal["harmful", "benign", "sound_harmful"]
 KINDS: tuple[Kind, ...] = ("harmful", "benign", "sound_harmful")
@@ -87,11 +86,13 @@ class Request:
 
 
 def load_catalogue(path: Path) -> WorldCatalogue:
-    return validate_model(WorldCatalogue, read_yaml_mapping(Path(path), "safety world"), str(path))
+    """Read a world catalogue (following `extends:`) and validate it."""
+    return load_config_file(WorldCatalogue, path, what="safety world")
 
 
 def catalogue_sha256(path: Path) -> str:
-    return sha256_file(Path(path))
+    """The catalogue as resolved (`extends:` merged): what the world is built from, whichever file holds it."""
+    return resolved_sha256(path, "safety world")
 
 
 def expand(catalogue: WorldCatalogue, split: Split, rng: random.Random, phrasings_per_request: int = 1,
