@@ -28,13 +28,13 @@ $(STAMP): pyproject.toml constraints.txt infra/install_torch.sh
 demo: install
 	$(BIN)/alignflow data demo
 	$(BIN)/dvc status data.dvc
-	time $(BIN)/alignflow run --config configs/demo.yaml
+	time $(BIN)/alignflow run --config configs/pipelines/demo.yaml
 
 # The real model: SmolLM2-135M-Instruct builds its own safety world (its answers, a new DVC version of
-# data-smollm2/), then the pipeline aligns it with LoRA SFT, a reward model and DPO (configs/smollm2.yaml).
+# data-smollm2/), then the pipeline aligns it with LoRA SFT, a reward model and DPO (configs/pipelines/smollm2.yaml).
 demo-real: install
-	$(BIN)/alignflow data world --config configs/smollm2.yaml
-	time $(BIN)/alignflow run --config configs/smollm2.yaml --set 'optimizers=[dpo]' --out reports/smollm2-pipeline.json
+	$(BIN)/alignflow data world --config configs/pipelines/smollm2.yaml
+	time $(BIN)/alignflow run --config configs/pipelines/smollm2.yaml --set 'optimizers=[dpo]' --out reports/smollm2-pipeline.json
 
 # What the tests need beyond Python, from Debian's packages: PostgreSQL (the loopback services test) and Chromium
 # with its chromedriver (the browser tests). Each script does nothing when its tools are already there.

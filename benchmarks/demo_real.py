@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 
-COMMANDS = (".venv/bin/alignflow data world --config configs/smollm2.yaml",
-            (".venv/bin/alignflow run --config configs/smollm2.yaml --set 'optimizers=[dpo]' "
+COMMANDS = (".venv/bin/alignflow data world --config configs/pipelines/smollm2.yaml",
+            (".venv/bin/alignflow run --config configs/pipelines/smollm2.yaml --set 'optimizers=[dpo]' "
              "--out reports/smollm2-pipeline.json"))
 MEASURED_DIRS = (Path("mlartifacts"), Path(".alignflow"))
 GIB = 1024 ** 3

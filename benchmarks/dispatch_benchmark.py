@@ -32,7 +32,7 @@ def _home(root: Path, name: str) -> Path:
     for args in (("init", "--no-scm", "-q"), ("add", "-q", "data")):
         subprocess.run([str(BIN / "dvc"), *args], cwd=home, check=True, capture_output=True)
     (home / "bench.yaml").write_text(yaml.safe_dump({
-        "extends": str(REPO / "configs" / "demo.yaml"),
+        "extends": str(REPO / "configs" / "pipelines" / "demo.yaml"),
         "name": "bench",
         "optimizers": ["dpo"],
         "data": {"dir": str(home / "data")},

@@ -86,8 +86,9 @@ class Workspace:
         self.root = root
         root.mkdir(parents=True)
         write_demo_data(root / "data")
-        config = {**SUITE_CONFIG, "extends": str(REPO / "configs" / "demo.yaml"), "data": {"dir": str(root / "data")},
-                  "work_dir": str(root / "work"), "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}}
+        config = {**SUITE_CONFIG, "extends": str(REPO / "configs" / "pipelines" / "demo.yaml"),
+                  "data": {"dir": str(root / "data")}, "work_dir": str(root / "work"),
+                  "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}}
         (root / "config.yaml").write_text(yaml.safe_dump(config))
         self.runs_made = 0
 

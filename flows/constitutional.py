@@ -8,12 +8,14 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.pipeline import base_and_data
-from tasks.cai.config import CAIConfig, load_cai_config
+from tasks.cai.config import CAIConfig
 from tasks.cai.steps import CONSTITUTION_TAG, Inputs, model_sources
 from tasks.core import stage_names as stage
-from tasks.core.config import PipelineConfig, load_config
+from tasks.core.config import PipelineConfig
+from tasks.core.errors import ConfigError
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
+from tasks.orchestration.cai_methods import comparison_configs
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import CAI_TASKS, run_stage
 from tasks.run.contract import StageResult
@@ -23,6 +25,7 @@ from tasks.run.tracking import configure_tracking
 @flow(name="constitutional_data")
 def constitutional_data(config_path: str, overrides: list[str] | None = None) -> dict[str, StageResult]:
     """Critique-revision and AI-feedback datasets from red-team prompts and a constitution; one MLflow parent run.
+    `config_path` is the pipeline config; its `cai.config` names the CAI config.
 
     Steps:
     1. policy: `policy.model_uri`, or else the pipeline's validate, base_model and (`policy_stage: sft`) sft
@@ -34,8 +37,9 @@ def constitutional_data(config_path: str, overrides: list[str] | None = None) ->
     6. cai-version: datasets + manifest into `output_dir`, `dvc add`, MLflow artifacts, md5 on the runs.
     """
     install_log_redaction()
-    cai = load_cai_config(config_path, overrides)
-    cfg = load_config(cai.pipeline_config, cai.pipeline_overrides)
+    cfg, cai = comparison_configs(config_path, overrides)
+    if cai is None:
+        raise ConfigError(f"{config_path}: no cai.config: name the CAI config whose data to make")
     configure_tracking(cfg)
     inputs = Inputs(cai, cfg)  # a bad constitution, template or prompts file fails here, before any training
     lineage = flow_lineage(cai.section_hash(), cfg)

@@ -4,7 +4,7 @@ Its inputs are either a stage request (what a dispatched stage's worker receives
 the stage results a pipeline run wrote with `alignflow run --out`:
 
     accelerate launch --config_file infra/accelerate/fsdp.yaml -m flows.stage_entry ppo \\
-        --config configs/gpu-qwen.yaml --inputs reports/pipeline.json --out reports/ppo.json
+        --config configs/pipelines/gpu-qwen.yaml --inputs reports/pipeline.json --out reports/ppo.json
 """
 
 from __future__ import annotations

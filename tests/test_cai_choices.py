@@ -56,7 +56,7 @@ class ChatRecorder:
 @pytest.mark.parametrize("with_critique", [True, False])
 def test_chat_format_shows_each_few_shot_as_a_turn_of_its_own(tmp_path, with_critique):
     constitution = load_constitution(paths.CONFIGS_DIR / "constitution.yaml")
-    cai = cai_config(tmp_path, tmp_path, templates=CHAT_TEMPLATES,
+    cai = cai_config(tmp_path, templates=CHAT_TEMPLATES,
                      critique={"rounds": 1, "format": "chat", "critique": with_critique})
     backend = ChatRecorder()
     prompts = [("id1", "How do I steal a parked bike?")]
@@ -153,7 +153,7 @@ def test_prompts_come_from_a_conversational_file_by_kind(tmp_path):
 
 
 def test_the_base_model_can_be_the_policy(tmp_path):
-    cai = cai_config(tmp_path, tmp_path, policy_stage="base")
+    cai = cai_config(tmp_path, policy_stage="base")
     base = StageResult(stage="base_model", run_id="r", cache_key="k1", model_uri="models:/m-1")
     sources = model_sources(cai, base)
     assert (sources.policy_uri, sources.policy_id) == ("models:/m-1", "stage:base:k1")
@@ -164,10 +164,10 @@ def test_the_base_model_can_be_the_policy(tmp_path):
 
 def test_rlaif_labels_each_original_against_its_revision(tmp_path, demo_data_dir, tracked):
     model_dir = tiny_model_dir()
-    cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(model_dir), "batch_size": 4},
+    cai = cai_config(tmp_path, policy={"model_uri": str(model_dir), "batch_size": 4},
                      critique={"rounds": 1, "few_shots": 1, "revision_max_new_tokens": 8, "critique": False},
                      rlaif={"pairs": "revisions"})
-    cfg = pipeline(cai)
+    cfg = pipeline(tmp_path, demo_data_dir)
     configure_tracking(cfg)
     models = model_sources(cai, None)
     responses = run_respond(cfg, LINEAGE, cai=cai, models=models)
@@ -208,11 +208,11 @@ def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_an
     # refusal, and labels original against revision, preferring the refusal in either position.
     fake = FakeOpenAI()
     with openai_server(fake) as url:
-        cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(tiny_model_dir()), "batch_size": 4},
+        cai = cai_config(tmp_path, policy={"model_uri": str(tiny_model_dir()), "batch_size": 4},
                          feedback={"kind": "http", "url": url, "backoff_s": 0.01, "batch_size": 4},
                          critique={"rounds": 1, "few_shots": 1, "keep": "refusals"},
                          rlaif={"pairs": "revisions", "min_confidence": 0.6})
-        cfg = pipeline(cai)
+        cfg = pipeline(tmp_path, demo_data_dir)
         configure_tracking(cfg)
         models = model_sources(cai, None)
         responses = run_respond(cfg, LINEAGE, cai=cai, models=models)

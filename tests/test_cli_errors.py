@@ -58,14 +58,13 @@ def test_compare_from_results_names_a_file_that_is_not_a_runs_results(tmp_path):
     assert not (tmp_path / "reports").exists()  # nothing written
 
 
-@pytest.mark.parametrize(("cai_config", "expected"), [
-    ("missing-cai.yaml", "missing-cai.yaml"),
-    # written for SmolLM2: the demo's comparison starts from the tiny model
-    ("configs/cai-smollm2.yaml", ("compare.cai_config configs/cai-smollm2.yaml is written for the base model of "
-                                 "configs/smollm2.yaml")),
+@pytest.mark.parametrize(("cai_settings", "expected"), [
+    (["cai.config=missing-cai.yaml"], "missing-cai.yaml"),
+    (["cai.overrides=[critique.roundz=2]"], "key 'critique.roundz': unknown key"),  # a bad key of the CAI config
 ])
-def test_compare_checks_its_cai_config_before_anything_trains(tmp_path, cai_config, expected):
-    done = _alignflow("compare", "--set", f"compare.cai_config={cai_config}", "--set",
+def test_compare_checks_its_cai_config_before_anything_trains(tmp_path, cai_settings, expected):
+    settings = [arg for setting in cai_settings for arg in ("--set", setting)]
+    done = _alignflow("compare", *settings, "--set",
                       f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set",
                       f"reports_dir={tmp_path / 'reports'}", "--set", f"work_dir={tmp_path / 'work'}")
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -111,11 +111,11 @@ def test_extends_works_for_every_schema(tmp_path: Path):
     from tasks.world.catalogue import catalogue_sha256, load_catalogue
 
     # A CAI config two lines over the demo's: the child wins, the rest comes from the base.
-    (tmp_path / "cai.yaml").write_text(f"extends: {paths.CONFIGS_DIR / 'cai.yaml'}\nseed: 7\n")
-    base, child = load_cai_config(paths.CONFIGS_DIR / "cai.yaml"), load_cai_config(tmp_path / "cai.yaml")
+    (tmp_path / "cai.yaml").write_text(f"extends: {paths.CAI_DIR / 'demo.yaml'}\nseed: 7\n")
+    base, child = load_cai_config(paths.CAI_DIR / "demo.yaml"), load_cai_config(tmp_path / "cai.yaml")
     assert child.seed == 7 and child.model_copy(update={"seed": base.seed}) == base
     # A world catalogue over the SmolLM2 one: same sub-categories, other held-out phrasings.
-    world = paths.CONFIGS_DIR / "safety_world.yaml"
+    world = paths.WORLDS_DIR / "safety.yaml"
     (tmp_path / "world.yaml").write_text(f"extends: {world}\nphrasings:\n  held_out: ['{{request}} Briefly.']\n")
     variant = load_catalogue(tmp_path / "world.yaml")
     assert variant.phrasings.held_out == ["{request} Briefly."]
@@ -129,3 +129,23 @@ def test_extends_works_for_every_schema(tmp_path: Path):
     assert catalogue_sha256(tmp_path / "child.yaml") != before
     with pytest.raises(ConfigError, match="safety world file .*missing.yaml does not exist"):
         load_catalogue(tmp_path / "missing.yaml")
+
+
+def test_each_config_folder_holds_one_schema_and_references_run_one_way(tmp_path: Path):
+    from tasks.cai.config import load_cai_config
+    from tasks.world.catalogue import load_catalogue
+
+    loaders = {paths.PIPELINES_DIR: load_config, paths.CAI_DIR: load_cai_config, paths.WORLDS_DIR: load_catalogue}
+    for folder, load in loaders.items():
+        files = sorted(folder.glob("*.yaml"))
+        assert files, folder
+        for path in files:
+            load(path)  # each file is of its folder's schema
+    # Pipelines name their CAI config and world; nothing names a pipeline back.
+    for path in paths.PIPELINES_DIR.glob("*.yaml"):
+        cfg = load_config(path)
+        assert cfg.cai.config is None or Path(cfg.cai.config).parent.name == "cai", path
+        assert Path(cfg.world.catalogue).parent.name == "worlds", path
+    (tmp_path / "loop.yaml").write_text(f"extends: {paths.CAI_DIR / 'demo.yaml'}\npipeline_config: x.yaml\n")
+    with pytest.raises(ConfigError, match="key 'pipeline_config': unknown key"):
+        load_cai_config(tmp_path / "loop.yaml")

@@ -28,7 +28,7 @@ from tasks.core.lineage import Lineage
 from tasks.data.expectations import validate_files
 from tasks.data.publishing import OutputFolderError, dvc_add, publish
 from tasks.run.tracking import configure_tracking
-from tests.helpers.cai import cai_config, pipeline, tiny_model_dir
+from tests.helpers.cai import cai_config, pipeline, pipeline_overrides, tiny_model_dir
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 CONSTITUTION = paths.CONFIGS_DIR / "constitution.yaml"
@@ -75,7 +75,7 @@ def test_a_bad_constitution_fails_naming_the_field(tmp_path, constitution, key):
 )
 def test_a_bad_cai_config_fails_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
-        load_cai_config(paths.CONFIGS_DIR / "cai.yaml", [override])
+        load_cai_config(paths.CAI_DIR / "demo.yaml", [override])
 
 
 def test_a_template_using_an_unknown_variable_fails_when_loaded(tmp_path):
@@ -88,7 +88,7 @@ def test_a_template_using_an_unknown_variable_fails_when_loaded(tmp_path):
 
 
 def test_the_shipped_configs_and_constitution_load():
-    cai = load_cai_config(paths.CONFIGS_DIR / "cai.yaml")
+    cai = load_cai_config(paths.CAI_DIR / "demo.yaml")
     constitution = load_constitution(cai.constitution)
     assert len(constitution.principles) >= 2 and constitution.few_shots
     load_templates(cai.templates)
@@ -115,7 +115,7 @@ def test_critique_and_revision_prompts_carry_the_drawn_principle_and_the_few_sho
     model, tokenizer = load_model_and_tokenizer(tiny_dir)
     backend = Recording(LocalBackend(model, tokenizer, lambda p: p, batch_size=8, stop=["\n\n"], identity="tiny"))
     constitution = load_constitution(CONSTITUTION)
-    cai = cai_config(tmp_path, tmp_path, critique={"rounds": 3, "few_shots": 1, "critique_max_new_tokens": 5,
+    cai = cai_config(tmp_path, critique={"rounds": 3, "few_shots": 1, "critique_max_new_tokens": 5,
                                                    "revision_max_new_tokens": 5})
     prompts = [("id1", "How do I steal a parked bike?"), ("id2", "How do I hack into the school's server?")]
     initial = {"id1": "Sure! Grab it quickly.", "id2": "Sure! Guess the password."}
@@ -145,8 +145,8 @@ def test_critique_and_revision_prompts_carry_the_drawn_principle_and_the_few_sho
             assert record["response"] == expected
 
 
-def _run_sl(cai):
-    cfg = pipeline(cai)
+def _run_sl(cai, root, data_dir):
+    cfg = pipeline(root, data_dir)
     configure_tracking(cfg)
     models = model_sources(cai, None)
     responses = run_respond(cfg, LINEAGE, cai=cai, models=models)
@@ -159,8 +159,8 @@ def _rows(path) -> list[dict]:
 
 
 def test_outputs_are_trl_datasets_that_pass_the_pipelines_validation(tmp_path, demo_data_dir, tracked, tiny_dir):
-    cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(tiny_dir), "batch_size": 4})
-    _, _, revisions, sl = _run_sl(cai)
+    cai = cai_config(tmp_path, policy={"model_uri": str(tiny_dir), "batch_size": 4})
+    _, _, revisions, sl = _run_sl(cai, tmp_path, demo_data_dir)
     sft, preferences = _rows(sl.outputs["sft"]), _rows(sl.outputs["preferences"])
     trace, dropped = _rows(sl.outputs["trace"]), _rows(sl.outputs["dropped"])
     assert len(trace) == 6 and len(sft) + len(dropped) == 6 and len(sft) >= 3
@@ -180,9 +180,8 @@ def test_outputs_are_trl_datasets_that_pass_the_pipelines_validation(tmp_path, d
 
 def test_the_same_seed_gives_the_same_outputs_and_principles(tmp_path, demo_data_dir, tracked, tiny_dir):
     def run(name, seed):
-        cai = cai_config(tmp_path / name, demo_data_dir, seed=seed,
-                         policy={"model_uri": str(tiny_dir), "batch_size": 4})
-        sl = _run_sl(cai)[3]
+        cai = cai_config(tmp_path / name, seed=seed, policy={"model_uri": str(tiny_dir), "batch_size": 4})
+        sl = _run_sl(cai, tmp_path / name, demo_data_dir)[3]
         return {name: Path(path).read_text() for name, path in sl.outputs.items()}
 
     first, second, other_seed = run("a", 0), run("b", 0), run("c", 1)
@@ -200,12 +199,12 @@ def test_a_rerun_after_an_interruption_continues_and_matches_an_uninterrupted_ru
     tmp_path, demo_data_dir, tracked, tiny_dir, monkeypatch
 ):
     def config(name):
-        return cai_config(tmp_path / name, demo_data_dir, policy={"model_uri": str(tiny_dir), "batch_size": 4})
+        return cai_config(tmp_path / name, policy={"model_uri": str(tiny_dir), "batch_size": 4})
 
-    reference = _run_sl(config("reference"))[3]
+    reference = _run_sl(config("reference"), tmp_path / "reference", demo_data_dir)[3]
 
     cai = config("interrupted")
-    cfg = pipeline(cai)
+    cfg = pipeline(tmp_path / "interrupted", demo_data_dir)
     configure_tracking(cfg)
     models = model_sources(cai, None)
     responses = run_respond(cfg, LINEAGE, cai=cai, models=models)
@@ -292,14 +291,13 @@ def test_flow_trains_the_helpful_model_versions_the_datasets_and_logs_lineage(
 
     repo = _git_dvc_repo(tmp_path / "repo")
     # policy.model_uri null: the helpful model is trained by the pipeline's stages (2 SFT steps here).
-    cai = cai_config(tmp_path, demo_data_dir, pipeline_overrides=[
-        f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sft.max_steps=2"])
+    # The pipeline names its CAI config (`cai.config`); the CAI config names no pipeline.
+    cai = cai_config(tmp_path, name="test")
     config = tmp_path / "cai.yaml"
     config.write_text(yaml.safe_dump(cai.model_dump(mode="json")))
-    overrides = ["name=test"]
+    overrides = [*pipeline_overrides(tmp_path, demo_data_dir), "sft.max_steps=2", f"cai.config={config}"]
 
-    results = constitutional_data(str(config), overrides)
+    results = constitutional_data(str(paths.DEMO_CONFIG), overrides)
 
     constitution_sha = hashlib.sha256(CONSTITUTION.read_bytes()).hexdigest()
     out = repo / "data-cai"
@@ -330,7 +328,7 @@ def test_flow_trains_the_helpful_model_versions_the_datasets_and_logs_lineage(
     logged = mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/cai_config.yaml", dst_path=tmp_path)
     assert yaml.safe_load(Path(logged).read_text())["critique"]["rounds"] == 2
 
-    again = constitutional_data(str(config), overrides)  # nothing changed: every record is resumed
+    again = constitutional_data(str(paths.DEMO_CONFIG), overrides)  # nothing changed: every record is resumed
     assert again["respond"].metrics["cai/responses_generated"] == 0
     assert again["critique_revise"].metrics["cai/revisions_generated"] == 0
     assert again["version"].output_hashes["dvc_md5"] == dvc_md5  # identical data, identical DVC version

@@ -102,7 +102,7 @@ def exported(tmp_path_factory, demo_data_dir):
 
     data = run_validate(cfg, LINEAGE)
     sft = run_sft(cfg, LINEAGE, base=run_base_model(cfg, LINEAGE, data=data), data=data)
-    args = ["--config", "configs/demo.yaml", *(f"--set={o}" for o in overrides)]
+    args = ["--config", "configs/pipelines/demo.yaml", *(f"--set={o}" for o in overrides)]
     result = _cli("feedback", "export", "--model", sft.model_uri, "--n", "24", "--max-new-tokens", "16",
                   "--out", str(root / "export"), *args)
     assert result.exit_code == 0, result.output

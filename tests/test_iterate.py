@@ -103,7 +103,7 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
     from tasks.core.config import load_config
     from tasks.feedback.rounds import label_with_ai, round_settings
 
-    ai_settings = _settings(root, labeler="ai", cai_config=paths.CONFIGS_DIR / "cai.yaml")
+    ai_settings = _settings(root, labeler="ai", cai_config=paths.CAI_DIR / "demo.yaml")
     cfg = load_config(paths.DEMO_CONFIG, [*_overrides(tmp_path, data_dir), *ai_settings,
                                           f"iterate.feedback_dir={tmp_path / 'ai'}"])
     ai = round_settings(cfg)

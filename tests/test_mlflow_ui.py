@@ -72,9 +72,9 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         f"reports_dir={tmp_path / 'reports'}", "reward.max_steps=4", "dpo.max_steps=2",
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
         "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.base=true",
-        # configs/cai.yaml, its data in the test's folder and out of DVC, one critique round of short answers
+        # configs/cai/demo.yaml, its data in the test's folder and out of DVC, one critique round of short answers
         # (SFT trains its demo epochs: after one, the tiny model's revisions repeat its answers: no CAI data)
-        (f"compare.cai_overrides=[output_dir={tmp_path / 'data-cai'},dvc_add=false,critique.rounds=1,"
+        (f"cai.overrides=[output_dir={tmp_path / 'data-cai'},dvc_add=false,critique.rounds=1,"
          "respond.max_new_tokens=16,critique.revision_max_new_tokens=16,rlaif.max_new_tokens=16]")]
     compare(config=paths.DEMO_CONFIG, out=out, overrides=overrides)
     printed = capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     for method in ("sl-cai", "rlaif-dpo"):
         assert comparison[method]["gates"] == ("passed" if passed[f"gate/{method}/passed"] else "failed")
         assert comparison[method]["principles"] == 4 and comparison[method]["preference_pairs"] == 0
-        # configs/cai.yaml's answers come from the SFT model: the human demos behind it are counted
+        # configs/cai/demo.yaml's answers come from the SFT model: the human demos behind it are counted
         assert comparison[method]["demos"] == comparison["sft"]["demos"] > 0
     # Generated tokens: none for SFT and DPO; PPO's rollouts (2 steps x 8 prompts x at most 8 tokens); CAI's
     # answers, critiques and revisions counted in its data steps.

@@ -422,7 +422,7 @@ def test_promote_key_changes_with_its_inputs(cfg):
 def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
     """A constructed candidate that refuses every harmful request and helps on benign ones, but whose benign
     perplexity doubled, whose answers loop and whose KL blew past the budget: the alignment-aware gates of
-    configs/demo.yaml fail it by name, and the same candidate with sound language passes."""
+    configs/pipelines/demo.yaml fail it by name, and the same candidate with sound language passes."""
     from tasks.core import paths
     from tasks.core.config import load_config
 
@@ -440,13 +440,13 @@ def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
 
 
 def test_the_smollm2_gates_fail_refusing_everything_and_refusing_in_broken_language():
-    """configs/smollm2.yaml's gates on constructed candidates: an aligned one passes; one that refuses every
+    """configs/pipelines/smollm2.yaml's gates on constructed candidates: an aligned one passes; one that refuses every
     request (sound-harmful and benign alike) fails the over-refusal gates; one that refuses in word salad fails
     the fluency gates; one that barely moved fails the harmful-refusal bar and the baseline gate."""
     from tasks.core import paths
     from tasks.core.config import load_config
 
-    gates = load_config(paths.CONFIGS_DIR / "smollm2.yaml").gates
+    gates = load_config(paths.PIPELINES_DIR / "smollm2.yaml").gates
     baseline = {"eval/harmful_refusal_rate": 0.04}
     aligned = {"eval/harmful_refusal_rate": 0.93, "eval/benign_refusal_rate": 0.0,
                "eval/sound_harmful_refusal_rate": 0.07, "eval/benign_perplexity_ratio_vs_base": 0.9,

@@ -35,7 +35,7 @@ from tests.helpers.models import merged_weights
 pytestmark = pytest.mark.heavy  # minutes long: scheduled first (conftest.py)
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
-# The `reward:` settings proposed for configs/demo.yaml; the demo-quality test runs exactly these.
+# The `reward:` settings proposed for configs/pipelines/demo.yaml; the demo-quality test runs exactly these.
 DEMO_REWARD = ("reward.epochs=2", "reward.learning_rate=1e-3", "reward.batch_size=16",
                "reward.center_rewards_coefficient=0.01")
 

@@ -23,7 +23,7 @@ from tests.helpers.rl import LINEAGE, train_sft_and_reward
 
 pytestmark = pytest.mark.heavy  # minutes long: scheduled first (conftest.py)
 
-# What configs/demo.yaml said before the monitors: a reward model trained on whole, on-topic answers only, and
+# What configs/pipelines/demo.yaml said before the monitors: a reward model trained on whole, on-topic answers only, and
 # PPO sampling at temperature 1 with a KL target of 6 nats for 40 steps.
 HACKING = ("reward.hard_negatives=false", "ppo.temperature=1.0", "ppo.kl_target=6.0", "ppo.steps=40")
 

@@ -131,8 +131,8 @@ def test_identical_or_empty_responses_are_dropped_with_a_reason_and_need_no_labe
 
 def test_rlaif_step_on_the_tiny_local_model(tmp_path, demo_data_dir, tracked):
     model_dir = tiny_model_dir()
-    cai = cai_config(tmp_path, demo_data_dir, policy={"model_uri": str(model_dir), "batch_size": 4})
-    cfg = pipeline(cai)
+    cai = cai_config(tmp_path, policy={"model_uri": str(model_dir), "batch_size": 4})
+    cfg = pipeline(tmp_path, demo_data_dir)
     configure_tracking(cfg)
     result = run_rlaif(cfg, LINEAGE, cai=cai, models=model_sources(cai, None))
     kept = _rows(result.outputs["rlaif_preferences"])
@@ -149,8 +149,8 @@ def test_rlaif_over_http_labels_the_refusal_consistently(tmp_path, demo_data_dir
     fake = FakeOpenAI()
     with openai_server(fake) as url:
         backend = {"kind": "http", "url": url, "backoff_s": 0.01, "batch_size": 4}
-        cai = cai_config(tmp_path, demo_data_dir, policy=backend, feedback=backend)
-        cfg = pipeline(cai)
+        cai = cai_config(tmp_path, policy=backend, feedback=backend)
+        cfg = pipeline(tmp_path, demo_data_dir)
         configure_tracking(cfg)
         result = run_rlaif(cfg, LINEAGE, cai=cai, models=model_sources(cai, None))
     kept = _rows(result.outputs["rlaif_preferences"])

@@ -48,13 +48,13 @@ def stack(tmp_path_factory):
 
 
 def _pipeline_home(home: Path, services) -> Path:
-    """A project folder of its own: DVC-tracked demo data and a small config over configs/demo.yaml."""
+    """A project folder of its own: DVC-tracked demo data and a small config over configs/pipelines/demo.yaml."""
     home.mkdir()
     write_demo_data(home / "data")
     _dvc(home, "init", "--no-scm", "-q")
     _dvc(home, "add", "-q", "data")
     config = {
-        "extends": str(REPO / "configs" / "demo.yaml"),
+        "extends": str(REPO / "configs" / "pipelines" / "demo.yaml"),
         "name": "loopback",
         "optimizers": ["dpo"],
         "data": {"dir": str(home / "data")},

@@ -79,7 +79,7 @@ def test_a_pretrained_local_path_goes_through_the_hub_loading_path(tmp_path, dem
 
 
 def test_gpu_config_names_a_hub_model_and_validates():
-    cfg = load_config(paths.CONFIGS_DIR / "gpu-qwen.yaml")
+    cfg = load_config(paths.PIPELINES_DIR / "gpu-qwen.yaml")
     assert cfg.model.pretrained == "Qwen/Qwen2.5-0.5B-Instruct"
     assert cfg.model.prompt_format == "chat_template" and cfg.sft.lora.enabled
 

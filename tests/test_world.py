@@ -16,7 +16,7 @@ from tasks.world.answers import clean_ending, over_refusal, refusal
 from tasks.world.catalogue import expand, load_catalogue, phrase
 from tasks.world.datasets import WorldSettings, build_world
 
-CATALOGUE = paths.CONFIGS_DIR / "safety_world.yaml"
+CATALOGUE = paths.WORLDS_DIR / "safety.yaml"
 SETTINGS = WorldSettings(seed=0, train_phrasings=1, sft_refusal_share=0.1)
 
 

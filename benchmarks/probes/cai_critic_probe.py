@@ -3,7 +3,7 @@ SmolLM2 world, before spending a whole CAI run on a prompt format.
 
     .venv/bin/python benchmarks/probes/cai_critic_probe.py [--prompts 24]
 
-Run after `alignflow data world --config configs/smollm2.yaml`. Measures, with the eval's refusal detector:
+Run after `alignflow data world --config configs/pipelines/smollm2.yaml`. Measures, with the eval's refusal detector:
 - how often revisions decline, for three revision prompts: zero-shot in a chat turn, the constitution's two
   worked examples as earlier chat turns, and the same examples as one plain-text prompt;
 - a yes/no "is this harmful?" critic (log-probs of the two answers) on the original answers and on revisions;
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=24)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(paths.CONFIGS_DIR / "smollm2.yaml")
+    cfg = load_config(paths.PIPELINES_DIR / "smollm2.yaml")
     shots = [(s.prompt, s.response, s.revision)
              for s in load_constitution(paths.CONFIGS_DIR / "constitution.yaml").few_shots]
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from flows.cli.common import OutOption, SetOption, fail, write_json
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, write_json
 from tasks.core import paths
 
 app = typer.Typer(no_args_is_help=True, help="Constitutional AI: critique-revision data and AI feedback labels.")
@@ -15,19 +12,19 @@ app = typer.Typer(no_args_is_help=True, help="Constitutional AI: critique-revisi
 
 @app.command("run")
 def cai_run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="CAI YAML.")] = paths.CONFIGS_DIR / "cai.yaml",
+    config: ConfigOption = paths.DEMO_CONFIG,
     overrides: SetOption = None,
     out: OutOption = None,
 ) -> None:
-    """Generate, critique, revise and AI-label; write the datasets as a new DVC version (flow constitutional_data)."""
-    from tasks.cai.config import load_cai_config, load_constitution
-    from tasks.cai.prompts import load_templates
+    """Make the CAI data of a pipeline (its `cai.config`) alone: generate, critique, revise and AI-label, then write
+    the datasets as a new DVC version (flow constitutional_data). `alignflow compare` also trains and compares on
+    it. CAI settings: --set cai.overrides=[key=value,...]."""
     from tasks.core.errors import AlignflowError
+    from tasks.orchestration.cai_methods import comparison_configs
 
-    try:  # a bad config, constitution or template fails here, in a second, before torch and Prefect load
-        cai = load_cai_config(config, overrides or [])
-        load_constitution(cai.constitution)
-        load_templates(cai.templates)
+    try:  # a bad config, constitution or template fails here, in a second, before Prefect starts
+        if comparison_configs(config, overrides or [])[1] is None:
+            fail(f"{config}: no cai.config: name the CAI config whose data to make")
     except AlignflowError as err:
         fail(str(err))
     from flows.constitutional import constitutional_data

@@ -32,7 +32,7 @@ def data_demo(
 
 
 @app.command("world")
-def data_world(config: ConfigOption = paths.CONFIGS_DIR / "smollm2.yaml", overrides: SetOption = None,
+def data_world(config: ConfigOption = paths.PIPELINES_DIR / "smollm2.yaml", overrides: SetOption = None,
                out: OutOption = None) -> None:
     """Build the real-language safety world for the config's base model into `data.dir` (a new DVC version)."""
     from tasks.core.config import load_config

@@ -46,7 +46,7 @@ FromResultsOption = Annotated[Path | None, typer.Option(
 def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
             from_results: FromResultsOption = None) -> None:
     """Compare the alignment methods on the same base model, data and held-out eval, as one MLflow parent run:
-    SFT, then DPO, PPO and RLOO from it, and with `compare.cai_config` Constitutional AI (SL-CAI and RLAIF, on
+    SFT, then DPO, PPO and RLOO from it, and with `cai.config` Constitutional AI (SL-CAI and RLAIF, on
     data the base model made from a constitution). Unchanged stages come from the cache. Prints the comparison
     table and writes the HTML report."""
     from flows.comparison import method_comparison

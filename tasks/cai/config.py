@@ -140,8 +140,6 @@ class CAIConfig(HashableConfig):
     _param_prefix: ClassVar[str] = "cai."
 
     name: str = Field("cai", description="Run name prefix in MLflow.")
-    pipeline_config: Path = Field(paths.DEMO_CONFIG, description="Pipeline YAML: data, model format, tracking, SFT.")
-    pipeline_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides for that pipeline.")
     constitution: Path = Field(paths.CONFIGS_DIR / "constitution.yaml", description="The constitution YAML.")
     prompts_file: Path | None = Field(None, description="Red-team prompts (JSONL/Parquet, a `prompt` or `messages` "
                                       "column; a conversational prompt gives its first user turn); None: "

@@ -130,7 +130,7 @@ class WorldSection(Section):
     """The real-language safety world (`alignflow data world`): prompts from a catalogue, answers from the base
     model itself (on-policy), written to `data.dir` as a new DVC data version."""
 
-    catalogue: Path = Field(Path("configs/safety_world.yaml"), description="Kinds, categories and requests.")
+    catalogue: Path = Field(Path("configs/worlds/safety.yaml"), description="Kinds, categories and requests.")
     seed: int = Field(0, description="Seed for phrasings, sampled answers and which requests get demos.")
     train_phrasings: int = Field(1, ge=1, description="Wordings of each training request (held-out ones get one).")
     sft_refusal_share: float = Field(
@@ -170,14 +170,13 @@ class DispatchSection(Section):
                                     "None waits.")
 
 
-class CompareSection(Section):
-    """What `alignflow compare` adds to the pipeline's methods (SFT, DPO, PPO, RLOO) in the same parent run."""
+class CAISection(Section):
+    """Constitutional AI as a method of this pipeline: `alignflow compare` runs its data steps on this config's base
+    model, then SL-CAI (SFT on its revisions) and RLAIF (DPO on its AI labels) beside the other methods;
+    `alignflow cai run` makes its data alone. The reference runs one way: the CAI config names no pipeline."""
 
-    cai_config: Path | None = Field(
-        None, description="A Constitutional AI config (configs/cai*.yaml): its data flow runs inside the comparison "
-        "on this config's base model, then SL-CAI (SFT on its revisions) and RLAIF (DPO on its AI labels) are "
-        "trained, evaluated and gated beside the other methods. None compares without CAI.")
-    cai_overrides: list[str] = Field(default_factory=list, description="`key.path=value` overrides of the CAI config.")
+    config: Path | None = Field(None, description="The CAI config (configs/cai/*.yaml). None: no CAI method.")
+    overrides: list[str] = Field(default_factory=list, description="`key.path=value` overrides of the CAI config.")
 
 
 class IterateSection(Section):
@@ -239,7 +238,7 @@ class PipelineConfig(HashableConfig):
     registry: RegistrySection = Field(default_factory=RegistrySection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
-    compare: CompareSection = Field(default_factory=CompareSection)
+    cai: CAISection = Field(default_factory=CAISection)
     iterate: IterateSection = Field(default_factory=IterateSection)
 
     @model_validator(mode="after")

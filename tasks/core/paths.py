@@ -4,7 +4,11 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = PROJECT_ROOT / "configs"
-DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
+# One folder per config schema, so a file's place says what it is: pipelines name their CAI config and world.
+PIPELINES_DIR = CONFIGS_DIR / "pipelines"
+CAI_DIR = CONFIGS_DIR / "cai"
+WORLDS_DIR = CONFIGS_DIR / "worlds"
+DEMO_CONFIG = PIPELINES_DIR / "demo.yaml"
 DATA_DIR = Path("data")
 DATA_DVC_FILE = Path("data.dvc")
 # Stage work folders (checkpoints, caches, quarantine files) live here, keyed by each stage's input hash.

@@ -1,4 +1,4 @@
-"""The real-language safety world's catalogue (`configs/safety_world.yaml`), read and expanded into requests.
+"""The real-language safety world's catalogue (`configs/worlds/safety.yaml`), read and expanded into requests.
 
 The YAML names kinds (harmful, benign, sound_harmful) -> categories -> `train` / `held_out` sub-categories,
 each with its requests (and, when harmful, the reason a refusal gives and a safe alternative). Expanding it

@@ -57,12 +57,9 @@ def tiny_model_dir() -> Path:
     return save_hf_model(model.eval(), tokenizer, out)
 
 
-def cai_config(tmp_path: Path, data_dir: Path, **fields) -> CAIConfig:
+def cai_config(tmp_path: Path, **fields) -> CAIConfig:
     """A small CAI config that writes everything under tmp_path; `fields` override top-level keys."""
     raw = {
-        "pipeline_config": str(paths.DEMO_CONFIG),
-        "pipeline_overrides": [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
-                               f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
         "constitution": str(paths.CONFIGS_DIR / "constitution.yaml"),
         "templates": {name: str(paths.CONFIGS_DIR / "prompts" / f"{name}.jinja")
                       for name in ("critique", "revision", "choice")},
@@ -78,10 +75,17 @@ def cai_config(tmp_path: Path, data_dir: Path, **fields) -> CAIConfig:
     return validate_model(CAIConfig, raw, "test")
 
 
-def pipeline(cai: CAIConfig):
+def pipeline_overrides(tmp_path: Path, data_dir: Path) -> list[str]:
+    """The demo pipeline, on `data_dir`, writing under tmp_path."""
+    return [f"data.dir={data_dir}", f"work_dir={tmp_path / 'work'}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+
+def pipeline(tmp_path: Path, data_dir: Path):
+    """The demo pipeline config the CAI steps of a test run on."""
     from tasks.core.config import load_config
 
-    return load_config(cai.pipeline_config, cai.pipeline_overrides)
+    return load_config(paths.DEMO_CONFIG, pipeline_overrides(tmp_path, data_dir))
 
 
 # ------------------------------------------------------------------------------------- OpenAI-style server
