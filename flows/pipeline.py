@@ -105,7 +105,7 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
     optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
     candidates = dict(candidates or {})
     declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
-                Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",)), *(methods or [])]
+                Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))]
     for name in cfg.optimizers:
         results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
                                            **optimizer_inputs[name])
@@ -116,6 +116,7 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
         results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
                                                              evaluation=evaluation)
         candidates[name] = (registered, evaluation)
+    declared += methods or []
 
     with promotion_lock(cfg):  # the champion read here is still the champion when the gates decide
         champion = champion_task(cfg)

@@ -25,7 +25,7 @@ from tasks.run.tracking import ui_link
 from tests.helpers.browser import chromium, save_screenshot
 from tests.helpers.services import free_port
 
-pytestmark = pytest.mark.heavy  # minutes long: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(3)  # about 3 minutes: scheduled first (conftest.py)
 
 WAIT_S = 90  # the UI renders slowly on two busy cores
 ML = "?workflowType=machine_learning"  # MLflow 3.17's UI opens in its GenAI mode unless told otherwise
@@ -93,8 +93,9 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     # same reward model; CAI's models are gated with the others.
     comparison = {row["method"]: row for row in
                   mlflow.artifacts.load_dict(f"runs:/{parent_id}/comparison/comparison.json")}
-    assert list(comparison) == ["sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
-    for method, row in comparison.items():
+    assert list(comparison) == ["base", "sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
+    assert comparison["base"]["gates"] == "-" and comparison["base"]["demos"] == 0  # the untrained "before"
+    for method, row in list(comparison.items())[1:]:
         assert row["win_rate_vs_base"] == results[f"evaluate-{method}"].metrics["eval/win_rate_vs_base"]
         assert 0.0 <= row["win_rate_vs_base"] <= 1.0
         assert row["wall_seconds"] > 0, method
@@ -196,8 +197,8 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
             assert width > 0, f"{plot} did not load"
         answers = driver.find_elements(By.CSS_SELECTOR, "#answers-table tr")
         assert len(answers) == 1 + 4  # header, then two harmful and two benign prompts (the demo has no others)
-        assert [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")] == ["prompt", "sft", "dpo", "ppo",
-                                                                                    "rloo", "sl-cai", "rlaif-dpo"]
+        headers = [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")]
+        assert headers == ["prompt", "base", "sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         save_screenshot(driver, "comparison-report.png", tmp_path)

@@ -30,7 +30,7 @@ from tasks.sft import run_sft
 from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(3)]
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # As small as the stages allow: one or two optimizer steps, one PPO iteration on four short rollouts.

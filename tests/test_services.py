@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from tasks.data.demo import write_demo_data
 from tests.helpers.services import BIN, PIPELINE_USER, REPO, copy_of_working_tree, loopback_services
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(9)]
 
 POOL = "gpu"  # the pool name infra/prefect.yaml gives stage deployments; here its worker is a process worker
 DISPATCHED = ("sft", "reward", "dpo")
