@@ -4,7 +4,6 @@ Run by the harness as `benchmarks/ppo_vs_trl.py --worker ours` in a fresh proces
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 import time
@@ -17,15 +16,12 @@ from .workload import (
     PPO_EPOCHS,
     PROMPTS,
     REPO,
-    SIZES,
-    build_tokenizer,
-    llama_config,
+    build_models,
     matmul_params,
     matmul_rate,
     peak_rss_mib,
-    seeded,
+    run_fields,
     summarise_steps,
-    versions,
     worker_preamble,
 )
 
@@ -33,18 +29,12 @@ from .workload import (
 def run(args) -> dict:
     torch = worker_preamble()
     sys.path.insert(0, str(REPO))
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-
     from models import ppo
     from models.reward import reward_scores
     from models.value_head import PolicyWithValueHead
 
-    tokenizer = build_tokenizer(SIZES[args.size]["vocab_size"])
-    policy = seeded(0, lambda: LlamaForCausalLM(llama_config(args.size, tokenizer)))
-    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer, policy, reference, reward_model = build_models(args.size)
     policy.generation_config.eos_token_id = tokenizer.eos_token_id
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    reward_model = seeded(1, lambda: LlamaForSequenceClassification(llama_config(args.size, tokenizer, 1)))
     reward_model.eval().requires_grad_(False)
 
     timings: dict[str, list[float]] = {"sampling": [], "reward": []}
@@ -146,14 +136,12 @@ def run(args) -> dict:
         },
         flops,
     )
+    result.update(run_fields(args.size, widths, rss_setup, (load_before, load_after)))
     result.update(
         {
             "side": "ours",
             "step_cpu_seconds": [round(c, 3) for c in cpus],
-            "size": args.size,
             "bf16": args.bf16,
-            "prompt_width": widths["prompt"],
-            "response_width": widths["response"],
             "params": {
                 "policy": sum(p.numel() for p in policy.parameters()),
                 "policy_matmul": n_policy,
@@ -166,12 +154,6 @@ def run(args) -> dict:
             ).__name__,
             "matmul_fp32_flops": fp32_rate,
             "matmul_bf16_flops": bf16_rate,
-            "peak_rss_mib": peak_rss_mib(),
-            "rss_after_setup_mib": rss_setup,
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            "threads": torch.get_num_threads(),
-            "versions": versions(),
         }
     )
     return result

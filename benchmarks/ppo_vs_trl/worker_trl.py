@@ -5,7 +5,6 @@ packages. `run` returns the JSON."""
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
@@ -17,33 +16,28 @@ from .workload import (
     NEW_TOKENS,
     PPO_EPOCHS,
     PROMPTS,
-    SIZES,
-    build_tokenizer,
+    build_models,
     llama_config,
     matmul_params,
     matmul_rate,
     peak_rss_mib,
+    run_fields,
     seeded,
     summarise_steps,
-    versions,
     worker_preamble,
 )
 
 
 def run(args) -> dict:
-    torch = worker_preamble()
+    worker_preamble()
     import numpy as np
     import trl.experimental.ppo.ppo_trainer as trl_ppo
     from datasets import Dataset
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
+    from transformers import LlamaForSequenceClassification, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    tokenizer = build_tokenizer(SIZES[args.size]["vocab_size"])
+    tokenizer, policy, reference, reward_model = build_models(args.size)
     tokenizer.padding_side = "left"
-    policy = seeded(0, lambda: LlamaForCausalLM(llama_config(args.size, tokenizer)))
-    policy.generation_config.pad_token_id = tokenizer.pad_token_id
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    reward_model = seeded(1, lambda: LlamaForSequenceClassification(llama_config(args.size, tokenizer, 1)))
     value_model = seeded(2, lambda: LlamaForSequenceClassification(llama_config(args.size, tokenizer, 1)))
     steps = args.warmup + args.steps
     dataset = Dataset.from_dict(
@@ -171,16 +165,14 @@ def run(args) -> dict:
         },
         flops,
     )
+    result.update(run_fields(args.size, widths, rss_setup, (load_before, load_after)))
     result.update(
         {
             "side": "trl",
             "step_cpu_seconds": [
                 round(marks["cpu"][i + 1] - marks["cpu"][i], 3) for i in range(args.warmup, steps)
             ],
-            "size": args.size,
             "bf16": "none",
-            "prompt_width": widths["prompt"],
-            "response_width": widths["response"],
             "params": {
                 "policy": sum(p.numel() for p in policy.parameters()),
                 "policy_matmul": n_policy,
@@ -191,12 +183,6 @@ def run(args) -> dict:
             "optimizer": optimizer_name,
             "matmul_fp32_flops": fp32_rate,
             "matmul_bf16_flops": None,
-            "peak_rss_mib": peak_rss_mib(),
-            "rss_after_setup_mib": rss_setup,
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-            "threads": torch.get_num_threads(),
-            "versions": versions(),
         }
     )
     return result

@@ -5,6 +5,7 @@ the TRL worker imports this module in the anchor venv, where this project is not
 from __future__ import annotations
 
 import contextlib
+import copy
 import resource
 import statistics
 import sys
@@ -118,6 +119,19 @@ def seeded(seed: int, build):
         return build()
 
 
+def build_models(size: str):
+    """What both sides start from: the tokenizer, the policy (seed 0), its frozen reference copy and the reward
+    model (seed 1)."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    tokenizer = build_tokenizer(SIZES[size]["vocab_size"])
+    policy = seeded(0, lambda: LlamaForCausalLM(llama_config(size, tokenizer)))
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reward_model = seeded(1, lambda: LlamaForSequenceClassification(llama_config(size, tokenizer, 1)))
+    return tokenizer, policy, reference, reward_model
+
+
 def matmul_params(model) -> int:
     """Parameters that take part in a matmul per token: all but the input embedding, plus a tied LM head."""
     embedding = model.get_input_embeddings().weight
@@ -170,6 +184,23 @@ def summarise_steps(walls: list[float], phases: dict[str, list[float]], flops_pe
         out[f"{name}_share"] = sum(values) / total
         out[f"{name}_seconds_per_step"] = sum(values) / len(values)
     return out
+
+
+def run_fields(size: str, widths: dict[str, int], rss_setup: float, load: tuple) -> dict:
+    """The fields every worker reports beside its timings: shape, memory, load on the machine and versions."""
+    import torch
+
+    return {
+        "size": size,
+        "prompt_width": widths["prompt"],
+        "response_width": widths["response"],
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_setup_mib": rss_setup,
+        "loadavg_before": load[0],
+        "loadavg_after": load[1],
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+    }
 
 
 def versions() -> dict:
