@@ -22,8 +22,9 @@ if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
 
 
 def pytest_collection_modifyitems(items):
-    """The heavy files first, longest first, so that the parallel workers end together rather than one waiting on
-    the last (`heavy(minutes)`); the rest keep their order."""
+    """The heavy files first, longest first (`heavy(minutes)`); the rest keep their order. This is the order of a
+    serial run; under xdist (`--dist loadfile`) it only breaks ties, as xdist sends the files with the most tests
+    first."""
     def minutes(item) -> float:
         heavy = item.get_closest_marker("heavy")
         return heavy.args[0] if heavy and heavy.args else 0.0

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.fault_suite import SMALL, run_suite, summary
 from models.failpoints import FAILPOINTS
 
-pytestmark = pytest.mark.heavy(4)  # about 4 minutes: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(4)  # about 4 minutes (conftest.py)
 
 
 

@@ -25,7 +25,7 @@ from tasks.run.tracking import ui_link
 from tests.helpers.browser import chromium, save_screenshot
 from tests.helpers.services import free_port
 
-pytestmark = pytest.mark.heavy(3)  # about 3 minutes: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(3)  # about 3 minutes (conftest.py)
 
 WAIT_S = 90  # the UI renders slowly on two busy cores
 ML = "?workflowType=machine_learning"  # MLflow 3.17's UI opens in its GenAI mode unless told otherwise

@@ -23,7 +23,7 @@ from tasks.core import paths
 from tasks.run.lifecycle import ENDED_BY_TAG, PROCESS_TAG
 from tests.helpers.dvc import init_dvc_repo
 
-pytestmark = pytest.mark.heavy(3)  # about 3 minutes: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(3)  # about 3 minutes (conftest.py)
 
 ALIGNFLOW = str(Path(sys.executable).with_name("alignflow"))
 MARKER = "ALIGNFLOW_TEST_PROCESS"

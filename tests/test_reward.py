@@ -32,7 +32,7 @@ from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
 from tests.helpers.models import merged_weights
 
-pytestmark = pytest.mark.heavy(2)  # about 2 minutes: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(2)  # about 2 minutes (conftest.py)
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # The `reward:` settings proposed for configs/pipelines/demo.yaml; the demo-quality test runs exactly these.

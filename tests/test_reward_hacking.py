@@ -21,7 +21,7 @@ from tasks.registry.gates import decide
 from tasks.run.tracking import configure_tracking
 from tests.helpers.rl import LINEAGE, train_sft_and_reward
 
-pytestmark = pytest.mark.heavy(2)  # about 2 minutes: scheduled first (conftest.py)
+pytestmark = pytest.mark.heavy(2)  # about 2 minutes (conftest.py)
 
 # What configs/pipelines/demo.yaml said before the monitors: a reward model trained on whole, on-topic answers only, and
 # PPO sampling at temperature 1 with a KL target of 6 nats for 40 steps.
