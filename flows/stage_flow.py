@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from flows.cli.common import skip_collection_at_exit
 from tasks.core.errors import ConfigError
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.dispatch import StageRequest, publish_result
@@ -27,6 +28,7 @@ def stage_flow(request: dict[str, Any]) -> dict[str, Any]:
     2. publish: attach the StageResult to the stage's MLflow run, where the pipeline that sent it reads it.
     """
     install_log_redaction()
+    skip_collection_at_exit()  # a worker runs each flow run in a process of its own, which exits after it
     stage_request = StageRequest.model_validate(request)
     launch_config = stage_request.config.get("dispatch", {}).get("accelerate", {}).get(stage_request.stage)
     logger = get_run_logger()

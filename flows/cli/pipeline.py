@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import ConfigOption, OutOption, SetOption, fail, registry_config, write_json
+from flows.cli.common import (
+    ConfigOption,
+    OutOption,
+    SetOption,
+    fail,
+    registry_config,
+    start_local_prefect_server,
+    write_json,
+)
 from tasks.core import paths
 
 SkipOption = Annotated[bool, typer.Option(
@@ -20,11 +28,13 @@ SkipOption = Annotated[bool, typer.Option(
 def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
         skip_if_unchanged: SkipOption = False) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
+    server_ready = start_local_prefect_server()
     from flows.pipeline import alignment_pipeline
     from tasks.orchestration.comparison import COMPARISON, logged_rows
     from tasks.report.results import summary_table
     from tasks.run.tracking import ui_link
 
+    server_ready()
     results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
     if not results:
         typer.echo("nothing changed: the champion was trained on this data version with this config")
@@ -49,7 +59,6 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     SFT, then DPO, PPO and RLOO from it, and with `cai.config` Constitutional AI (SL-CAI and RLAIF, on
     data the base model made from a constitution). Unchanged stages come from the cache. Prints the comparison
     table and writes the HTML report."""
-    from flows.comparison import method_comparison
     from tasks.core.errors import AlignflowError
     from tasks.orchestration.cai_methods import comparison_configs
     from tasks.orchestration.comparison_report import (
@@ -69,6 +78,10 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
         except AlignflowError as err:
             fail(str(err))
         cfg = registry_config(config, overrides)
+        server_ready = start_local_prefect_server()
+        from flows.comparison import method_comparison
+
+        server_ready()
         results = method_comparison(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
         rows, report = logged_comparison(cfg, results)  # what the run logged
@@ -77,8 +90,10 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
 
 def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
     """Validate the datasets with Great Expectations, without training."""
+    server_ready = start_local_prefect_server()
     from flows.pipeline import data_validation
 
+    server_ready()
     result = data_validation(str(config), overrides or [])
     typer.echo(json.dumps(result.metrics, indent=2))
     write_json(out, result.model_dump())
