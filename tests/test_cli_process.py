@@ -73,3 +73,10 @@ def test_no_local_server_starts_when_an_api_url_is_set(tmp_path):
     done = _python(script, PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(tmp_path / ".prefect"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
+
+
+def test_a_process_that_runs_stages_imports_gx_only_to_validate():
+    # Every stage runner is importable without GX (seconds per process); validating imports it (test_expectations).
+    done = _python("import sys\nimport tasks.orchestration.stage_table\nprint('great_expectations' in sys.modules)")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"

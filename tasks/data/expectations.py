@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,10 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import great_expectations as gx
 import pandas as pd
-from great_expectations import expectations as gxe
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from models.prompting import Prompt
 from tasks.core.errors import DataValidationError
@@ -92,11 +90,29 @@ class _Spec:
         return self.columns[1:] or self.columns
 
 
+class _Expectation:
+    """A GX expectation by class name and arguments, built when GX runs: importing GX takes seconds, which every
+    process importing this module (a stage on a worker, under accelerate) would pay without validating."""
+
+    def __init__(self, name: str, **arguments: Any):
+        self.name, self.arguments = name, arguments
+
+    @property
+    def expectation_type(self) -> str:
+        """GX's name for it in results and reports: ExpectColumnToExist is expect_column_to_exist."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", self.name).lower()
+
+    def build(self):
+        from great_expectations import expectations
+
+        return getattr(expectations, self.name)(**self.arguments)
+
+
 @dataclass(frozen=True)
 class _Planned:
     """A GX expectation plus what this module needs to know to act on its result."""
 
-    expectation: gxe.Expectation
+    expectation: _Expectation
     column: str | None
     description: str
     needs: tuple[str, ...] = ()  # source columns; skipped when one is missing (its ExpectColumnToExist fails)
@@ -106,18 +122,18 @@ class _Planned:
 
 def _columns_exist(spec: _Spec) -> Iterator[_Planned]:
     for column in spec.columns:
-        yield _Planned(gxe.ExpectColumnToExist(column=column), column,
+        yield _Planned(_Expectation("ExpectColumnToExist", column=column), column,
                        f"column '{column}' is present", row_level=False)
 
 
 def _has_rows(spec: _Spec) -> Iterator[_Planned]:
-    yield _Planned(gxe.ExpectTableRowCountToBeBetween(min_value=1), None,
+    yield _Planned(_Expectation("ExpectTableRowCountToBeBetween", min_value=1), None,
                    "the file has at least one row", row_level=False)
 
 
 def _not_null(spec: _Spec) -> Iterator[_Planned]:
     for column in spec.columns:
-        yield _Planned(gxe.ExpectColumnValuesToNotBeNull(column=column), column,
+        yield _Planned(_Expectation("ExpectColumnValuesToNotBeNull", column=column), column,
                        f"'{column}' is never null or missing", needs=(column,))
 
 
@@ -126,19 +142,19 @@ def _well_formed(spec: _Spec) -> Iterator[_Planned]:
     for check in turns.TURN_CHECKS:
         for column in spec.columns:
             derived = turns.problem_column(column, check)
-            yield _Planned(gxe.ExpectColumnValuesToBeNull(column=derived), derived,
+            yield _Planned(_Expectation("ExpectColumnValuesToBeNull", column=derived), derived,
                            turns.description(column, check), needs=(column,))
 
 
 def _not_blank(spec: _Spec) -> Iterator[_Planned]:
     # Turns pass this regex (GX matches their str()); their content has its own check.
     for column in (column for column in spec.columns if turns.position(column) != "dialogue"):
-        yield _Planned(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"), column,
+        yield _Planned(_Expectation("ExpectColumnValuesToMatchRegex", column=column, regex=r"\S"), column,
                        f"'{column}' is not empty or whitespace-only", needs=(column,))
 
 
 def _chosen_differs(spec: _Spec) -> Iterator[_Planned]:
-    yield _Planned(gxe.ExpectColumnValuesToBeInSet(column=CHOSEN_EQUALS_REJECTED, value_set=[False]),
+    yield _Planned(_Expectation("ExpectColumnValuesToBeInSet", column=CHOSEN_EQUALS_REJECTED, value_set=[False]),
                    CHOSEN_EQUALS_REJECTED, "'chosen' differs from 'rejected'", needs=("chosen", "rejected"))
 
 
@@ -148,7 +164,7 @@ def _fits_max_length(spec: _Spec) -> Iterator[_Planned]:
                 "messages": "format_prompt(messages[:-1]) + messages[-1] + EOS"}.get(
                     column, f"format_prompt(prompt) + {column} + EOS")
         yield _Planned(
-            gxe.ExpectColumnValuesToBeBetween(column=_tokens(column), max_value=spec.max_length),
+            _Expectation("ExpectColumnValuesToBeBetween", column=_tokens(column), max_value=spec.max_length),
             _tokens(column), f"{text} is at most {spec.max_length} tokens",
             needs=tuple(dict.fromkeys((spec.columns[0], column))),
         )
@@ -159,8 +175,9 @@ def _unique(spec: _Spec) -> Iterator[_Planned]:
     # check; prompt files have one. A null key (a missing or malformed value) is reported by its own check,
     # so a row with one is not judged here.
     keys = [turns.key_column(column) for column in spec.columns]
-    expectation = (gxe.ExpectCompoundColumnsToBeUnique(column_list=keys, ignore_row_if="any_value_is_missing")
-                   if len(keys) > 1 else gxe.ExpectColumnValuesToBeUnique(column=keys[0]))
+    expectation = (
+        _Expectation("ExpectCompoundColumnsToBeUnique", column_list=keys, ignore_row_if="any_value_is_missing")
+        if len(keys) > 1 else _Expectation("ExpectColumnValuesToBeUnique", column=keys[0]))
     yield _Planned(expectation, ",".join(spec.columns), f"no two rows repeat {', '.join(spec.columns)}",
                    needs=spec.columns, keep_first=True)
 
@@ -169,7 +186,7 @@ def _no_leakage(spec: _Spec) -> Iterator[_Planned]:
     if spec.training_prompts is None:
         return
     column = spec.columns[0]
-    expectation = gxe.ExpectColumnValuesToNotBeInSet(column=turns.PROMPT_KEY,
+    expectation = _Expectation("ExpectColumnValuesToNotBeInSet", column=turns.PROMPT_KEY,
                                                      value_set=sorted(spec.training_prompts))
     yield _Planned(expectation, column, "the prompt is not in the training data", needs=(column,))
 
@@ -255,6 +272,9 @@ class _Outcome:
 
 
 def _new_context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return context
@@ -275,14 +295,18 @@ def _quiet() -> Iterator[None]:
 
 
 def _run_suite(context, source, spec: _Spec, frame: pd.DataFrame, planned: list[_Planned]) -> list[_Outcome]:
+    import great_expectations as gx
+
     batch = source.add_dataframe_asset(spec.name).add_batch_definition_whole_dataframe(spec.name)
     suite = context.suites.add(gx.ExpectationSuite(name=spec.name))
+    by_id = {}
     for item in planned:
-        suite.add_expectation(item.expectation)
+        expectation = item.expectation.build()
+        suite.add_expectation(expectation)  # gives it its id
+        by_id[expectation.id] = item
     definition = gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)
     definition = context.validation_definitions.add(definition)
     result = definition.run(batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT)
-    by_id = {item.expectation.id: item for item in planned}
     outcomes = [_outcome(by_id[res.expectation_config.id], res) for res in result.results]
     order = {id(item): i for i, item in enumerate(planned)}  # GX reorders results; report in plan order
     return sorted(outcomes, key=lambda outcome: order[id(outcome.planned)])
