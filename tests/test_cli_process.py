@@ -10,9 +10,9 @@ import sys
 from tasks.core import paths
 
 EXIT_HANDLERS = """
-import atexit, gc, sys
+import atexit, gc, pathlib, sys
 
-atexit.register(lambda: Path(sys.argv[1]).write_text(f"last handler: frozen={gc.get_freeze_count() > 0}"))
+atexit.register(lambda: pathlib.Path(sys.argv[1]).write_text(f"last handler: frozen={gc.get_freeze_count() > 0}"))
 from flows.cli.common import skip_collection_at_exit
 
 skip_collection_at_exit()

@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,11 @@ def stack(tmp_path_factory):
     with loopback_services(root) as (services, startup):
         for pool in ("cpu", POOL):
             services.create_work_pool(pool)
-        deployed = services.prefect_cli("deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+        with ThreadPoolExecutor(1) as pool:  # the worker polls its pool, deployed or not: start it meanwhile
+            worker = pool.submit(services.start_worker, POOL, copy_of_working_tree(root / "worker-home"))
+            deployed = services.prefect_cli("deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+            startup["worker"] = worker.result()
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        startup["worker"] = services.start_worker(POOL, copy_of_working_tree(root / "worker-home"))
         print(f"service start times (s): {startup}")
         home = _pipeline_home(root / "pipeline", services)
         yield services, home

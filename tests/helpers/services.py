@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,11 +299,14 @@ def copy_of_working_tree(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def loopback_services(root: Path) -> Iterator[tuple[LoopbackServices, dict[str, float]]]:
-    """PostgreSQL, MLflow server and Prefect server, started in that order; yields them with start times (s)."""
+    """PostgreSQL, then the MLflow and Prefect servers side by side (each needs only the database); yields them
+    with their start times (s)."""
     services = LoopbackServices(root)
     try:
-        startup = {"postgres": services.start_postgres(), "mlflow": services.start_mlflow(),
-                   "prefect": services.start_prefect()}
+        startup = {"postgres": services.start_postgres()}
+        with ThreadPoolExecutor(2) as pool:
+            servers = {"mlflow": pool.submit(services.start_mlflow), "prefect": pool.submit(services.start_prefect)}
+            startup |= {name: started.result() for name, started in servers.items()}
         yield services, startup
     finally:
         services.stop()
