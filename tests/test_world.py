@@ -137,3 +137,12 @@ def test_a_harmful_sub_category_without_a_reason_is_named(tmp_path: Path):
     broken.write_text(text)
     with pytest.raises(ConfigError, match=r"harmful.theft_and_break_ins: sub-category 'burglary' needs a `reason`"):
         load_catalogue(broken)
+
+
+def test_a_catalogue_whose_splits_share_a_wording_is_refused(tmp_path):
+    text = CATALOGUE.read_text().replace('held_out: ["{request} Keep it brief."', 'held_out: ["{request}"', 1)
+    assert text != CATALOGUE.read_text()
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(text)
+    with pytest.raises(ConfigError, match=r"phrasings \['\{request\}'\] are both train and held_out"):
+        load_catalogue(shared)

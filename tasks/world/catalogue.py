@@ -40,7 +40,7 @@ class Phrasings(Section):
 
     @model_validator(mode="after")
     def _disjoint(self) -> Phrasings:
-        shared = set(self.train) & set(self.held_out) - {"{request}"}
+        shared = set(self.train) & set(self.held_out)  # the bare "{request}" too: it is a wording like any other
         if shared:
             raise ValueError(f"phrasings {sorted(shared)} are both train and held_out")
         return self
