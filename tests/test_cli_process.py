@@ -26,9 +26,10 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.server.api.server import SubprocessASGIServer
 
-from flows.cli.common import start_local_prefect_server
+from flows.cli.common import local_prefect_server_starting
 
-start_local_prefect_server()()
+with local_prefect_server_starting():
+    pass
 early = SubprocessASGIServer()
 print("early:", early.running and early.api_url)
 
@@ -68,8 +69,8 @@ def test_the_flow_runs_on_the_local_server_the_command_started_early(tmp_path):
 
 
 def test_no_local_server_starts_when_an_api_url_is_set(tmp_path):
-    script = ("import psutil\nfrom flows.cli.common import start_local_prefect_server\n"
-              "start_local_prefect_server()()\nprint(len(psutil.Process().children(recursive=True)))")
+    script = ("import psutil\nfrom flows.cli.common import local_prefect_server_starting\n"
+              "with local_prefect_server_starting():\n    pass\nprint(len(psutil.Process().children(recursive=True)))")
     done = _python(script, PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(tmp_path / ".prefect"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"

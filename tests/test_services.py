@@ -38,8 +38,8 @@ def stack(tmp_path_factory):
     with loopback_services(root) as (services, startup):
         for pool in ("cpu", POOL):
             services.create_work_pool(pool)
-        with ThreadPoolExecutor(1) as pool:  # the worker polls its pool, deployed or not: start it meanwhile
-            worker = pool.submit(services.start_worker, POOL, copy_of_working_tree(root / "worker-home"))
+        with ThreadPoolExecutor(1) as background:  # the worker polls its pool, deployed or not: start it meanwhile
+            worker = background.submit(services.start_worker, POOL, copy_of_working_tree(root / "worker-home"))
             deployed = services.prefect_cli("deploy", "--all", "--prefect-file", "infra/prefect.yaml")
             startup["worker"] = worker.result()
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli.common import ConfigOption, OutOption, SetOption, fail, start_local_prefect_server, write_json
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, local_prefect_server_starting, write_json
 from tasks.core import paths
 
 app = typer.Typer(no_args_is_help=True, help="Constitutional AI: critique-revision data and AI feedback labels.")
@@ -27,10 +27,8 @@ def cai_run(
             fail(f"{config}: no cai.config: name the CAI config whose data to make")
     except AlignflowError as err:
         fail(str(err))
-    server_ready = start_local_prefect_server()
-    from flows.constitutional import constitutional_data
-
-    server_ready()
+    with local_prefect_server_starting():
+        from flows.constitutional import constitutional_data
     try:
         results = constitutional_data(str(config), overrides or [])
     except AlignflowError as err:

@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -43,17 +43,19 @@ def prepare_environment(debug: DebugOption = False) -> None:
     skip_collection_at_exit()
 
 
-def start_local_prefect_server() -> Callable[[], None]:
-    """Start the local Prefect server now, beside the command's imports, and return the wait for it.
+@contextlib.contextmanager
+def local_prefect_server_starting() -> Iterator[None]:
+    """Start the local Prefect server while the block runs (the command's heavy imports), and wait for it after.
 
     Without PREFECT_API_URL a flow runs on a temporary server that Prefect starts when the flow begins: seconds
     of importing and migrating its database, after the command's own seconds of importing torch, transformers
-    and GE. Started here, in a process of its own, the two overlap. Call the returned function before the first
-    flow: Prefect takes a server that is starting for one that is up."""
+    and GE. Started here, in a process of its own, the two overlap. The wait matters: Prefect takes a server that
+    is starting for one that is up."""
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
-        return lambda: None
+        yield
+        return
     from prefect.server.api.server import SubprocessASGIServer  # the one Prefect's client would start
 
     def start() -> None:
@@ -63,7 +65,8 @@ def start_local_prefect_server() -> Callable[[], None]:
 
     starting = threading.Thread(target=start, name="prefect-server-start", daemon=True)
     starting.start()
-    return starting.join
+    yield
+    starting.join()
 
 
 def skip_collection_at_exit() -> None:

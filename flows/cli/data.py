@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import ConfigOption, OutOption, SetOption, fail, start_local_prefect_server, write_json
+from flows.cli.common import ConfigOption, OutOption, SetOption, fail, local_prefect_server_starting, write_json
 from tasks.core import paths
 
 app = typer.Typer(no_args_is_help=True, help="Datasets.")
@@ -44,10 +44,8 @@ def data_world(config: ConfigOption = paths.PIPELINES_DIR / "smollm2.yaml", over
         load_catalogue(cfg.world.catalogue)
     except AlignflowError as err:
         fail(str(err))
-    server_ready = start_local_prefect_server()
-    from flows.world import safety_world_data
-
-    server_ready()
+    with local_prefect_server_starting():
+        from flows.world import safety_world_data
     try:
         results = safety_world_data(str(config), overrides or [])
     except AlignflowError as err:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import ConfigOption, SetOption, fail, registry_config, start_local_prefect_server
+from flows.cli.common import ConfigOption, SetOption, fail, local_prefect_server_starting, registry_config
 from tasks.core import paths
 
 app = typer.Typer(no_args_is_help=True, help="Human feedback: export pairs, label them, import the labels.")
@@ -183,10 +183,8 @@ def iterate(
         load_config(config, overrides)  # a bad setting fails here, before Prefect starts
     except AlignflowError as err:
         fail(str(err))
-    server_ready = start_local_prefect_server()
-    from flows.feedback import feedback_rounds
-
-    server_ready()
+    with local_prefect_server_starting():
+        from flows.feedback import feedback_rounds
     try:
         summaries = feedback_rounds(str(config), overrides)
     except AlignflowError as err:

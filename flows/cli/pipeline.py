@@ -14,8 +14,8 @@ from flows.cli.common import (
     OutOption,
     SetOption,
     fail,
+    local_prefect_server_starting,
     registry_config,
-    start_local_prefect_server,
     write_json,
 )
 from tasks.core import paths
@@ -28,13 +28,11 @@ SkipOption = Annotated[bool, typer.Option(
 def run(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
         skip_if_unchanged: SkipOption = False) -> None:
     """Run the whole alignment pipeline as a Prefect flow."""
-    server_ready = start_local_prefect_server()
-    from flows.pipeline import alignment_pipeline
-    from tasks.orchestration.comparison import COMPARISON, logged_rows
-    from tasks.report.results import summary_table
-    from tasks.run.tracking import ui_link
-
-    server_ready()
+    with local_prefect_server_starting():
+        from flows.pipeline import alignment_pipeline
+        from tasks.orchestration.comparison import COMPARISON, logged_rows
+        from tasks.report.results import summary_table
+        from tasks.run.tracking import ui_link
     results = alignment_pipeline(str(config), overrides or [], skip_if_unchanged)
     if not results:
         typer.echo("nothing changed: the champion was trained on this data version with this config")
@@ -78,10 +76,8 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
         except AlignflowError as err:
             fail(str(err))
         cfg = registry_config(config, overrides)
-        server_ready = start_local_prefect_server()
-        from flows.comparison import method_comparison
-
-        server_ready()
+        with local_prefect_server_starting():
+            from flows.comparison import method_comparison
         results = method_comparison(str(config), overrides)
         write_json(out, {name: result.model_dump() for name, result in results.items()})
         rows, report = logged_comparison(cfg, results)  # what the run logged
@@ -90,10 +86,8 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
 
 def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
     """Validate the datasets with Great Expectations, without training."""
-    server_ready = start_local_prefect_server()
-    from flows.pipeline import data_validation
-
-    server_ready()
+    with local_prefect_server_starting():
+        from flows.pipeline import data_validation
     result = data_validation(str(config), overrides or [])
     typer.echo(json.dumps(result.metrics, indent=2))
     write_json(out, result.model_dump())

@@ -187,7 +187,7 @@ def _no_leakage(spec: _Spec) -> Iterator[_Planned]:
         return
     column = spec.columns[0]
     expectation = _Expectation("ExpectColumnValuesToNotBeInSet", column=turns.PROMPT_KEY,
-                                                     value_set=sorted(spec.training_prompts))
+                               value_set=sorted(spec.training_prompts))
     yield _Planned(expectation, column, "the prompt is not in the training data", needs=(column,))
 
 
