@@ -138,7 +138,7 @@ def kl_penalized_rewards(
 
     Stiennon et al. (2020), eq. 2 (after Ziegler et al. 2019): R(x, y) = r(x, y) - beta * log[pi(y|x) / pi_ref(y|x)].
     Spread over tokens: kl_t = logprobs_t - ref_logprobs_t (the k1 estimate of KL(policy || reference) on tokens
-    sampled from the policy, as `models.metrics.sequence_kl`), rewards_t = -kl_coef * kl_t, and the sequence
+    sampled from the policy, as `models.metrics.sampled_kl`), rewards_t = -kl_coef * kl_t, and the sequence
     score (B,) is added at each row's last response token. Masked positions of both outputs are 0.
     Raises ValueError if a row has no response token (its score would have nowhere to go).
     """

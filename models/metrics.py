@@ -19,16 +19,20 @@ def win_rate(policy_scores: torch.Tensor, baseline_scores: torch.Tensor) -> floa
     return wins.mean().item()
 
 
-def sequence_kl(policy_sequence_logprobs: torch.Tensor, reference_sequence_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-sequence KL(policy || reference) estimate from responses y sampled from the policy.
+def sampled_kl(policy_logprobs: torch.Tensor, reference_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-answer KL(policy || reference) estimates, in nats, from answers sampled from the policy. (B,)
 
-    The k1 estimator of Schulman (2020), "Approximating KL divergence": KL = E_y[log pi(y) - log pi_ref(y)],
-    from each model's log-probability of the whole response (B,). Working on whole responses, not tokens,
-    keeps it valid when the two models tokenize differently. Unbiased, but single samples can be negative.
+    The k1 estimator of Schulman (2020), "Approximating KL divergence": KL = E_y[log pi(y) - log pi_ref(y)], with
+    both log-probabilities taken of the same sampled token ids (B, T); `mask` (B, T) marks each answer's tokens,
+    its EOS included when it has one. Unbiased for the policy's sampling distribution, but a single answer's
+    estimate may be negative. The per-token KL is the sum of these over the sum of `mask`.
+
+    Loop form: kl[i] = sum(policy[i, t] - reference[i, t] for t if mask[i, t]).
     """
-    if policy_sequence_logprobs.shape != reference_sequence_logprobs.shape:
-        raise ValueError("sequence_kl needs one log-probability per response from each model")
-    return policy_sequence_logprobs - reference_sequence_logprobs  # (B,)
+    if not policy_logprobs.shape == reference_logprobs.shape == mask.shape:
+        raise ValueError(f"sampled_kl needs log-probs of the same tokens from each model and their mask, got "
+                         f"{tuple(policy_logprobs.shape)}, {tuple(reference_logprobs.shape)} and {tuple(mask.shape)}")
+    return ((policy_logprobs - reference_logprobs) * mask.to(policy_logprobs.dtype)).sum(dim=-1)
 
 
 def correlation(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -37,13 +37,9 @@ from models.losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from models.sequence_logprobs import (
-    position_ids_for,
-    response_logprobs,
-    response_logprobs_and_values,
-    response_mask,
-    response_positions,
-)
+from models.metrics import sampled_kl
+from models.sampling import encode_left_padded, sample_responses
+from models.sequence_logprobs import causal_lm_response_logprobs, response_logprobs_and_values
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, responses) -> scores (B,)
 
@@ -145,20 +141,15 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> Rollout:
-        device = self.accelerator.device
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self.tokenizer.padding_side = "left"
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        unwrapped.eval()
-        sequences = unwrapped.generate(
-            **batch, do_sample=True, temperature=self.hp.temperature, top_k=0, top_p=1.0,
-            max_new_tokens=self.hp.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, use_cache=True,
-        )
-        prompt_length = batch["input_ids"].shape[1]
-        response_ids = sequences[:, prompt_length:]  # (B, T)
-        mask = response_mask(response_ids, self.tokenizer.eos_token_id)  # (B, T)
-        attention_mask = torch.cat([batch["attention_mask"], mask], dim=1)  # (B, P + T)
+        batch = encode_left_padded(self.tokenizer, prompts, self.accelerator.device)
+        unwrapped.eval()  # no dropout in the rollout's log-probs either; `update` switches back
+        sampled = sample_responses(unwrapped.policy, batch["input_ids"], batch["attention_mask"],
+                                   max_new_tokens=self.hp.max_new_tokens, temperature=self.hp.temperature,
+                                   eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        sequences, attention_mask, prompt_length, mask = (sampled.sequences, sampled.attention_mask,
+                                                          sampled.prompt_length, sampled.mask)
+        response_ids = sampled.response_ids  # (B, T)
         responses = self.tokenizer.batch_decode(response_ids * mask + self.tokenizer.pad_token_id * (1 - mask),
                                                 skip_special_tokens=True)
 
@@ -185,10 +176,8 @@ class PPOTrainer:
         else:
             reference, context = unwrapped.policy, unwrapped.policy.disable_adapter()
         with context:
-            logits = reference(input_ids=sequences, attention_mask=attention_mask,
-                               position_ids=position_ids_for(attention_mask),
-                               logits_to_keep=response_positions(sequences, prompt_length)).logits
-        return response_logprobs(logits, sequences, prompt_length, self.hp.temperature)[1]  # (B, T)
+            return causal_lm_response_logprobs(reference, sequences, attention_mask, prompt_length,
+                                               self.hp.temperature)  # (B, T)
 
     def _scores(self, prompts, responses, response_ids, mask) -> torch.Tensor:
         """Reward-model scores, minus the optional missing-EOS and length penalties."""
@@ -249,7 +238,7 @@ class PPOTrainer:
         generated = time.perf_counter()
         update = self.update(rollout)
         trained = time.perf_counter()
-        sequence_kl = (rollout.kl * rollout.mask).sum(dim=1)  # (B,)
+        sequence_kl = sampled_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask)  # (B,)
         self.kl_controller.update(sequence_kl.mean().item(), n_steps=len(prompts))
         self.counter.step += 1
         lengths = rollout.mask.sum(dim=1).float()

@@ -64,11 +64,6 @@ def completion_logprob_totals(model, tokenizer, prompts: list[str], completions:
     return torch.cat(sums), torch.cat(counts)
 
 
-def sequence_logprobs(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32):
-    """log p(completion + EOS | prompt) per pair, summed over tokens. (N,)"""
-    return completion_logprob_totals(model, tokenizer, prompts, completions, batch_size)[0]
-
-
 def pooled_perplexity(logprob_sums: torch.Tensor, token_counts: torch.Tensor) -> float:
     """exp(mean negative log-likelihood per completion token), pooled over the completions given (N,).
 

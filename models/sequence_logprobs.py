@@ -37,6 +37,15 @@ def response_logprobs(kept_logits: torch.Tensor, input_ids: torch.Tensor, prompt
     return logits, torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def causal_lm_response_logprobs(model, input_ids, attention_mask, prompt_length: int,
+                                temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs (B, T) of the response tokens under a causal LM (a frozen reference, or a policy without its
+    value head), at positions that skip the left padding as sampling did."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask),
+                   logits_to_keep=response_positions(input_ids, prompt_length)).logits
+    return response_logprobs(logits, input_ids, prompt_length, temperature)[1]
+
+
 def response_logprobs_and_values(model, input_ids, attention_mask, prompt_length: int, critic=None,
                                  temperature: float = 1.0):
     """Log-probs of the response tokens, the critic's values before each, and the logits. All (B, T[, V]).

@@ -11,7 +11,10 @@
 - with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
   prompts and, given a baseline evaluation, `eval/win_rate_vs_sft`: how often the reward model prefers this
   policy's response to the baseline's (and `eval/win_rate_vs_base`, given the base model's evaluation);
-- with a reference model: `eval/kl_to_reference`, KL(policy || reference) estimated on sampled responses.
+- with a reference model: `eval/kl_to_reference`, KL(policy || reference) in nats per answer, and
+  `eval/kl_to_reference_per_token`: from answers the policy samples at temperature 1 over its whole vocabulary
+  (`models.sampling`), each model scoring the same token ids. PPO's monitor reads the same estimator on its
+  rollouts, at its sampling temperature (the same KL when that is 1).
 
 All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
 sample as the MLflow table `generations.json`.
@@ -27,11 +30,13 @@ import pandas as pd
 import torch
 
 from models.generation import generate
-from models.metrics import repeated_ngram_rate, sequence_kl, win_rate
+from models.metrics import repeated_ngram_rate, sampled_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
 from models.safety import detector_quality, is_refusal
-from models.scoring import completion_logprob_totals, pooled_perplexity, sequence_logprobs
+from models.sampling import encode_left_padded, sample_responses
+from models.scoring import completion_logprob_totals, pooled_perplexity
+from models.sequence_logprobs import causal_lm_response_logprobs
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import MONITOR_TRIPPED_METRIC, TRAINING_TRIPPED_METRIC
@@ -129,9 +134,10 @@ def run_evaluate(
                     metrics[f"eval/win_rate_vs_{name}"] = win_rate(torch.tensor(generations["reward"].tolist()),
                                                                    torch.tensor(theirs.tolist()))
         if reference is not None and reference.model_uri == policy.model_uri:
-            metrics["eval/kl_to_reference"] = 0.0  # the model is its own reference (the SFT baseline)
+            # the model is its own reference (the SFT baseline)
+            metrics.update({"eval/kl_to_reference": 0.0, "eval/kl_to_reference_per_token": 0.0})
         elif reference is not None:
-            metrics["eval/kl_to_reference"] = _kl_to_reference(cfg, model, tokenizer, reference, formatted, stage_dir)
+            metrics.update(_kl_to_reference(cfg, model, tokenizer, reference, formatted, stage_dir))
 
         if MONITOR_TRIPPED_METRIC in policy.metrics:  # the gates refuse a model whose training a monitor stopped
             metrics[TRAINING_TRIPPED_METRIC] = policy.metrics[MONITOR_TRIPPED_METRIC]
@@ -205,20 +211,32 @@ def _baseline_generations(baseline: StageResult, folder: Path) -> pd.DataFrame:
 
 
 def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResult, prompts: list[str],
-                     stage_dir: Path) -> float:
-    """Mean KL(policy || reference) over responses sampled from the policy (`eval.kl_samples` per prompt)."""
+                     stage_dir: Path) -> dict[str, float]:
+    """KL(policy || reference) per answer and per token, over `eval.kl_samples` answers per prompt sampled from
+    the policy. Both models score the same token ids, so they must share one vocabulary; a reference with another
+    one (a champion trained on other data, judged beside this run's SFT) gets no KL, and a tag says why."""
     reference_model, reference_tokenizer = load_stage_model(cfg, reference.model_uri, stage_dir / "reference",
                                                             dtype="float32")
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        mlflow.set_tag("eval.kl_to_reference", "not measured: the reference has another vocabulary")
+        return {}
     repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
-    with torch.random.fork_rng(devices=[]):
+    per_answer, tokens = [], []
+    model.eval(), reference_model.eval()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(cfg.eval.seed)
-        sampled = generate(model, tokenizer, repeated, max_new_tokens=cfg.eval.max_new_tokens,
-                           batch_size=cfg.eval.batch_size, do_sample=True)
-    # Each model reads the text with its own tokenizer: a champion trained on other data may have another one.
-    policy_logprobs = sequence_logprobs(model, tokenizer, repeated, sampled, cfg.eval.score_batch_size)
-    reference_logprobs = sequence_logprobs(reference_model, reference_tokenizer, repeated, sampled,
-                                           cfg.eval.score_batch_size)
-    return sequence_kl(policy_logprobs, reference_logprobs).mean().item()
+        for start in range(0, len(repeated), cfg.eval.batch_size):
+            batch = encode_left_padded(tokenizer, repeated[start : start + cfg.eval.batch_size], model.device)
+            sampled = sample_responses(model, batch["input_ids"], batch["attention_mask"],
+                                       max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            scored = [causal_lm_response_logprobs(m, sampled.sequences, sampled.attention_mask,
+                                                  sampled.prompt_length) for m in (model, reference_model)]
+            per_answer.append(sampled_kl(*scored, sampled.mask))  # (B,)
+            tokens.append(sampled.mask.sum(dim=1))  # (B,)
+    kl, counts = torch.cat(per_answer).double(), torch.cat(tokens)
+    return {"eval/kl_to_reference": kl.mean().item(),
+            "eval/kl_to_reference_per_token": (kl.sum() / counts.sum()).item()}
 
 
 def _log_generations(generations: pd.DataFrame) -> None:

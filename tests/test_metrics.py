@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.metrics import sequence_kl, win_rate
+from models.metrics import sampled_kl, win_rate
 
 
 def test_win_rate_by_hand():
@@ -20,18 +20,19 @@ def test_win_rate_rejects_mismatched_or_empty_scores():
         win_rate(torch.tensor([]), torch.tensor([]))
 
 
-def test_sequence_kl_by_hand():
-    policy = torch.tensor([-3.0, -0.3])  # log pi(y) of two sampled responses
-    reference = torch.tensor([-2.5, -0.5])
-    # row 0: -3.0 - (-2.5) = -0.5 (a single sample may be negative); row 1: -0.3 - (-0.5) = 0.2
-    assert torch.allclose(sequence_kl(policy, reference), torch.tensor([-0.5, 0.2]))
+def test_sampled_kl_by_hand():
+    policy = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -0.2, -9.0]])  # log pi of each sampled token
+    reference = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -0.4, -1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # row 1 ended after two tokens: its third is padding
+    # row 0: 0.5 - 1.0 + 0.0 = -0.5 (a single answer's estimate may be negative); row 1: 0.2 + 0.2 = 0.4
+    assert torch.allclose(sampled_kl(policy, reference, mask), torch.tensor([-0.5, 0.4]))
 
 
-def test_kl_of_a_model_with_itself_is_zero():
-    logprobs = torch.randn(3)
-    assert torch.equal(sequence_kl(logprobs, logprobs), torch.zeros(3))
-    with pytest.raises(ValueError):
-        sequence_kl(torch.zeros(3), torch.zeros(2))
+def test_kl_of_a_model_with_itself_is_zero_and_shapes_must_agree():
+    logprobs = torch.randn(3, 4)
+    assert torch.equal(sampled_kl(logprobs, logprobs, torch.ones(3, 4)), torch.zeros(3))
+    with pytest.raises(ValueError, match="same tokens"):
+        sampled_kl(torch.zeros(3, 4), torch.zeros(3, 4), torch.ones(3, 3))
 
 
 def test_repeated_ngram_rate_by_hand():

@@ -12,13 +12,12 @@ from models.losses import (
     gae_advantages,
     kl_penalized_rewards,
     leave_one_out_scores,
-    masked_sum,
     masked_var,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
 )
-from models.metrics import sequence_kl
+from models.metrics import sampled_kl
 
 LN2 = math.log(2.0)
 
@@ -177,8 +176,7 @@ def test_kl_penalized_rewards_put_the_score_on_each_rows_last_token():
     expected = torch.tensor([[-0.05, 0.1, 2.0], [-0.02, -1.0, 0.0], [0.6, 0.0, 0.0]])
     assert torch.allclose(rewards, expected)
     # summed over a row: Stiennon et al. eq. 2, R = score - beta * sum_t kl_t (k1 sequence KL)
-    sequence_logprobs = masked_sum(logprobs, mask, dim=-1), masked_sum(ref_logprobs, mask, dim=-1)
-    assert torch.allclose(rewards.sum(-1), scores - 0.1 * sequence_kl(*sequence_logprobs))
+    assert torch.allclose(rewards.sum(-1), scores - 0.1 * sampled_kl(logprobs, ref_logprobs, mask))
 
 
 def test_kl_penalized_rewards_reject_an_empty_row_or_misshapen_scores():
