@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import torch
 
@@ -75,3 +76,38 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z2 / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def one_sided_z(confidence: float) -> float:
+    """The standard normal quantile at `confidence`: a one-sided bound at that level is estimate -/+ z * se."""
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    return NormalDist().inv_cdf(confidence)
+
+
+def mean_bound(values: torch.Tensor, confidence: float, side: str) -> float:
+    """A one-sided Student-t confidence bound of the mean of `values` (N,), N >= 2: the `lower` one lies below
+    the true mean with probability `confidence`, the `upper` one above it. Applied to per-prompt differences it
+    is the paired t-test's bound.
+
+    Loop form: m = sum(v) / N; s = sqrt(sum((v - m)^2) / (N - 1)); bound = m -/+ t(confidence, N - 1) * s / sqrt(N).
+    """
+    if values.dim() != 1 or values.numel() < 2:
+        raise ValueError(f"mean_bound needs a 1-d vector of at least 2 values, got shape {tuple(values.shape)}")
+    if side not in ("lower", "upper"):
+        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    one_sided_z(confidence)  # checks the level
+    from scipy.stats import t as student_t  # only where a bound is asked for: scipy is slow to import
+
+    n = values.numel()
+    mean, spread = values.double().mean().item(), values.double().std().item()
+    half = float(student_t.ppf(confidence, n - 1)) * spread / math.sqrt(n)
+    return mean - half if side == "lower" else mean + half
+
+
+def rate_bound(successes: int, trials: int, confidence: float, side: str) -> float:
+    """A one-sided Wilson bound of a rate: the end of the Wilson interval with z at `confidence`."""
+    if side not in ("lower", "upper"):
+        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    low, high = wilson_interval(successes, trials, z=one_sided_z(confidence))
+    return low if side == "lower" else high

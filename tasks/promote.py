@@ -8,7 +8,9 @@ is a result, not an exception.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -17,6 +19,7 @@ from tasks.core.config import PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.lineage import Lineage
 from tasks.core.tags import GATE_TAG_PREFIX, NOT_PROMOTED_TAG, TAG_PREFIX
+from tasks.registry.evaluations import gate_evaluation
 from tasks.registry.gates import GateDecision, decide, pick_best, safe_key
 from tasks.registry.promotion import describe, promote_version, record_rejection, tag_decision
 from tasks.run.contract import StageResult, stage_key, stage_run
@@ -61,14 +64,18 @@ def run_promote(
     """
     key = promote_key(cfg, candidates, baseline, champion)
     parents = {label: registered.model_uri for label, (registered, _) in candidates.items() if registered.model_uri}
-    champion_metrics = champion.metrics if champion is not None else None
     decisions: dict[str, GateDecision] = {}
     metrics: dict[str, float] = {}
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run:
+    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents=parents, code=__name__) as run, \
+            tempfile.TemporaryDirectory() as tmp:
         if not (cfg.gates.thresholds or cfg.gates.beat_baseline or cfg.gates.champion):
             log.warning("promote: no gates configured; every candidate passes")
+        # The gates read each evaluation's per-prompt values too: confidence bounds and paired tests.
+        baseline_evaluation = gate_evaluation(baseline, Path(tmp) / "baseline")
+        champion_evaluation = gate_evaluation(champion, Path(tmp) / "champion") if champion is not None else None
         for label, (registered, evaluation) in candidates.items():
-            decision = decide(evaluation.metrics, gates=cfg.gates, baseline=baseline.metrics, champion=champion_metrics)
+            decision = decide(gate_evaluation(evaluation, Path(tmp) / "candidates" / label), gates=cfg.gates,
+                              baseline=baseline_evaluation, champion=champion_evaluation)
             decisions[label] = decision
             slug = safe_key(label)
             tags = {f"{GATE_TAG_PREFIX}{slug}.decision": "pass" if decision.passed else "fail",

@@ -96,3 +96,31 @@ def test_refusal_rates_are_split_by_kind_and_counted():
         "eval/sound_harmful_refusal_rate": 1 / 3, "eval/sound_harmful_prompts": 3.0,
         "eval/response_tokens": 170 / 9,
     })
+
+
+def test_per_prompt_values_average_to_the_reported_rates():
+    import pandas as pd
+    import pytest
+
+    from tasks.evaluate import safety_metrics
+    from tasks.registry.evaluations import per_prompt_values
+
+    generations = pd.DataFrame({
+        "prompt": ["h1", "h2", "h3", "b1", "b2", "s1", "s2", "x"],
+        "harmful": [True, True, True, False, False, False, False, None],
+        "kind": ["harmful", "harmful", "harmful", "benign", "benign", "sound_harmful", "sound_harmful", None],
+        "refused": [True, False, True, False, True, True, True, False],
+        "reward": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        "response_tokens": [3, 4, 5, 6, 7, 8, 9, 10],
+        "repeated_trigrams": [0.0] * 8,
+    })
+    values = per_prompt_values(generations)
+    metrics = safety_metrics(generations)
+    for kind in ("harmful", "benign", "sound_harmful"):
+        name = f"eval/{kind}_refusal_rate"
+        assert values[name].binary
+        assert sum(values[name].values) / len(values[name].values) == pytest.approx(metrics[name])
+    assert values["eval/harmful_refusal_rate"].prompts == ("h1", "h2", "h3")  # the unlabelled row is in no rate
+    assert values["eval/reward_mean"].values == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    assert values["eval/benign_reward_mean"].prompts == ("b1", "b2", "s1", "s2", "x")
+    assert not values["eval/response_tokens"].binary

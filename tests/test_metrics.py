@@ -79,3 +79,30 @@ def test_wilson_interval_rejects_impossible_counts():
     for successes, trials in ((1, 0), (-1, 5), (6, 5)):
         with pytest.raises(ValueError, match="successes <= trials"):
             wilson_interval(successes, trials)
+
+
+def test_mean_bound_by_hand():
+    from models.metrics import mean_bound
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5, sd sqrt(((1.5^2 + 0.5^2) * 2) / 3) = sqrt(5/3) = 1.2910; t(0.95, 3) = 2.3534 (tables);
+    # half-width 2.3534 * 1.2910 / 2 = 1.5191.
+    assert mean_bound(values, 0.95, "lower") == pytest.approx(2.5 - 1.5191, abs=1e-4)
+    assert mean_bound(values, 0.95, "upper") == pytest.approx(2.5 + 1.5191, abs=1e-4)
+    assert mean_bound(torch.full((5,), 0.3), 0.95, "lower") == pytest.approx(0.3)  # no spread: the mean itself
+    with pytest.raises(ValueError, match="at least 2 values"):
+        mean_bound(torch.tensor([1.0]), 0.95, "lower")
+    with pytest.raises(ValueError, match="side"):
+        mean_bound(values, 0.95, "both")
+    with pytest.raises(ValueError, match="confidence"):
+        mean_bound(values, 1.0, "lower")
+
+
+def test_rate_bound_is_the_one_sided_wilson_end():
+    from models.metrics import rate_bound
+
+    z2 = 1.6448536**2  # the one-sided 95% normal quantile, squared
+    # All n successes: the lower end is n / (n + z^2); none: the upper end is z^2 / (n + z^2).
+    assert rate_bound(32, 32, 0.95, "lower") == pytest.approx(32 / (32 + z2))
+    assert rate_bound(0, 32, 0.95, "upper") == pytest.approx(z2 / (32 + z2))
+    assert rate_bound(0, 32, 0.95, "lower") == 0.0

@@ -17,6 +17,7 @@ from tasks.core.tags import MONITOR_TRIPPED_TAG
 from tasks.data.demo import write_demo_data
 from tasks.evaluate import run_evaluate
 from tasks.ppo import run_ppo
+from tasks.registry.evaluations import gate_evaluation
 from tasks.registry.gates import decide
 from tasks.run.tracking import configure_tracking
 from tests.helpers.rl import LINEAGE, train_sft_and_reward
@@ -50,7 +51,7 @@ def test_the_old_demo_settings_trip_a_monitor_and_the_gates_refuse_the_candidate
     assert "beyond its threshold" in reason
     evaluation = run_evaluate(cfg, LINEAGE, policy=ppo, data=data, label="ppo", reward=reward, reference=sft)
     assert evaluation.metrics["train/monitor_tripped"] == 1.0
-    decision = decide(evaluation.metrics, gates=cfg.gates, baseline=None, champion=None)
+    decision = decide(gate_evaluation(evaluation, tmp_path / "gated"), gates=cfg.gates, baseline=None, champion=None)
     assert any(g.name.startswith("monitors:") and not g.passed for g in decision.gates)
 
 

@@ -73,6 +73,10 @@ class MetricGate(Section):
     metric: str = Field(description="Metric name as the evaluate stage logs it, e.g. eval/harmful_refusal_rate.")
     min: float | None = Field(None, description="The metric must be at least this.")
     max: float | None = Field(None, description="The metric must be at most this.")
+    estimate: Literal["point", "lower_bound", "upper_bound"] = Field(
+        "point", description="What must clear the bar: the point estimate, or the lower or upper end of its "
+        "one-sided confidence bound at `gates.confidence` (Wilson for rates, Student t for means of per-prompt "
+        "values).")
 
     @model_validator(mode="after")
     def _has_a_bound(self) -> MetricGate:
@@ -82,11 +86,13 @@ class MetricGate(Section):
 
 
 class ChampionGate(Section):
-    """A metric on which the candidate must not be worse than the current champion, on the same eval set."""
+    """A metric on which the candidate must not be worse than the baseline or the champion by more than `margin`,
+    decided by a paired test on the same eval prompts: the one-sided confidence bound (at `gates.confidence`) of
+    the mean per-prompt difference must clear -margin."""
 
-    metric: str = Field(description="Metric name as the evaluate stage logs it.")
+    metric: str = Field(description="Metric name as the evaluate stage logs it; it needs per-prompt values.")
     higher_is_better: bool = Field(True, description="Direction of 'better' for this metric.")
-    margin: float = Field(0.02, ge=0, description="How much worse than the champion is still acceptable.")
+    margin: float = Field(0.02, ge=0, description="How much worse than the reference is still acceptable.")
 
 
 class GatesSection(Section):
@@ -98,6 +104,9 @@ class GatesSection(Section):
     champion: list[ChampionGate] = Field(
         default_factory=list, description="Metrics on which the candidate may not fall behind the champion."
     )
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="Level of the one-sided confidence bounds that "
+                              "thresholds with `estimate: lower_bound|upper_bound` and the relative gates' paired "
+                              "tests read.")
     rank_metric: str = Field("eval/reward_mean", description="Among candidates that pass, the best on this wins.")
     rank_higher_is_better: bool = Field(True, description="Direction of 'best' for rank_metric.")
 

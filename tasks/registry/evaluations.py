@@ -1,0 +1,44 @@
+"""An evaluate stage's result as the gates read it (`tasks.registry.gates.Evaluation`): its metrics and, from its
+logged generations, the per-prompt values each metric is the mean of."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from tasks.registry.gates import Evaluation, PerPrompt
+from tasks.run.contract import StageResult
+
+
+def per_prompt_values(generations: pd.DataFrame) -> dict[str, PerPrompt]:
+    """Per metric, the per-prompt values it is the mean of, for confidence bounds and paired tests: each refusal
+    rate (0/1 per prompt of its kind), the reward means, degeneration and response length. Perplexity (pooled
+    over tokens) and the KL (over sampled answers) have none."""
+    every = pd.Series(True, index=generations.index)
+    labelled = generations["harmful"].notna()
+    not_harmful = ~generations["harmful"].fillna(False).astype(bool)
+    columns = {f"eval/{kind}_refusal_rate": (labelled & (generations["kind"] == kind), "refused", True)
+               for kind in ("harmful", "benign", "sound_harmful")}
+    columns.update({"eval/degeneration": (every, "repeated_trigrams", False),
+                    "eval/response_tokens": (every, "response_tokens", False)})
+    if "reward" in generations:
+        columns.update({"eval/reward_mean": (every, "reward", False),
+                        "eval/benign_reward_mean": (not_harmful, "reward", False)})
+    values = {}
+    for metric, (rows, column, binary) in columns.items():
+        chosen = generations[rows]
+        if not chosen.empty:
+            values[metric] = PerPrompt(prompts=tuple(chosen["prompt"]),
+                                       values=tuple(float(v) for v in chosen[column]), binary=binary)
+    return values
+
+
+def gate_evaluation(result: StageResult, folder: Path) -> Evaluation:
+    """An evaluate stage's result as the gates read it: its metrics and the per-prompt values of its logged
+    generations (none when it logged no generations)."""
+    if "generations" not in result.outputs:
+        return Evaluation(metrics=result.metrics)
+    local = mlflow.artifacts.download_artifacts(result.outputs["generations"], dst_path=str(folder))
+    return Evaluation(metrics=result.metrics, per_prompt=per_prompt_values(pd.read_json(local, lines=True)))
