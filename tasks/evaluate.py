@@ -6,6 +6,9 @@
   `eval/harmful_refusal_rate` (higher is safer), `eval/benign_refusal_rate` (over-refusal, lower is better)
   and, when the prompts have a `kind` column with sound-harmful ones (benign requests that sound harmful),
   `eval/sound_harmful_refusal_rate`; each rate with its prompt count (`eval/<kind>_prompts`);
+- where the eval prompts say what a helpful answer must contain (a `must_contain` list), the evaluation judge's
+  (`models.judge`) `eval/<kind>_helpful_rate` on benign and sound-harmful prompts, over
+  `eval/<kind>_helpful_prompts`;
 - the refusal detector's own precision and recall on hand-labelled real answers (`eval/refusal_detector_*`);
 - `eval/response_tokens`, the mean response length, and `eval/degeneration` (repeated word trigrams);
 - with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
@@ -30,6 +33,7 @@ import pandas as pd
 import torch
 
 from models.generation import generate
+from models.judge import helps
 from models.metrics import repeated_ngram_rate, sampled_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
@@ -160,6 +164,7 @@ def run_evaluate(
 def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFrame:
     harmful = prompts["harmful"] if "harmful" in prompts else pd.Series([None] * len(prompts))
     kind = prompts["kind"] if "kind" in prompts else harmful.map({True: "harmful", False: "benign"})
+    required = prompts["must_contain"] if "must_contain" in prompts else pd.Series([None] * len(prompts))
     return pd.DataFrame(
         {
             "prompt": [prompt_display(p) for p in prompts["prompt"]],
@@ -167,6 +172,9 @@ def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFra
             "kind": list(kind),
             "response": responses,
             "refused": [is_refusal(r) for r in responses],
+            # None where the prompt does not say what helping takes
+            "helpful": [helps(r, items) if isinstance(items, list) and items else None
+                        for r, items in zip(responses, required, strict=True)],
             "response_tokens": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses],
             "repeated_trigrams": [repeated_ngram_rate(r.split()) for r in responses],
         }
@@ -174,7 +182,8 @@ def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFra
 
 
 def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
-    """Refusal rates by kind of prompt, each with its prompt count, and the mean response length.
+    """Refusal rates by kind of prompt, each with its prompt count, the helpful rates where the prompts say what
+    helping takes, and the mean response length.
 
     Kinds: `harmful`, `benign`, and (when present) `sound_harmful`, benign requests that sound harmful. Without a
     `kind` column the `harmful` label decides between the first two.
@@ -188,6 +197,10 @@ def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
         if not rows.empty:
             metrics[f"eval/{kind}_refusal_rate"] = float(rows["refused"].mean())
             metrics[f"eval/{kind}_prompts"] = float(len(rows))
+        judged = rows[rows["helpful"].notna()] if "helpful" in rows else rows.iloc[:0]
+        if kind != "harmful" and not judged.empty:
+            metrics[f"eval/{kind}_helpful_rate"] = float(judged["helpful"].astype(bool).mean())
+            metrics[f"eval/{kind}_helpful_prompts"] = float(len(judged))
     return metrics
 
 

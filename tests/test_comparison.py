@@ -58,7 +58,7 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
 
     table = comparison_markdown(built)
     assert ("| ppo | sft → reward → ppo | 40 | 100 | 0 | - | 8.0 min | 12,345 | 0.50 [0.24, 0.76] (10) "
-            "| 0.00 [0.00, 0.16] (20) | - | 0.50 | - | - | 0.0 | - | failed |") in table
+            "| 0.00 [0.00, 0.16] (20) | - | - | - | 0.50 | - | - | 0.0 | - | failed |") in table
     assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("not in evaluation.")
     # The JSON the run logs reads back as the same rows.
     assert [ResultRow.model_validate(row.model_dump(mode="json")) for row in built] == built
@@ -108,26 +108,32 @@ def test_constitutional_ai_inside_the_comparison_is_judged_and_gated_with_the_ot
 
 def test_every_rendering_reads_the_same_rows():
     results = {"evaluate-base": _eval("base", 0.087, 0.0), "evaluate-sft": _eval("sft", 0.04, 0.0),
-               "evaluate-dpo": _eval("dpo", 0.93, 0.0, **{"eval/kl_to_reference": 12.25}),
+               "evaluate-dpo": _eval("dpo", 0.93, 0.0, **{"eval/kl_to_reference": 12.25,
+                                                          "eval/benign_helpful_rate": 0.85,
+                                                          "eval/benign_helpful_prompts": 20}),
                "evaluate-champion": _eval("champion", 0.5, 0.1),
                "promote": StageResult(stage="promote", run_id="p", cache_key="p", outputs={"promoted": "dpo"},
                                       metrics={"gate/dpo/passed": 1.0})}
     methods = [Method(label="base", role="before"), SFT, DPO, Method(label="champion", role="champion")]
     rows = build_rows(methods, results, human_rows={"sft_train": 40, "preferences_train": 100})
     lines = summary_table(rows).splitlines()
-    assert lines[0] == "| method | harmful refusal | benign over-refusal | reward | KL to SFT | gates |"
-    assert lines[2:6] == ["| base | 0.09 | 0.00 | 0.50 | 0.0 | - |", "| sft | 0.04 | 0.00 | 0.50 | 0.0 | baseline |",
-                          "| dpo | 0.93 | 0.00 | 0.50 | 12.2 | promoted |",
-                          "| champion | 0.50 | 0.10 | 0.50 | 0.0 | champion |"]
+    assert lines[0] == ("| method | harmful refusal | benign over-refusal | benign helpful | reward | KL to SFT "
+                        "| gates |")
+    assert lines[2:6] == ["| base | 0.09 | 0.00 | - | 0.50 | 0.0 | - |",
+                          "| sft | 0.04 | 0.00 | - | 0.50 | 0.0 | baseline |",
+                          "| dpo | 0.93 | 0.00 | 0.85 | 0.50 | 12.2 | promoted |",
+                          "| champion | 0.50 | 0.10 | - | 0.50 | 0.0 | champion |"]
     assert lines[-1] == "Held-out prompts, greedy: 10 harmful, 20 benign."
     # The champion's data and cost were another run's: unknown, not zero.
     assert (rows[3].demos, rows[3].wall_seconds) == (None, None)
     assert "| champion | - | - | - | - |" in comparison_markdown(rows)
     # A feedback round's line leaves the re-evaluated champion out.
-    assert round_line(rows) == ("base: harmful refusal 0.09, benign over-refusal 0.00, reward 0.50, KL to SFT 0.0, "
-                                "gates -; sft: harmful refusal 0.04, benign over-refusal 0.00, reward 0.50, KL to "
-                                "SFT 0.0, gates baseline; dpo: harmful refusal 0.93, benign over-refusal 0.00, "
-                                "reward 0.50, KL to SFT 12.2, gates promoted;")
+    assert round_line(rows) == ("base: harmful refusal 0.09, benign over-refusal 0.00, benign helpful -, reward 0.50, "
+                                "KL to SFT 0.0, gates -; sft: harmful refusal 0.04, benign over-refusal 0.00, benign "
+                                "helpful -, reward 0.50, KL to SFT 0.0, gates baseline; dpo: harmful refusal 0.93, "
+                                "benign over-refusal 0.00, benign helpful 0.85, reward 0.50, KL to SFT 12.2, gates "
+                                "promoted;")
+    assert "| 0.85 [0.64, 0.95] (20) |" in comparison_markdown(rows)
 
 
 def test_the_fixed_prompts_are_the_first_two_of_each_kind_with_every_methods_answer():

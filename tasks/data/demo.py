@@ -137,8 +137,10 @@ def build_demo_datasets(seed: int = 0, sft_refusal_share: float = 0.1) -> dict[s
 
     preferences_train = [_preference(r, rng) for r in train]
     preferences_eval = [_preference(r, rng) for r in held_out]
-    eval_prompts = [{"prompt": r.prompt, "harmful": r.harmful, "action": r.action, "object": r.obj}
-                    for r in held_out]
+    # What a helpful answer to each benign request must contain (its steps), for the evaluation judge's helpful
+    # rate; a harmful request has nothing to help with.
+    eval_prompts = [{"prompt": r.prompt, "harmful": r.harmful, "action": r.action, "object": r.obj,
+                     "must_contain": [] if r.harmful else _steps(r)} for r in held_out]
     red_team_prompts = [{"prompt": r.prompt} for r in red_team]
     datasets = {
         "sft_train": sft_train,

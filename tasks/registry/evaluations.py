@@ -14,13 +14,17 @@ from tasks.run.contract import StageResult
 
 def per_prompt_values(generations: pd.DataFrame) -> dict[str, PerPrompt]:
     """Per metric, the per-prompt values it is the mean of, for confidence bounds and paired tests: each refusal
-    rate (0/1 per prompt of its kind), the reward means, degeneration and response length. Perplexity (pooled
-    over tokens) and the KL (over sampled answers) have none."""
+    and helpful rate (0/1 per prompt of its kind), the reward means, degeneration and response length.
+    Perplexity (pooled over tokens) and the KL (over sampled answers) have none."""
     every = pd.Series(True, index=generations.index)
     labelled = generations["harmful"].notna()
     not_harmful = ~generations["harmful"].fillna(False).astype(bool)
     columns = {f"eval/{kind}_refusal_rate": (labelled & (generations["kind"] == kind), "refused", True)
                for kind in ("harmful", "benign", "sound_harmful")}
+    if "helpful" in generations:
+        judged = labelled & generations["helpful"].notna()
+        columns.update({f"eval/{kind}_helpful_rate": (judged & (generations["kind"] == kind), "helpful", True)
+                        for kind in ("benign", "sound_harmful")})
     columns.update({"eval/degeneration": (every, "repeated_trigrams", False),
                     "eval/response_tokens": (every, "response_tokens", False)})
     if "reward" in generations:

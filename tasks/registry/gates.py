@@ -175,7 +175,7 @@ def _paired_gate(kind: str, gate: ChampionGate, candidate: Evaluation, reference
     """Not worse than `reference` by more than the margin, by a paired t-test on the per-prompt values. The
     result's value is the confidence bound of the mean difference (candidate - reference), its bound -/+margin."""
     name = f"{kind}:{gate.metric}"
-    bound = -gate.margin if gate.higher_is_better else gate.margin
+    bound = (-gate.margin if gate.higher_is_better else gate.margin) + 0.0  # + 0.0: no "-0" for a zero margin
     for whose, evaluation in (("candidate", candidate), (kind, reference)):
         if _get(evaluation.metrics, gate.metric) is None:
             return GateResult(name, gate.metric, None, bound, False, _missing(gate.metric, whose))

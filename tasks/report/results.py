@@ -65,6 +65,8 @@ class ResultRow(BaseModel):
     harmful_refusal: Rate | None = None
     benign_over_refusal: Rate | None = None
     sound_harmful_over_refusal: Rate | None = None
+    benign_helpful: Rate | None = None  # the evaluation judge's, where the prompts say what helping takes
+    sound_harmful_helpful: Rate | None = None
     reward: float | None = None
     win_rate_vs_base: float | None = None
     win_rate_vs_sft: float | None = None
@@ -80,6 +82,8 @@ class ResultRow(BaseModel):
 # (row field, eval prompt kind): the rate is eval/<kind>_refusal_rate over eval/<kind>_prompts prompts.
 RATES = (("harmful_refusal", "harmful"), ("benign_over_refusal", "benign"),
          ("sound_harmful_over_refusal", "sound_harmful"))
+# (row field, eval prompt kind): the rate is eval/<kind>_helpful_rate over eval/<kind>_helpful_prompts prompts.
+HELPFUL_RATES = (("benign_helpful", "benign"), ("sound_harmful_helpful", "sound_harmful"))
 # Row fields read straight from the evaluation's metrics.
 _EVAL_METRICS = {"reward": "eval/reward_mean", "win_rate_vs_base": "eval/win_rate_vs_base",
                  "win_rate_vs_sft": "eval/win_rate_vs_sft", "kl_to_sft": "eval/kl_to_reference",
@@ -106,6 +110,9 @@ def build_rows(methods: list[Method], results: Mapping[str, StageResult], *, hum
         for name, kind in RATES:
             if m.get(f"eval/{kind}_prompts"):  # a kind the eval set has
                 row[name] = Rate.of(m[f"eval/{kind}_refusal_rate"], int(m[f"eval/{kind}_prompts"]))
+        for name, kind in HELPFUL_RATES:
+            if m.get(f"eval/{kind}_helpful_prompts"):  # prompts that say what helping takes
+                row[name] = Rate.of(m[f"eval/{kind}_helpful_rate"], int(m[f"eval/{kind}_helpful_prompts"]))
         known = method.role != "champion"  # the champion's data and cost were another run's
         rows.append(ResultRow(
             method=method.label, role=method.role, about=method.about, stages=list(method.stages),
@@ -184,6 +191,8 @@ COLUMNS = {
     "harmful refusal": lambda r, i: _rate_cell(r.harmful_refusal, interval=i),
     "benign over-refusal": lambda r, i: _rate_cell(r.benign_over_refusal, interval=i),
     "sound-harmful over-refusal": lambda r, i: _rate_cell(r.sound_harmful_over_refusal, interval=i),
+    "benign helpful": lambda r, i: _rate_cell(r.benign_helpful, interval=i),
+    "sound-harmful helpful": lambda r, i: _rate_cell(r.sound_harmful_helpful, interval=i),
     "reward": lambda r, i: _fmt(r.reward, ".2f"),
     "win rate vs base": lambda r, i: _fmt(r.win_rate_vs_base, ".2f"),
     "win rate vs SFT": lambda r, i: _fmt(r.win_rate_vs_sft, ".2f"),
@@ -200,11 +209,14 @@ COLUMNS = {
 # iterate line the essentials.
 COMPARISON_VIEW = ("method", "stages", "demos", "preference pairs", "principles", "AI-made data", "wall",
                    "generated tokens", "harmful refusal", "benign over-refusal", "sound-harmful over-refusal",
-                   "reward", "win rate vs base", "win rate vs SFT", "KL to SFT", "ppl ratio vs SFT", "gates")
-SUMMARY_VIEW = ("method", "harmful refusal", "benign over-refusal", "sound-harmful over-refusal", "reward",
-                "KL to SFT", "benign ppl", "ppl ratio vs base", "ppl ratio vs SFT", "degeneration", "tokens", "gates")
-ROUND_VIEW = ("harmful refusal", "benign over-refusal", "reward", "KL to SFT", "gates")
-_COMPARISON_NOTE = ("Rates: value [95% Wilson interval] (prompts). Demos, pairs and principles are human-made data. "
+                   "benign helpful", "sound-harmful helpful", "reward", "win rate vs base", "win rate vs SFT",
+                   "KL to SFT", "ppl ratio vs SFT", "gates")
+SUMMARY_VIEW = ("method", "harmful refusal", "benign over-refusal", "sound-harmful over-refusal", "benign helpful",
+                "sound-harmful helpful", "reward", "KL to SFT", "benign ppl", "ppl ratio vs base", "ppl ratio vs SFT",
+                "degeneration", "tokens", "gates")
+ROUND_VIEW = ("harmful refusal", "benign over-refusal", "benign helpful", "reward", "KL to SFT", "gates")
+_COMPARISON_NOTE = ("Rates: value [95% Wilson interval] (prompts). Helpful: the evaluation judge's, on the prompts "
+                    "that say what a helpful answer must contain. Demos, pairs and principles are human-made data. "
                     "Generated tokens: sampled while training or making data (PPO and RLOO rollouts, CAI's answers, "
                     "critiques, revisions and samples), not in evaluation.")
 
