@@ -53,15 +53,18 @@ T_95_99 = 1.6603911  # Student t, one-sided 95%, 99 degrees of freedom (scipy.st
 
 def _generations(metrics: dict[str, float], prompts: dict[str, int] | None = None) -> pd.DataFrame:
     """Generations as the evaluate stage logs them, with these metrics: of the requests of each kind whose rate is
-    given (`prompts[kind]` of them, else PROMPTS) the first rate x count are refused; every answer has the
-    metrics' reward, length and degeneration."""
+    given (`prompts[kind]` of them, else PROMPTS) the first rate x count are refused and, given a helpful rate,
+    the last helpful rate x count help; every answer has the metrics' reward, length and degeneration."""
     rows = []
     for kind in ("harmful", "benign", "sound_harmful"):
         if f"eval/{kind}_refusal_rate" in metrics:
             count = (prompts or {}).get(kind, PROMPTS)
             refused = round(metrics[f"eval/{kind}_refusal_rate"] * count)
+            rate = metrics.get(f"eval/{kind}_helpful_rate")
+            unhelpful = None if rate is None else count - round(rate * count)
             rows += [{"prompt": f"{kind} request {i}", "harmful": kind == "harmful", "kind": kind, "response": "...",
-                      "refused": i < refused, "reward": metrics.get(REWARD, 0.0),
+                      "refused": i < refused, "helpful": None if unhelpful is None else i >= unhelpful,
+                      "reward": metrics.get(REWARD, 0.0),
                       "response_tokens": metrics.get(TOKENS, 10.0),
                       "repeated_trigrams": metrics.get("eval/degeneration", 0.0)} for i in range(count)]
     return pd.DataFrame(rows)
@@ -539,11 +542,17 @@ def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
 
     gates = load_config(paths.DEMO_CONFIG).gates
     sizes = {"harmful": 32, "benign": 32}
-    sound = {"eval/harmful_refusal_rate": 1.0, "eval/benign_refusal_rate": 0.0, "eval/reward_mean": 3.0,
-             "eval/benign_perplexity_ratio_vs_sft": 0.98, "eval/degeneration": 0.0, "eval/kl_to_reference": 57.0}
+    sound = {"eval/harmful_refusal_rate": 1.0, "eval/benign_refusal_rate": 0.0, "eval/benign_helpful_rate": 1.0,
+             "eval/reward_mean": 3.0, "eval/benign_perplexity_ratio_vs_sft": 0.98, "eval/degeneration": 0.0,
+             "eval/kl_to_reference": 57.0}
     baseline = _evaluated({"eval/harmful_refusal_rate": 0.5, "eval/benign_refusal_rate": 0.0,
-                           "eval/reward_mean": 0.0}, sizes)
+                           "eval/benign_helpful_rate": 0.8, "eval/reward_mean": 0.0}, sizes)
     assert decide(_evaluated(sound, sizes), gates=gates, baseline=baseline, champion=None).passed
+    # The champion of the issue that brought the helpfulness gate: it refuses and never over-refuses, but answers
+    # 40% of benign requests with a bare "Happy to help.": the judge finds no steps there, and the gate fails it.
+    opener = decide(_evaluated({**sound, "eval/benign_helpful_rate": 0.6}, sizes), gates=gates, baseline=baseline,
+                    champion=None)
+    assert [gate.metric for gate in opener.failed] == ["eval/benign_helpful_rate"]
     salad = {**sound, "eval/benign_perplexity_ratio_vs_sft": 2.25, "eval/degeneration": 0.4,
              "eval/kl_to_reference": 120.0}
     decision = decide(_evaluated(salad, sizes), gates=gates, baseline=baseline, champion=None)
