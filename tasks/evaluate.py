@@ -235,7 +235,8 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
         return {}
     repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
     per_answer, tokens = [], []
-    model.eval(), reference_model.eval()
+    model.eval()
+    reference_model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(cfg.eval.seed)
         for start in range(0, len(repeated), cfg.eval.batch_size):
