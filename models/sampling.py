@@ -24,6 +24,7 @@ class SampledBatch:
     attention_mask: torch.Tensor  # (B, P + T): the prompts' mask, then 1 on response tokens up to the first EOS
     prompt_length: int  # P
     mask: torch.Tensor  # (B, T): 1 on response tokens up to and including the first EOS
+    logprobs: torch.Tensor  # (B, T): log-prob of each sampled token at the sampling temperature (0 after EOS)
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -44,7 +45,8 @@ def encode_left_padded(tokenizer, prompts: list[str], device) -> dict[str, torch
 def sample_responses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                      temperature: float, eos_token_id: int, pad_token_id: int) -> SampledBatch:
     """Sample one response per row of the left-padded prompts (B, P), with the KV cache. After its EOS a row
-    is filled with `pad_token_id`, which the response mask leaves out."""
+    is filled with `pad_token_id`, which the response mask leaves out. The sampling model's log-prob of each
+    token comes with it: scoring the same ids again in one forward pass gives the same values."""
     if max_new_tokens < 1 or temperature <= 0:
         raise ValueError(f"sampling needs max_new_tokens >= 1 and temperature > 0, got {max_new_tokens} and "
                          f"{temperature}")
@@ -54,15 +56,17 @@ def sample_responses(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         positions = position_ids_for(attention_mask)  # (B, P)
         step_ids, step_positions, mask, cache = input_ids, positions, attention_mask, None
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new_tokens = []
+        new_tokens, logprobs = [], []
         for _ in range(max_new_tokens):
-            output = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = output.past_key_values
-            probabilities = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
-            token = torch.multinomial(probabilities, num_samples=1).squeeze(1)  # (B,)
+            output = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, cache=cache,
+                           use_cache=True, logits_to_keep=1)
+            cache = output.cache
+            step_logprobs = torch.log_softmax(output.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
+            token = torch.multinomial(step_logprobs.exp(), num_samples=1).squeeze(1)  # (B,)
+            logprob = step_logprobs.gather(-1, token.unsqueeze(-1)).squeeze(-1)  # (B,)
             token = torch.where(finished, torch.full_like(token, pad_token_id), token)
             new_tokens.append(token)
+            logprobs.append(torch.where(finished, torch.zeros_like(logprob), logprob))
             finished |= token == eos_token_id
             if bool(finished.all()):
                 break
@@ -74,4 +78,5 @@ def sample_responses(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     response = response_mask(response_ids, eos_token_id)
     return SampledBatch(sequences=torch.cat([input_ids, response_ids], dim=1),
                         attention_mask=torch.cat([attention_mask, response.to(attention_mask.dtype)], dim=1),
-                        prompt_length=input_ids.shape[1], mask=response)
+                        prompt_length=input_ids.shape[1], mask=response,
+                        logprobs=torch.stack(logprobs, dim=1) * response)

@@ -244,13 +244,21 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
             sampled = sample_responses(model, batch["input_ids"], batch["attention_mask"],
                                        max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0,
                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            scored = [causal_lm_response_logprobs(m, sampled.sequences, sampled.attention_mask,
-                                                  sampled.prompt_length) for m in (model, reference_model)]
-            per_answer.append(sampled_kl(*scored, sampled.mask))  # (B,)
+            # The policy's log-probs come with the samples; the reference scores the same ids, a few rows at a
+            # time (its logits are rows x answer length x vocabulary floats).
+            reference_logprobs = torch.cat([
+                causal_lm_response_logprobs(reference_model, sampled.sequences[rows], sampled.attention_mask[rows],
+                                            sampled.prompt_length)
+                for rows in _chunks(len(sampled.sequences), cfg.eval.score_batch_size)])  # (B, T)
+            per_answer.append(sampled_kl(sampled.logprobs, reference_logprobs, sampled.mask))  # (B,)
             tokens.append(sampled.mask.sum(dim=1))  # (B,)
     kl, counts = torch.cat(per_answer).double(), torch.cat(tokens)
     return {"eval/kl_to_reference": kl.mean().item(),
             "eval/kl_to_reference_per_token": (kl.sum() / counts.sum()).item()}
+
+
+def _chunks(total: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, total, size)]
 
 
 def _log_generations(generations: pd.DataFrame) -> None:

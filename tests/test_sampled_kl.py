@@ -68,7 +68,9 @@ def test_sampled_kl_matches_the_exact_kl_on_the_same_token_ids():
     with torch.no_grad():
         scored = [causal_lm_response_logprobs(m, sampled.sequences, sampled.attention_mask, sampled.prompt_length)
                   for m in (policy, reference)]
-    kl = sampled_kl(*scored, sampled.mask).double()  # (2n,)
+    # The log-probs the sampler hands back are the policy's own score of the same ids.
+    assert torch.allclose(sampled.logprobs, scored[0] * sampled.mask, atol=1e-5)
+    kl = sampled_kl(sampled.logprobs, scored[1], sampled.mask).double()  # (2n,), as the evaluation takes it
 
     for index, prompt in enumerate(PROMPTS):
         exact_kl, exact_ends, answers = _exact(policy, reference, prompt)
