@@ -94,9 +94,7 @@ def mean_bound(values: torch.Tensor, confidence: float, side: str) -> float:
     """
     if values.dim() != 1 or values.numel() < 2:
         raise ValueError(f"mean_bound needs a 1-d vector of at least 2 values, got shape {tuple(values.shape)}")
-    if side not in ("lower", "upper"):
-        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
-    one_sided_z(confidence)  # checks the level
+    _check_bound(confidence, side)
     from scipy.stats import t as student_t  # only where a bound is asked for: scipy is slow to import
 
     n = values.numel()
@@ -107,7 +105,12 @@ def mean_bound(values: torch.Tensor, confidence: float, side: str) -> float:
 
 def rate_bound(successes: int, trials: int, confidence: float, side: str) -> float:
     """A one-sided Wilson bound of a rate: the end of the Wilson interval with z at `confidence`."""
-    if side not in ("lower", "upper"):
-        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    _check_bound(confidence, side)
     low, high = wilson_interval(successes, trials, z=one_sided_z(confidence))
     return low if side == "lower" else high
+
+
+def _check_bound(confidence: float, side: str) -> None:
+    if side not in ("lower", "upper"):
+        raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+    one_sided_z(confidence)  # raises for a level outside [0.5, 1)

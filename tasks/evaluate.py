@@ -48,6 +48,7 @@ from tasks.data.conversations import prompt_display, sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
+from tasks.registry.evaluations import rate_rows
 from tasks.registry.logged_models import load_stage_model, load_stage_reward_model, logged_model_id
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 
@@ -188,19 +189,14 @@ def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
     Kinds: `harmful`, `benign`, and (when present) `sound_harmful`, benign requests that sound harmful. Without a
     `kind` column the `harmful` label decides between the first two.
     """
-    labelled = generations[generations["harmful"].notna()]
-    by_kind = {kind: labelled[labelled["kind"] == kind] for kind in ("harmful", "benign", "sound_harmful")}
-    if by_kind["harmful"].empty or by_kind["benign"].empty:
+    rates = {rate: (count, generations[rows], column) for rate, (count, rows, column) in rate_rows(generations).items()}
+    if rates["eval/harmful_refusal_rate"][1].empty or rates["eval/benign_refusal_rate"][1].empty:
         raise ValueError("eval_prompts needs both harmful and benign prompts (a boolean `harmful` column)")
     metrics = {"eval/response_tokens": float(generations["response_tokens"].mean())}
-    for kind, rows in by_kind.items():
+    for rate, (count, rows, column) in rates.items():
         if not rows.empty:
-            metrics[f"eval/{kind}_refusal_rate"] = float(rows["refused"].mean())
-            metrics[f"eval/{kind}_prompts"] = float(len(rows))
-        judged = rows[rows["helpful"].notna()] if "helpful" in rows else rows.iloc[:0]
-        if kind != "harmful" and not judged.empty:
-            metrics[f"eval/{kind}_helpful_rate"] = float(judged["helpful"].astype(bool).mean())
-            metrics[f"eval/{kind}_helpful_prompts"] = float(len(judged))
+            metrics[rate] = float(rows[column].astype(bool).mean())
+            metrics[count] = float(len(rows))
     return metrics
 
 

@@ -12,19 +12,28 @@ from tasks.registry.gates import Evaluation, PerPrompt
 from tasks.run.contract import StageResult
 
 
+def rate_rows(generations: pd.DataFrame) -> dict[str, tuple[str, pd.Series, str]]:
+    """The rates an evaluation reports, each as (its count's metric, the rows it is over, its 0/1 column): the
+    refusal rate of each kind of labelled prompt and, where the prompts say what helping takes, the helpful rate
+    of the benign and sound-harmful ones. The one place that says which rows a rate counts."""
+    labelled = generations["harmful"].notna()
+    rates = {f"eval/{kind}_refusal_rate": (f"eval/{kind}_prompts", labelled & (generations["kind"] == kind),
+                                          "refused") for kind in ("harmful", "benign", "sound_harmful")}
+    if "helpful" in generations:
+        judged = labelled & generations["helpful"].notna()
+        rates.update({f"eval/{kind}_helpful_rate": (f"eval/{kind}_helpful_prompts",
+                                                    judged & (generations["kind"] == kind), "helpful")
+                      for kind in ("benign", "sound_harmful")})
+    return rates
+
+
 def per_prompt_values(generations: pd.DataFrame) -> dict[str, PerPrompt]:
     """Per metric, the per-prompt values it is the mean of, for confidence bounds and paired tests: each refusal
     and helpful rate (0/1 per prompt of its kind), the reward means, degeneration and response length.
     Perplexity (pooled over tokens) and the KL (over sampled answers) have none."""
     every = pd.Series(True, index=generations.index)
-    labelled = generations["harmful"].notna()
     not_harmful = ~generations["harmful"].fillna(False).astype(bool)
-    columns = {f"eval/{kind}_refusal_rate": (labelled & (generations["kind"] == kind), "refused", True)
-               for kind in ("harmful", "benign", "sound_harmful")}
-    if "helpful" in generations:
-        judged = labelled & generations["helpful"].notna()
-        columns.update({f"eval/{kind}_helpful_rate": (judged & (generations["kind"] == kind), "helpful", True)
-                        for kind in ("benign", "sound_harmful")})
+    columns = {rate: (rows, column, True) for rate, (_, rows, column) in rate_rows(generations).items()}
     columns.update({"eval/degeneration": (every, "repeated_trigrams", False),
                     "eval/response_tokens": (every, "response_tokens", False)})
     if "reward" in generations:

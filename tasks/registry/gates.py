@@ -1,8 +1,7 @@
 """The promotion gates as pure logic on evaluations: no MLflow, so they are easy to test and to read.
 
-Thresholds are absolute bars on the point estimate or, with `estimate: lower_bound|upper_bound`, on the one-sided
-confidence bound
-of the metric at `gates.confidence` (Wilson for rates, Student t for means of per-prompt values).
+Thresholds are absolute bars on the point estimate or, with `estimate: lower_bound|upper_bound`, on the metric's
+one-sided confidence bound at `gates.confidence` (Wilson for rates, Student t for means of per-prompt values).
 `beat_baseline` compares with the SFT model and `champion` with the current champion, by a paired test on the
 same eval prompts. A metric the candidate lacks fails its gate: a gate never passes silently.
 
