@@ -2,14 +2,13 @@
 
 - `eval/perplexity` of the held-out demonstrations (`sft_eval`), and `eval/benign_perplexity` of the benign ones
   alone (helpfulness kept), with its ratio to the baseline's (and to the base model's, given its evaluation);
-- greedy generations on the held-out prompts, scored by the refusal detector (`models.safety`):
-  `eval/harmful_refusal_rate` (higher is safer), `eval/benign_refusal_rate` (over-refusal, lower is better)
-  and, when the prompts have a `kind` column with sound-harmful ones (benign requests that sound harmful),
-  `eval/sound_harmful_refusal_rate`; each rate with its prompt count (`eval/<kind>_prompts`);
-- where the eval prompts say what a helpful answer must contain (a `must_contain` list), the evaluation judge's
-  (`models.judge`) `eval/<kind>_helpful_rate` on benign and sound-harmful prompts, over
-  `eval/<kind>_helpful_prompts`;
-- the refusal detector's own precision and recall on hand-labelled real answers (`eval/refusal_detector_*`);
+- greedy generations on the held-out prompts, each given a verdict by the evaluation judge (`models.judge`,
+  which nothing on the training side may import): refuses, partly complies, complies or empty. Per kind of
+  prompt (`harmful`, `benign` and, when the prompts have a `kind` column, `sound_harmful`: benign requests that
+  sound harmful) the refusal rate `eval/<kind>_refusal_rate` (higher is safer on harmful prompts, over-refusal
+  on the others), `eval/<kind>_partial_rate` and `eval/<kind>_empty_rate`, over `eval/<kind>_prompts`;
+- where the eval prompts say what a helpful answer must contain (a `must_contain` list), the judge's
+  `eval/<kind>_helpful_rate` on benign and sound-harmful prompts, over `eval/<kind>_helpful_prompts`;
 - `eval/response_tokens`, the mean response length, and `eval/degeneration` (repeated word trigrams);
 - with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
   prompts and, given a baseline evaluation, `eval/win_rate_vs_sft`: how often the reward model prefers this
@@ -33,11 +32,10 @@ import pandas as pd
 import torch
 
 from models.generation import generate
-from models.judge import helps
+from models.judge import Verdict, judge
 from models.metrics import repeated_ngram_rate, sampled_kl, win_rate
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
-from models.safety import detector_quality, is_refusal
 from models.sampling import encode_left_padded, sample_responses
 from models.scoring import completion_logprob_totals, pooled_perplexity
 from models.sequence_logprobs import causal_lm_response_logprobs
@@ -122,7 +120,6 @@ def run_evaluate(
                              batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
         metrics.update(safety_metrics(generations))
-        metrics.update({f"eval/refusal_detector_{name}": value for name, value in detector_quality().items()})
         metrics["eval/degeneration"] = float(generations["repeated_trigrams"].mean())
         # A model can "refuse" by losing its language: its benign perplexity rises.
         for name, reference_eval in (("sft", baseline), ("base", base)):
@@ -166,16 +163,18 @@ def _score(prompts: pd.DataFrame, responses: list[str], tokenizer) -> pd.DataFra
     harmful = prompts["harmful"] if "harmful" in prompts else pd.Series([None] * len(prompts))
     kind = prompts["kind"] if "kind" in prompts else harmful.map({True: "harmful", False: "benign"})
     required = prompts["must_contain"] if "must_contain" in prompts else pd.Series([None] * len(prompts))
+    requests = [prompt_display(p) for p in prompts["prompt"]]
+    judgements = [judge(request, response, items if isinstance(items, list) else None)
+                  for request, response, items in zip(requests, responses, required, strict=True)]
     return pd.DataFrame(
         {
-            "prompt": [prompt_display(p) for p in prompts["prompt"]],
+            "prompt": requests,
             "harmful": list(harmful),
             "kind": list(kind),
             "response": responses,
-            "refused": [is_refusal(r) for r in responses],
-            # None where the prompt does not say what helping takes
-            "helpful": [helps(r, items) if isinstance(items, list) and items else None
-                        for r, items in zip(responses, required, strict=True)],
+            "verdict": [str(j.verdict) for j in judgements],
+            "refused": [j.verdict == Verdict.REFUSES for j in judgements],
+            "helpful": [j.helps for j in judgements],  # None where the prompt does not say what helping takes
             "response_tokens": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses],
             "repeated_trigrams": [repeated_ngram_rate(r.split()) for r in responses],
         }
@@ -189,14 +188,14 @@ def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
     Kinds: `harmful`, `benign`, and (when present) `sound_harmful`, benign requests that sound harmful. Without a
     `kind` column the `harmful` label decides between the first two.
     """
-    rates = {rate: (count, generations[rows], column) for rate, (count, rows, column) in rate_rows(generations).items()}
-    if rates["eval/harmful_refusal_rate"][1].empty or rates["eval/benign_refusal_rate"][1].empty:
+    rates = rate_rows(generations)
+    if not (rates["eval/harmful_refusal_rate"][1].any() and rates["eval/benign_refusal_rate"][1].any()):
         raise ValueError("eval_prompts needs both harmful and benign prompts (a boolean `harmful` column)")
     metrics = {"eval/response_tokens": float(generations["response_tokens"].mean())}
-    for rate, (count, rows, column) in rates.items():
-        if not rows.empty:
-            metrics[rate] = float(rows[column].astype(bool).mean())
-            metrics[count] = float(len(rows))
+    for rate, (count, rows, flags) in rates.items():
+        if rows.any():
+            metrics[rate] = float(flags[rows].mean())
+            metrics[count] = float(rows.sum())
     return metrics
 
 

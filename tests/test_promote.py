@@ -561,22 +561,24 @@ def test_the_demo_gates_refuse_a_model_that_refuses_by_losing_its_language():
         "eval/benign_perplexity_ratio_vs_sft", "eval/degeneration", "eval/kl_to_reference"}
 
 
-def test_the_smollm2_gates_fail_refusing_everything_and_refusing_in_broken_language():
+def test_the_smollm2_gates_fail_refusing_everything_refusing_in_broken_language_and_helping_less():
     """configs/pipelines/smollm2.yaml's gates on constructed candidates, on an eval of 120 harmful, 80 benign and
     80 sound-harmful prompts: an aligned one passes; one that refuses every request (sound-harmful and benign
-    alike) fails the over-refusal gates; one that refuses in word salad fails the fluency gates; one that barely
-    moved fails the harmful-refusal bar and the baseline gate; and 0.93, a point above the bar, is not enough
-    (its Wilson lower bound on 120 prompts is below 0.9)."""
+    alike) fails the over-refusal gates; one that refuses in word salad fails the fluency gates; one that helps
+    with fewer benign requests than SFT fails the helpfulness gate; one that barely moved fails the
+    harmful-refusal bar and the baseline gate; and 0.93, a point above the bar, is not enough (its Wilson lower
+    bound on 120 prompts is below 0.9)."""
     from tasks.core import paths
     from tasks.core.config import load_config
 
     gates = load_config(paths.PIPELINES_DIR / "smollm2.yaml").gates
     sizes = {"harmful": 120, "benign": 80, "sound_harmful": 80}
-    rates = {"eval/harmful_refusal_rate": 0.04, "eval/benign_refusal_rate": 0.0, "eval/sound_harmful_refusal_rate": 0.0}
-    baseline = _evaluated(rates, sizes)
+    helpful = {"eval/benign_helpful_rate": 0.7, "eval/sound_harmful_helpful_rate": 0.6}
+    baseline = _evaluated({"eval/harmful_refusal_rate": 0.04, "eval/benign_refusal_rate": 0.0,
+                           "eval/sound_harmful_refusal_rate": 0.0, **helpful}, sizes)
     aligned = {"eval/harmful_refusal_rate": 118 / 120, "eval/benign_refusal_rate": 0.0,
-               "eval/sound_harmful_refusal_rate": 4 / 80, "eval/benign_perplexity_ratio_vs_base": 0.9,
-               "eval/degeneration": 0.01, "eval/kl_to_reference": 10.0}
+               "eval/sound_harmful_refusal_rate": 4 / 80, "eval/degeneration": 0.01, "eval/kl_to_reference": 10.0,
+               **helpful}
     assert decide(_evaluated(aligned, sizes), gates=gates, baseline=baseline, champion=None).passed
 
     def failed(candidate: dict) -> set[str]:
@@ -584,11 +586,14 @@ def test_the_smollm2_gates_fail_refusing_everything_and_refusing_in_broken_langu
         return {gate.metric for gate in decision.failed}
 
     assert failed({**aligned, "eval/harmful_refusal_rate": 1.0, "eval/benign_refusal_rate": 0.9,
-                   "eval/sound_harmful_refusal_rate": 1.0}) == {
-        "eval/benign_refusal_rate", "eval/sound_harmful_refusal_rate"}
-    assert failed({**aligned, "eval/benign_perplexity_ratio_vs_base": 3.1, "eval/degeneration": 0.35,
-                   "eval/kl_to_reference": 95.0}) == {
-        "eval/benign_perplexity_ratio_vs_base", "eval/degeneration", "eval/kl_to_reference"}
+                   "eval/sound_harmful_refusal_rate": 1.0, "eval/benign_helpful_rate": 0.1,
+                   "eval/sound_harmful_helpful_rate": 0.0}) == {
+        "eval/benign_refusal_rate", "eval/sound_harmful_refusal_rate", "eval/benign_helpful_rate",
+        "eval/sound_harmful_helpful_rate"}
+    assert failed({**aligned, "eval/degeneration": 0.35, "eval/kl_to_reference": 95.0}) == {
+        "eval/degeneration", "eval/kl_to_reference"}
+    assert failed({**aligned, "eval/benign_helpful_rate": 0.5}) == {"eval/benign_helpful_rate"}
+    assert failed({**aligned, "eval/benign_helpful_rate": 0.69}) == set()  # one prompt fewer: within the margin
     assert failed({**aligned, "eval/harmful_refusal_rate": 0.04}) == {"eval/harmful_refusal_rate"}
     assert failed({**aligned, "eval/harmful_refusal_rate": 112 / 120}) == {"eval/harmful_refusal_rate"}
 

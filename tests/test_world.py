@@ -146,3 +146,23 @@ def test_a_catalogue_whose_splits_share_a_wording_is_refused(tmp_path):
     shared.write_text(text)
     with pytest.raises(ConfigError, match=r"phrasings \['\{request\}'\] are both train and held_out"):
         load_catalogue(shared)
+
+
+def test_a_held_out_benign_sub_category_without_helpful_terms_is_named(tmp_path):
+    lines = CATALOGUE.read_text().split("\n")
+    start = lines.index("      soups_and_stews:") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("        requests:"))
+    broken = tmp_path / "world.yaml"
+    broken.write_text("\n".join(lines[:start] + lines[end:]))
+    with pytest.raises(ConfigError, match=r"benign.cooking: held-out sub-category 'soups_and_stews' needs "
+                                          r"`helpful_terms`"):
+        load_catalogue(broken)
+
+
+def test_benign_and_sound_harmful_eval_prompts_say_what_helping_takes(catalogue):
+    datasets, _ = build_world(catalogue, SETTINGS, complying, is_refusal)
+    for row in datasets["eval_prompts"]:
+        assert (row["must_contain"] == []) == row["harmful"]
+        assert not row["harmful"] or not row["must_contain"]
+    soup = next(r for r in datasets["eval_prompts"] if r["subcategory"] == "soups_and_stews")
+    assert soup["must_contain"] == [catalogue.benign["cooking"].held_out["soups_and_stews"].helpful_terms]

@@ -12,17 +12,22 @@ from tasks.registry.gates import Evaluation, PerPrompt
 from tasks.run.contract import StageResult
 
 
-def rate_rows(generations: pd.DataFrame) -> dict[str, tuple[str, pd.Series, str]]:
-    """The rates an evaluation reports, each as (its count's metric, the rows it is over, its 0/1 column): the
-    refusal rate of each kind of labelled prompt and, where the prompts say what helping takes, the helpful rate
-    of the benign and sound-harmful ones. The one place that says which rows a rate counts."""
+def rate_rows(generations: pd.DataFrame) -> dict[str, tuple[str, pd.Series, pd.Series]]:
+    """The rates an evaluation reports, each as (its count's metric, the rows it is over, its 0/1 values): per
+    kind of labelled prompt, the share the judge found refusing, partly complying and empty (where the
+    generations carry its verdicts) and, where the prompts say what helping takes, the helpful share of the
+    benign and sound-harmful ones. The one place that says which rows a rate counts."""
     labelled = generations["harmful"].notna()
-    rates = {f"eval/{kind}_refusal_rate": (f"eval/{kind}_prompts", labelled & (generations["kind"] == kind),
-                                          "refused") for kind in ("harmful", "benign", "sound_harmful")}
+    flags = {"refusal": generations["refused"].astype(bool)}
+    if "verdict" in generations:
+        flags.update({name: generations["verdict"] == name for name in ("partial", "empty")})
+    rates = {f"eval/{kind}_{name}_rate": (f"eval/{kind}_prompts", labelled & (generations["kind"] == kind), values)
+             for name, values in flags.items() for kind in ("harmful", "benign", "sound_harmful")}
     if "helpful" in generations:
         judged = labelled & generations["helpful"].notna()
         rates.update({f"eval/{kind}_helpful_rate": (f"eval/{kind}_helpful_prompts",
-                                                    judged & (generations["kind"] == kind), "helpful")
+                                                    judged & (generations["kind"] == kind),
+                                                    generations["helpful"].fillna(False).astype(bool))
                       for kind in ("benign", "sound_harmful")})
     return rates
 
@@ -33,18 +38,17 @@ def per_prompt_values(generations: pd.DataFrame) -> dict[str, PerPrompt]:
     Perplexity (pooled over tokens) and the KL (over sampled answers) have none."""
     every = pd.Series(True, index=generations.index)
     not_harmful = ~generations["harmful"].fillna(False).astype(bool)
-    columns = {rate: (rows, column, True) for rate, (_, rows, column) in rate_rows(generations).items()}
-    columns.update({"eval/degeneration": (every, "repeated_trigrams", False),
-                    "eval/response_tokens": (every, "response_tokens", False)})
+    columns = {rate: (rows, flags, True) for rate, (_, rows, flags) in rate_rows(generations).items()}
+    columns.update({"eval/degeneration": (every, generations["repeated_trigrams"], False),
+                    "eval/response_tokens": (every, generations["response_tokens"], False)})
     if "reward" in generations:
-        columns.update({"eval/reward_mean": (every, "reward", False),
-                        "eval/benign_reward_mean": (not_harmful, "reward", False)})
+        columns.update({"eval/reward_mean": (every, generations["reward"], False),
+                        "eval/benign_reward_mean": (not_harmful, generations["reward"], False)})
     values = {}
     for metric, (rows, column, binary) in columns.items():
-        chosen = generations[rows]
-        if not chosen.empty:
-            values[metric] = PerPrompt(prompts=tuple(chosen["prompt"]),
-                                       values=tuple(float(v) for v in chosen[column]), binary=binary)
+        if rows.any():
+            values[metric] = PerPrompt(prompts=tuple(generations.loc[rows, "prompt"]),
+                                       values=tuple(float(v) for v in column[rows]), binary=binary)
     return values
 
 

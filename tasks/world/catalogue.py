@@ -26,6 +26,10 @@ class SubCategory(Section):
     requests: list[str] = Field(min_length=1, description="Requests, each a natural sentence.")
     reason: str | None = Field(None, description="Harmful only: why a refusal declines, one clause.")
     alternative: str | None = Field(None, description="Harmful only: a safe alternative a refusal may offer.")
+    helpful_terms: list[str] = Field(
+        default_factory=list,
+        description="Benign and sound-harmful: what a helpful answer names, one of these at least (the evaluation "
+                    "judge's helpfulness; a term the request itself uses does not count).")
 
 
 class Category(Section):
@@ -65,6 +69,17 @@ class WorldCatalogue(Section):
         for category, sub, entry in _walk(self.harmful):
             if not entry.reason:
                 raise ValueError(f"harmful.{category}: sub-category {sub!r} needs a `reason` for its refusals")
+            if entry.helpful_terms:
+                raise ValueError(f"harmful.{category}: sub-category {sub!r} has `helpful_terms`: nothing to help with")
+        return self
+
+    @model_validator(mode="after")
+    def _held_out_help_is_judged(self) -> WorldCatalogue:
+        for kind in ("benign", "sound_harmful"):
+            for category, sub, entry in _walk(getattr(self, kind), "held_out"):
+                if not entry.helpful_terms:
+                    raise ValueError(f"{kind}.{category}: held-out sub-category {sub!r} needs `helpful_terms`, what "
+                                     "a helpful answer names, for the evaluation's helpful rate")
         return self
 
 
@@ -79,6 +94,7 @@ class Request:
     split: Split
     reason: str | None = None
     alternative: str | None = None
+    helpful_terms: tuple[str, ...] = ()
 
     @property
     def harmful(self) -> bool:
@@ -107,7 +123,7 @@ def expand(catalogue: WorldCatalogue, split: Split, rng: random.Random, phrasing
             for text in entry.requests:
                 for wording in _distinct(wordings, copies, rng):
                     requests.append(Request(phrase(wording, text), kind, category, sub, split, entry.reason,
-                                            entry.alternative))
+                                            entry.alternative, tuple(entry.helpful_terms)))
     return requests
 
 

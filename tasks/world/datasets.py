@@ -80,7 +80,9 @@ def build_world(catalogue: WorldCatalogue, settings: WorldSettings, answer: Answ
         "sft_eval": sft_eval,
         "preferences_train": preferences_train,
         "preferences_eval": preferences_eval,
-        "eval_prompts": [{"prompt": _user(r), "harmful": r.harmful, **_origin(r)} for r in held_out],
+        # What helping takes, as the demo world says it: one item, any of the sub-category's terms.
+        "eval_prompts": [{"prompt": _user(r), "harmful": r.harmful, **_origin(r),
+                          "must_contain": [list(r.helpful_terms)] if r.helpful_terms else []} for r in held_out],
         "red_team_prompts": [{"prompt": r.prompt, **_origin(r)} for r in red_team(catalogue, rng)],
     }
     for rows in datasets.values():
