@@ -114,3 +114,19 @@ def _check_bound(confidence: float, side: str) -> None:
     if side not in ("lower", "upper"):
         raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
     one_sided_z(confidence)  # raises for a level outside [0.5, 1)
+
+
+def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> float:
+    """The true rate behind an `observed` rate measured by an instrument with known error rates (Rogan and
+    Gladen, 1978): observed = true * sensitivity + (1 - true) * (1 - specificity), solved for true and clipped
+    to [0, 1]. The instrument must beat chance (sensitivity + specificity > 1).
+
+    Loop form: (observed + specificity - 1) / (sensitivity + specificity - 1), clipped.
+    """
+    for name, value in (("observed", observed), ("sensitivity", sensitivity), ("specificity", specificity)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"rogan_gladen: {name} must be in [0, 1], got {value}")
+    youden = sensitivity + specificity - 1
+    if youden <= 0:
+        raise ValueError(f"rogan_gladen needs sensitivity + specificity > 1, got {sensitivity} + {specificity}")
+    return min(1.0, max(0.0, (observed + specificity - 1) / youden))

@@ -106,3 +106,18 @@ def test_rate_bound_is_the_one_sided_wilson_end():
     assert rate_bound(32, 32, 0.95, "lower") == pytest.approx(32 / (32 + z2))
     assert rate_bound(0, 32, 0.95, "upper") == pytest.approx(z2 / (32 + z2))
     assert rate_bound(0, 32, 0.95, "lower") == 0.0
+
+
+def test_rogan_gladen_by_hand():
+    from models.metrics import rogan_gladen
+
+    # A perfect instrument changes nothing; one that misses a tenth of refusals (sensitivity 0.9) and calls 5% of
+    # answers refusals wrongly (specificity 0.95) reads a true 0.5 as 0.5 * 0.9 + 0.5 * 0.05 = 0.475.
+    assert rogan_gladen(0.3, 1.0, 1.0) == pytest.approx(0.3)
+    assert rogan_gladen(0.475, 0.9, 0.95) == pytest.approx(0.5)
+    assert rogan_gladen(0.01, 0.9, 0.95) == 0.0  # below the false-positive floor: clipped
+    assert rogan_gladen(0.99, 0.9, 0.95) == 1.0
+    with pytest.raises(ValueError, match="sensitivity \\+ specificity > 1"):
+        rogan_gladen(0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="observed must be in"):
+        rogan_gladen(1.5, 0.9, 0.9)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from flows.cli import cai, data, feedback, pipeline, registry, runs
+from flows.cli import cai, data, feedback, judge, pipeline, registry, runs
 from flows.cli.common import Stopped, debugging, prepare_environment, report_error
 
 # Tracebacks are for --debug (see `main`); typer's own pretty printer would show them to everyone.
@@ -28,6 +28,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(cai.app, name="cai")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(runs.app, name="runs")
+app.add_typer(judge.app, name="judge")
 
 
 def main() -> None:
