@@ -16,10 +16,11 @@
 - with a reward model: `eval/reward_mean` of the generations, `eval/benign_reward_mean` on the non-harmful
   prompts and, given a baseline evaluation, `eval/win_rate_vs_sft`: how often the reward model prefers this
   policy's response to the baseline's (and `eval/win_rate_vs_base`, given the base model's evaluation);
-- with a reference model: `eval/kl_to_reference`, KL(policy || reference) in nats per answer, and
-  `eval/kl_to_reference_per_token`: from answers the policy samples at temperature 1 over its whole vocabulary
-  (`models.sampling`), each model scoring the same token ids. PPO's monitor reads the same estimator on its
-  rollouts, at its sampling temperature (the same KL when that is 1).
+- with a reference model: `eval/kl_to_reference`, KL(policy || reference) in nats per answer (with
+  `eval/kl_to_reference_stderr` over `eval/kl_answers` answers), and `eval/kl_to_reference_per_token`:
+  from answers the policy samples at temperature 1 over its whole vocabulary (`models.sampling`), each model
+  scoring the same token ids. PPO's monitor reads the same estimator on its rollouts, at its sampling
+  temperature (the same KL when that is 1).
 
 All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
 sample as the MLflow table `generations.json`.
@@ -27,6 +28,7 @@ sample as the MLflow table `generations.json`.
 
 from __future__ import annotations
 
+import random
 import tempfile
 from pathlib import Path
 
@@ -225,14 +227,17 @@ def _baseline_generations(baseline: StageResult, folder: Path) -> pd.DataFrame:
 
 def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResult, prompts: list[str],
                      stage_dir: Path) -> dict[str, float]:
-    """KL(policy || reference) per answer and per token, over `eval.kl_samples` answers per prompt sampled from
-    the policy. Both models score the same token ids, so they must share one vocabulary; a reference with another
-    one (a champion trained on other data, judged beside this run's SFT) gets no KL, and a tag says why."""
+    """KL(policy || reference) per answer (with its standard error) and per token, over `eval.kl_samples` answers
+    per prompt sampled from the policy, on `eval.kl_prompts` of the prompts. Both models score the same token
+    ids, so they must share one vocabulary; a reference with another one (a champion trained on other data,
+    judged beside this run's SFT) gets no KL, and a tag says why."""
     reference_model, reference_tokenizer = load_stage_model(cfg, reference.model_uri, stage_dir / "reference",
                                                             dtype="float32")
     if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
         mlflow.set_tag("eval.kl_to_reference", "not measured: the reference has another vocabulary")
         return {}
+    if cfg.eval.kl_prompts is not None and cfg.eval.kl_prompts < len(prompts):
+        prompts = random.Random(cfg.eval.seed).sample(prompts, cfg.eval.kl_prompts)
     repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
     per_answer, tokens = [], []
     model.eval()
@@ -253,8 +258,11 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
             per_answer.append(sampled_kl(sampled.logprobs, reference_logprobs, sampled.mask))  # (B,)
             tokens.append(sampled.mask.sum(dim=1))  # (B,)
     kl, counts = torch.cat(per_answer).double(), torch.cat(tokens)
-    return {"eval/kl_to_reference": kl.mean().item(),
-            "eval/kl_to_reference_per_token": (kl.sum() / counts.sum()).item()}
+    metrics = {"eval/kl_to_reference": kl.mean().item(),
+               "eval/kl_to_reference_per_token": (kl.sum() / counts.sum()).item(), "eval/kl_answers": float(len(kl))}
+    if len(kl) > 1:
+        metrics["eval/kl_to_reference_stderr"] = (kl.std() / len(kl) ** 0.5).item()
+    return metrics
 
 
 def _chunks(total: int, size: int) -> list[slice]:

@@ -20,9 +20,9 @@ SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "i
          "max_position_embeddings": 256}
 
 
-def _model(tmp_path, name: str, texts: list[str], vocab_size: int) -> StageResult:
+def _model(tmp_path, name: str, texts: list[str], vocab_size: int, init_seed: int = 0) -> StageResult:
     tokenizer = train_tokenizer(texts, vocab_size, 256)
-    folder = save_hf_model(build_tiny_llama(tokenizer, init_seed=0, **SHAPE), tokenizer, tmp_path / name)
+    folder = save_hf_model(build_tiny_llama(tokenizer, init_seed=init_seed, **SHAPE), tokenizer, tmp_path / name)
     return StageResult(stage=name, run_id="", cache_key=name, model_uri=str(folder), output_hashes={"model": name})
 
 
@@ -46,6 +46,22 @@ def test_a_reference_with_another_vocabulary_gets_no_kl_and_says_why(tmp_path, d
     assert math.isfinite(result.metrics["eval/harmful_refusal_rate"])  # the rest of the evaluation stands
     tags = mlflow.get_run(result.run_id).data.tags
     assert tags["eval.kl_to_reference"] == "not measured: the reference has another vocabulary"
+
+
+def test_the_kl_samples_the_configured_number_of_prompts_and_says_how_precise_it_is(tmp_path, demo_data_dir,
+                                                                                     tracked):
+    cfg = reduced_config(tmp_path, demo_data_dir, "eval.max_new_tokens=6", "eval.kl_prompts=7")
+    configure_tracking(cfg)
+    demo_text = [line for path in demo_data_dir.iterdir() for line in path.read_text().splitlines()]
+    policy = _model(tmp_path, "policy", demo_text, 800)
+    reference = _model(tmp_path, "reference", demo_text, 800, init_seed=1)  # same vocabulary, other weights
+    files = {name: str(demo_data_dir / f"{name}.jsonl") for name in ("sft_eval", "eval_prompts")}
+    data = StageResult(stage="validate", run_id="", cache_key="data", outputs=files,
+                       output_hashes={name: md5_file(demo_data_dir / f"{name}.jsonl") for name in files})
+
+    metrics = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="dpo", reference=reference).metrics
+    assert metrics["eval/kl_answers"] == 7 < metrics["eval/harmful_prompts"] + metrics["eval/benign_prompts"]
+    assert metrics["eval/kl_to_reference"] > 0 and 0 < metrics["eval/kl_to_reference_stderr"] < math.inf
 
 
 def test_perplexity_ratio_to_the_baseline_and_degeneration_are_measured(tmp_path, demo_data_dir, tracked):

@@ -119,6 +119,10 @@ class EvalSection(Section):
     logged_samples: int = Field(16, ge=0, description="Generations logged as an MLflow table.")
     kl_samples: int = Field(1, ge=1, description="Sampled responses per prompt for the KL(policy || reference) "
                             "estimate.")
+    kl_prompts: int | None = Field(None, gt=0, description="Held-out prompts the KL estimate samples from: a "
+                                   "seeded draw of this many (all when unset or larger). An unbiased estimate of "
+                                   "the same mean, at a cost that does not grow with the eval set; "
+                                   "`eval/kl_to_reference_stderr` says how precise it is.")
     seed: int = Field(0, description="Seed for the sampled responses.")
     base: bool = Field(False, description="Also evaluate the base model (run `evaluate-base`): the 'before' of a "
                        "before/after table, and the reference of each model's `benign_perplexity_ratio_vs_base`.")
