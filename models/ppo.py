@@ -155,7 +155,7 @@ class PPOTrainer:
 
         logprobs, values, _ = response_logprobs_and_values(unwrapped, sequences, attention_mask, prompt_length,
                                                            self._critic(), self.hp.temperature)
-        ref_logprobs = self._reference_logprobs(sequences, attention_mask, prompt_length)
+        ref_logprobs = self.reference_logprobs(sequences, attention_mask, prompt_length, self.hp.temperature)
         scores = self._scores(prompts, responses, response_ids, mask)
 
         centered = leave_one_out_scores(scores, self.hp.samples_per_prompt)  # (B,)
@@ -169,7 +169,9 @@ class PPOTrainer:
     def _critic(self):
         return self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
 
-    def _reference_logprobs(self, sequences, attention_mask, prompt_length) -> torch.Tensor:
+    def reference_logprobs(self, sequences, attention_mask, prompt_length, temperature: float) -> torch.Tensor:
+        """The frozen reference's log-probs of the response tokens (B, T) at `temperature`: the separate
+        reference model, or the policy with its LoRA adapters disabled."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         if self.reference is not None:
             reference, context = self.reference, nullcontext()
@@ -177,7 +179,7 @@ class PPOTrainer:
             reference, context = unwrapped.policy, unwrapped.policy.disable_adapter()
         with context:
             return causal_lm_response_logprobs(reference, sequences, attention_mask, prompt_length,
-                                               self.hp.temperature)  # (B, T)
+                                               temperature)  # (B, T)
 
     def _scores(self, prompts, responses, response_ids, mask) -> torch.Tensor:
         """Reward-model scores, minus the optional missing-EOS and length penalties."""

@@ -9,10 +9,12 @@ reaches `max_new_tokens` first is truncated there and gets no EOS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from models.metrics import sampled_kl
 from models.sequence_logprobs import position_ids_for, response_mask
 
 
@@ -80,3 +82,23 @@ def sample_responses(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
                         attention_mask=torch.cat([attention_mask, response.to(attention_mask.dtype)], dim=1),
                         prompt_length=input_ids.shape[1], mask=response,
                         logprobs=torch.stack(logprobs, dim=1) * response)
+
+
+def kl_to_reference_samples(policy, reference_logprobs: Callable[[SampledBatch], torch.Tensor], tokenizer,
+                            prompts: list[str], *, max_new_tokens: int, batch_size: int,
+                            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(policy || reference) per answer (N,) and each answer's token count (N,): one answer per prompt sampled
+    from the policy at temperature 1 over its whole vocabulary, with `reference_logprobs(batch)` -> (B, T)
+    scoring the same token ids. The estimator the evaluation's KL gate and the training monitors' KL budget both
+    read (`models.metrics.sampled_kl`). Seeded, without touching the global random state."""
+    per_answer, tokens = [], []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], policy.device)
+            sampled = sample_responses(policy, batch["input_ids"], batch["attention_mask"],
+                                       max_new_tokens=max_new_tokens, temperature=1.0,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            per_answer.append(sampled_kl(sampled.logprobs, reference_logprobs(sampled), sampled.mask))  # (B,)
+            tokens.append(sampled.mask.sum(dim=1))  # (B,)
+    return torch.cat(per_answer), torch.cat(tokens)

@@ -38,10 +38,10 @@ import torch
 
 from models.generation import generate
 from models.judge import Verdict, judge
-from models.metrics import repeated_ngram_rate, sampled_kl, win_rate
+from models.metrics import repeated_ngram_rate, win_rate
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
-from models.sampling import encode_left_padded, sample_responses
+from models.sampling import kl_to_reference_samples
 from models.scoring import completion_logprob_totals, pooled_perplexity
 from models.sequence_logprobs import causal_lm_response_logprobs
 from tasks.core.config import PipelineConfig
@@ -239,25 +239,19 @@ def _kl_to_reference(cfg: PipelineConfig, model, tokenizer, reference: StageResu
     if cfg.eval.kl_prompts is not None and cfg.eval.kl_prompts < len(prompts):
         prompts = random.Random(cfg.eval.seed).sample(prompts, cfg.eval.kl_prompts)
     repeated = [p for p in prompts for _ in range(cfg.eval.kl_samples)]
-    per_answer, tokens = [], []
     model.eval()
     reference_model.eval()
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(cfg.eval.seed)
-        for start in range(0, len(repeated), cfg.eval.batch_size):
-            batch = encode_left_padded(tokenizer, repeated[start : start + cfg.eval.batch_size], model.device)
-            sampled = sample_responses(model, batch["input_ids"], batch["attention_mask"],
-                                       max_new_tokens=cfg.eval.max_new_tokens, temperature=1.0,
-                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            # The policy's log-probs come with the samples; the reference scores the same ids, a few rows at a
-            # time (its logits are rows x answer length x vocabulary floats).
-            reference_logprobs = torch.cat([
-                causal_lm_response_logprobs(reference_model, sampled.sequences[rows], sampled.attention_mask[rows],
-                                            sampled.prompt_length)
-                for rows in _chunks(len(sampled.sequences), cfg.eval.score_batch_size)])  # (B, T)
-            per_answer.append(sampled_kl(sampled.logprobs, reference_logprobs, sampled.mask))  # (B,)
-            tokens.append(sampled.mask.sum(dim=1))  # (B,)
-    kl, counts = torch.cat(per_answer).double(), torch.cat(tokens)
+
+    def reference_logprobs(sampled) -> torch.Tensor:
+        # A few rows at a time: the reference's logits are rows x answer length x vocabulary floats.
+        return torch.cat([causal_lm_response_logprobs(reference_model, sampled.sequences[rows],
+                                                      sampled.attention_mask[rows], sampled.prompt_length)
+                          for rows in _chunks(len(sampled.sequences), cfg.eval.score_batch_size)])  # (B, T)
+
+    kl, counts = kl_to_reference_samples(model, reference_logprobs, tokenizer, repeated,
+                                         max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                                         seed=cfg.eval.seed)
+    kl = kl.double()
     metrics = {"eval/kl_to_reference": kl.mean().item(),
                "eval/kl_to_reference_per_token": (kl.sum() / counts.sum()).item(), "eval/kl_answers": float(len(kl))}
     if len(kl) > 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import get_peft_model
@@ -44,7 +45,7 @@ from tasks.run.contract import StageResult, follower_result, stage_key, stage_ru
 from tasks.run.ranks import is_main_process
 from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
-from tasks.training.probes import run_probe
+from tasks.training.probes import probe_kl, run_probe
 from tasks.training.trainer import peft_config
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,26 @@ def _monitored_training(cfg: PipelineConfig, trainer: PPOTrainer, probe: Probe |
                          max_new_tokens=cfg.ppo.max_new_tokens, batch_size=cfg.ppo.rollout_batch_size,
                          min_words=section.probe_min_words)
 
-    monitored = MonitoredTraining(section, STAGE, run if probe is not None else None, track=main)
+    def kl(step: int) -> float:
+        def reference_logprobs(sampled) -> torch.Tensor:
+            return trainer.reference_logprobs(sampled.sequences, sampled.attention_mask, sampled.prompt_length, 1.0)
+
+        return probe_kl(trainer.accelerator.unwrap_model(trainer.model).policy, reference_logprobs,
+                        trainer.tokenizer, probe, format_prompt, max_new_tokens=cfg.ppo.max_new_tokens,
+                        batch_size=cfg.ppo.rollout_batch_size, seed=cfg.ppo.seed)
+
+    monitored = MonitoredTraining(section, STAGE, run if probe is not None else None,
+                                  kl_probe=kl if probe is not None else None, track=main)
     trainer.accelerator.register_for_checkpointing(monitored.monitor)  # baselines and streaks survive a resume
     return monitored
 
 
 def _measurements(metrics: dict[str, float], rollout) -> dict[str, float]:
+    """A step's measurements for the monitors. Not the rollout's KL: it is taken at the sampling temperature; the
+    KL budget reads the probe's, at temperature 1 (`probe_kl`)."""
     lengths = rollout.mask.sum(dim=1).float()  # (B,)
     return {"reward_length_corr": correlation(rollout.scores.float().cpu(), lengths.cpu()),
-            "response_length": metrics["response_length"], "kl": metrics["kl"], "entropy": metrics["entropy"]}
+            "response_length": metrics["response_length"], "entropy": metrics["entropy"]}
 
 
 def _back_to_healthy(trainer: PPOTrainer, monitored: MonitoredTraining, checkpoint_dir: Path) -> int | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import RLOOConfig, RLOOTrainer
@@ -23,6 +24,7 @@ from models.metrics import correlation
 from models.ppo import penalized_scores
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
+from models.sequence_logprobs import causal_lm_response_logprobs
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.data.probes import Probe, probe_set
@@ -34,7 +36,7 @@ from tasks.run.contract import StageResult, follower_result, stage_key, stage_ru
 from tasks.run.ranks import is_main_process
 from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
-from tasks.training.probes import run_probe
+from tasks.training.probes import probe_kl, run_probe
 from tasks.training.trainer import callbacks, final_log, peft_config, train_and_save, training_arguments
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
                                  tokenizer, format_prompt, reward_fn)
         trainer = _setup_trainer(cfg, model, tokenizer, [format_prompt(p) for p in prompts], reward_fn,
                                  stage_dir / "checkpoints", monitoring)
+        if monitoring:
+            monitoring.reference = trainer.ref_model  # None with LoRA: the policy with its adapters disabled
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri,
                                 before_save=monitoring.back_to_healthy if monitoring else None)
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
@@ -161,9 +165,27 @@ class MonitorCallback(TrainerCallback):
                              max_new_tokens=cfg.rloo.max_new_tokens, batch_size=cfg.rloo.batch_size,
                              min_words=section.probe_min_words)
 
-        self.monitored = MonitoredTraining(section, STAGE, run, track=is_main_process())
+        def kl(step: int) -> float:
+            return probe_kl(self.model, self._reference_logprobs, tokenizer, probe, format_prompt,
+                            max_new_tokens=cfg.rloo.max_new_tokens, batch_size=cfg.rloo.batch_size,
+                            seed=cfg.rloo.seed)
+
+        self.monitored = MonitoredTraining(section, STAGE, run, kl_probe=kl, track=is_main_process())
         self.model = None
+        self.reference = None  # TRL's reference model, when it keeps one
         self.kept_step: int | None = None
+
+    def _reference_logprobs(self, sampled) -> torch.Tensor:
+        """The reference's log-probs of the sampled ids at temperature 1: TRL's reference model, or the policy
+        with its LoRA adapters disabled."""
+        if self.reference is not None:
+            return causal_lm_response_logprobs(self.reference, sampled.sequences, sampled.attention_mask,
+                                               sampled.prompt_length)
+        if not is_peft_model(self.model):
+            raise RuntimeError("rloo: the KL budget needs a reference: LoRA adapters, or rloo.beta > 0")
+        with self.model.disable_adapter():
+            return causal_lm_response_logprobs(self.model, sampled.sequences, sampled.attention_mask,
+                                               sampled.prompt_length)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
@@ -181,9 +203,8 @@ class MonitorCallback(TrainerCallback):
             return control
         step = state.global_step - 1  # the log after step n describes the answers sampled before its update
         length = float(logs.get("completions/mean_length", float("nan")))
+        # Not TRL's KL: it is taken at the sampling temperature; the KL budget reads the probe's, at temperature 1.
         measured = {"response_length": length, "entropy": float(logs.get("entropy", float("nan")))}
-        if "kl" in logs:
-            measured["kl"] = float(logs["kl"]) * length  # TRL logs KL per token; the monitor reads per answer
         if self.reward_fn.last is not None:
             scores, lengths = self.reward_fn.last
             measured["reward_length_corr"] = correlation(scores, lengths)

@@ -143,12 +143,18 @@ def test_ppo_stage_logs_every_metric_and_sample_tables(stages):
     tables = {a.path for a in client.list_artifacts(result.run_id, "samples")}
     assert tables == {"samples/step_00002.json", "samples/step_00004.json"}
     assert result.metrics["ppo/steps"] == 4
+    # The KL budget reads the probe's KL at temperature 1, on probe steps: zero before the first update.
+    kl = [m.value for m in sorted(client.get_metric_history(result.run_id, "monitor/kl"), key=lambda m: m.step)]
+    assert len(kl) == len(range(0, 4, cfg.ppo.monitors.probe_steps)) and abs(kl[0]) < 1e-4
     assert result.model_uri.startswith("models:/")
 
 
 def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_path):
     cfg, data, sft, reward = stages("ppo.lora.enabled=true", "ppo.steps=2")
     result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    # The reference is the policy with its adapters disabled: the probe's KL before the first update is zero.
+    first_kl = min(mlflow.MlflowClient().get_metric_history(result.run_id, "monitor/kl"), key=lambda m: m.step)
+    assert abs(first_kl.value) < 1e-4
     folder = Path(resolve_model_source(result.model_uri, tmp_path / "ppo"))
     assert (folder / "adapter_model.safetensors").is_file() and not (folder / "model.safetensors").exists()
     assert (folder / "value_head.safetensors").is_file()

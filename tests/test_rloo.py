@@ -33,10 +33,14 @@ def test_rloo_stage_logs_its_steps_monitors_and_curves(stages):
     cfg, data, sft, reward = stages()
     result = run_rloo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
     client = mlflow.MlflowClient()
-    for name in ("rloo/reward", "rloo/kl", "rloo/entropy", "monitor/length_ratio", "monitor/kl",
-                 "monitor/entropy_ratio", "monitor/abs_reward_length_corr"):
+    for name in ("rloo/reward", "rloo/kl", "rloo/entropy", "monitor/length_ratio", "monitor/entropy_ratio",
+                 "monitor/abs_reward_length_corr"):
         assert len(client.get_metric_history(result.run_id, name)) == 4, name
     assert len(client.get_metric_history(result.run_id, "monitor/probe_gold_accuracy")) == 2  # steps 0 and 2
+    # The KL budget's KL is the probe's, at temperature 1, on the same steps: zero before the first update, when
+    # the policy is its reference.
+    kl = [m.value for m in sorted(client.get_metric_history(result.run_id, "monitor/kl"), key=lambda m: m.step)]
+    assert len(kl) == 2 and abs(kl[0]) < 1e-4
     assert result.metrics["rloo/global_step"] == 4 and result.metrics["monitor/tripped"] == 0.0
     assert {a.path for a in client.list_artifacts(result.run_id, "curves")} == {"curves/reward_kl.png"}
     assert result.model_uri.startswith("models:/")

@@ -81,7 +81,9 @@ class MonitorSection(Section):
     min_length_ratio: float | None = Field(
         0.5, gt=0, description="Smallest mean response length, as a share of the SFT policy's (the first step's).")
     max_length_ratio: float | None = Field(2.0, gt=0, description="Largest mean response length, likewise.")
-    kl_budget: float | None = Field(None, gt=0, description="Largest KL to the reference, nats per response.")
+    kl_budget: float | None = Field(
+        None, gt=0, description="Largest KL(policy || reference) in nats per answer, as the evaluation's gate "
+        "measures it: answers to the probe prompts sampled at temperature 1, checked on probe steps.")
     min_entropy_ratio: float | None = Field(
         0.2, gt=0, description="Smallest policy entropy, as a share of the first step's.")
     max_gold_gap: float | None = Field(

@@ -3,7 +3,8 @@
 `MonitoredTraining` wraps `models.monitors.RewardHackingMonitor` for a stage's training loop (PPO's own, or a
 TRL trainer's callback):
 
-- `before_step` runs the probe when it is due and keeps a copy of the trainable weights (LoRA adapters, or the
+- `before_step` runs the probes when they are due (the reward model and the check on the probe answers, and
+  the KL to the reference that the KL budget reads) and keeps a copy of the trainable weights (LoRA adapters, or the
   tiny model: megabytes) as they are before the step;
 - `after_step` takes the step's measurements, logs every signal as `monitor/<signal>` and, once the step's
   state is judged healthy, makes that copy the last healthy one;
@@ -32,12 +33,14 @@ def thresholds(section: MonitorSection) -> MonitorThresholds:
 
 
 class MonitoredTraining:
-    def __init__(self, section: MonitorSection, stage: str, probe=None, *, track: bool = True):
-        """`probe(step) -> (reward model scores, check verdicts)` of the policy's answers to the probe set, run
-        every `section.probe_steps` steps; `track`: this process logs."""
+    def __init__(self, section: MonitorSection, stage: str, probe=None, *, kl_probe=None, track: bool = True):
+        """`probe(step) -> (reward model scores, check verdicts)` of the policy's answers to the probe set and
+        `kl_probe(step) -> KL to the reference` (`tasks.training.probes.probe_kl`), each run every
+        `section.probe_steps` steps; `track`: this process logs."""
         self.section = section
         self.stage = stage
         self.probe = probe
+        self.kl_probe = kl_probe
         self.track = track
         self.monitor = RewardHackingMonitor(thresholds(section))
         self._before: tuple[int, dict[str, torch.Tensor]] | None = None
@@ -53,8 +56,10 @@ class MonitoredTraining:
         return self.trip is not None and self.section.action == "stop"
 
     def before_step(self, step: int, model) -> None:
-        due = self.probe is not None and step % self.section.probe_steps == 0
-        self._probed = self.monitor.probe_signals(*self.probe(step)) if due else {}
+        due = step % self.section.probe_steps == 0
+        self._probed = self.monitor.probe_signals(*self.probe(step)) if due and self.probe is not None else {}
+        if due and self.kl_probe is not None:
+            self._probed["kl"] = self.kl_probe(step)
         self._before = (step, _trainable_copy(model))
 
     def after_step(self, step: int, measured: dict[str, float]) -> Trip | None:

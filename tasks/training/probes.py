@@ -1,5 +1,6 @@
-"""The reward-hacking monitor's probe run: the policy answers the probe set (`tasks.data.probes`) greedily; the
-reward model scores the answers and an independent check (`models.safety.answers_as_wanted`) judges them."""
+"""The reward-hacking monitor's probe runs on the probe set (`tasks.data.probes`): the policy answers greedily,
+the reward model scores the answers and an independent check (`models.safety.answers_as_wanted`) judges them;
+and the policy's KL to its reference, by the estimator the evaluation's KL gate reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from models.generation import generate
 from models.safety import answers_as_wanted
+from models.sampling import SampledBatch, kl_to_reference_samples
 
 
 def run_probe(model, tokenizer, probe, format_prompt: Callable, score: Callable[[list, list], torch.Tensor],
@@ -20,3 +22,14 @@ def run_probe(model, tokenizer, probe, format_prompt: Callable, score: Callable[
     correct = [answers_as_wanted(answer, wants, min_words)
                for answer, wants in zip(answers, probe.wants_refusal, strict=True)]
     return score(formatted, answers).float().tolist(), correct
+
+
+def probe_kl(policy, reference_logprobs: Callable[[SampledBatch], torch.Tensor], tokenizer, probe,
+             format_prompt: Callable, *, max_new_tokens: int, batch_size: int, seed: int) -> float:
+    """KL(policy || reference) in nats per answer on the probe prompts: answers sampled at temperature 1 over
+    the whole vocabulary, the reference scoring the same ids. The same estimator as the evaluation's
+    `eval/kl_to_reference`, so the monitors' KL budget and the gate's bound are one quantity; the KL a rollout
+    penalises is taken at the rollout's own temperature, which is another."""
+    kl, _ = kl_to_reference_samples(policy, reference_logprobs, tokenizer, [format_prompt(p) for p in probe.prompts],
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    return kl.mean().item()
