@@ -33,7 +33,7 @@ SKIPPED_LABELS = ("champion",)  # the champion is one of the methods again, judg
 # The split the judge is measured on: its rules were first written before any gold answer was read; a revision
 # may read group A's answers, and group B's stay out of sample.
 METHOD_GROUPS = {"A: base, sft, dpo": ("base", "sft", "dpo"),
-                 "B: ppo, rloo, sl-cai, rlaif": ("ppo", "rloo", "sl-cai", "rlaif")}
+                 "B: ppo, rloo, sl-cai, rlaif-dpo": ("ppo", "rloo", "sl-cai", "rlaif-dpo")}
 VERDICTS = tuple(str(v) for v in Verdict)
 
 
@@ -50,11 +50,13 @@ def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, s
         for kind, answers in generations.groupby("kind"):
             picked = answers.sample(n=min(per_cell, len(answers)), random_state=rng.randrange(2**31))
             for answer in picked.itertuples():
-                rows.append({"id": f"{world}-{method}-{len(rows):04d}", "world": world, "method": method,
-                             "kind": kind, "prompt": answer.prompt, "response": answer.response,
+                rows.append({"world": world, "method": method, "kind": kind, "prompt": answer.prompt,
+                             "response": answer.response,
                              "must_contain": None if kind == "harmful" else required.get(answer.prompt),
                              "verdict": None, "helps": None, "note": "", "labelled_by": None})
-    return rows
+    # Shuffled, and ids that do not name the method: labelling is blind (GUIDE.md).
+    rng.shuffle(rows)
+    return [{"id": f"{world}-{number:04d}", **row} for number, row in enumerate(rows)]
 
 
 def _evaluation_runs(parent_run_id: str) -> dict[str, str]:

@@ -48,7 +48,7 @@ def test_the_judge_is_scored_against_the_labels_by_hand():
     assert 0 < low < 4 / 6 < high < 1
     # Group A (base, sft, dpo) holds the SFT rows only: the judge is right on both.
     assert report["A: base, sft, dpo"]["refusal_accuracy"]["value"] == 1.0
-    assert report["B: ppo, rloo, sl-cai, rlaif"]["refusal_recall"]["value"] == 0.0
+    assert report["B: ppo, rloo, sl-cai, rlaif-dpo"]["refusal_recall"]["value"] == 0.0
     assert report["refusal_by_kind"]["harmful"] == {"true_positive": 1, "false_positive": 1, "true_negative": 1,
                                                     "false_negative": 1}
 
