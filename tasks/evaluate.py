@@ -51,7 +51,7 @@ from tasks.data.conversations import prompt_display, sft_examples
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
-from tasks.judge_gold import corrected_refusal_rates, known_error_rates
+from tasks.judging.gold import corrected_refusal_rates, known_error_rates
 from tasks.registry.evaluations import rate_rows
 from tasks.registry.logged_models import load_stage_model, load_stage_reward_model, logged_model_id
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir

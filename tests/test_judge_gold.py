@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.errors import AlignflowError
-from tasks.judge_gold import (
+from tasks.judging.gold import (
     collect,
     corrected_refusal_rates,
     judge_sha256,

@@ -28,7 +28,7 @@ def collect(
     """Draw answers from the evaluate-<method> runs under a parent run, stratified by method and kind, for
     labelling by reading them (models/judge_gold/GUIDE.md)."""
     from tasks.core.errors import AlignflowError
-    from tasks.judge_gold import collect as collect_rows
+    from tasks.judging.gold import collect as collect_rows
 
     registry_config(config, overrides)  # the config's tracking store
     try:
@@ -52,8 +52,8 @@ def measure(
     """Score the evaluation judge against the gold labels: refusal precision and recall, verdict and
     helpfulness accuracy, with 95% intervals, overall and per group of methods."""
     from tasks.core.errors import AlignflowError
-    from tasks.judge_gold import load_gold, quality_record
-    from tasks.judge_gold import measure as measure_judge
+    from tasks.judging.gold import load_gold, quality_record
+    from tasks.judging.gold import measure as measure_judge
 
     try:
         report = measure_judge(load_gold(gold))
