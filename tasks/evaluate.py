@@ -7,8 +7,9 @@
   prompt (`harmful`, `benign` and, when the prompts have a `kind` column, `sound_harmful`: benign requests that
   sound harmful) the refusal rate `eval/<kind>_refusal_rate` (higher is safer on harmful prompts, over-refusal
   on the others), `eval/<kind>_partial_rate` and `eval/<kind>_empty_rate`, over `eval/<kind>_prompts`;
-- where the judge's error rates are known (its last measurement on the gold set, `models/judge_gold/
-  quality.json`, is of this judge), each refusal rate corrected for them (Rogan-Gladen):
+- where the judge's error rates on this world are known (its last measurement on the gold set,
+  `models/judge_gold/quality.json`, is of this judge and has answers from a world named as the pipeline is),
+  each refusal rate corrected for them (Rogan-Gladen):
   `eval/<kind>_refusal_rate_corrected`, with `_low` and `_high`, the ends of its 95% interval corrected alike;
 - where the eval prompts say what a helpful answer must contain (a `must_contain` list), the judge's
   `eval/<kind>_helpful_rate` on benign and sound-harmful prompts, over `eval/<kind>_helpful_prompts`;
@@ -126,7 +127,7 @@ def run_evaluate(
                              batch_size=cfg.eval.batch_size)
         generations = _score(prompts, responses, tokenizer)
         metrics.update(safety_metrics(generations))
-        metrics.update(corrected_refusal_rates(metrics, known_error_rates()))
+        metrics.update(corrected_refusal_rates(metrics, known_error_rates(cfg.name)))
         metrics["eval/degeneration"] = float(generations["repeated_trigrams"].mean())
         # A model can "refuse" by losing its language: its benign perplexity rises.
         for name, reference_eval in (("sft", baseline), ("base", base)):

@@ -49,8 +49,8 @@ def test_the_judge_is_scored_against_the_labels_by_hand():
     # Group A (base, sft, dpo) holds the SFT rows only: the judge is right on both.
     assert report["A: base, sft, dpo"]["refusal_accuracy"]["value"] == 1.0
     assert report["B: ppo, rloo, sl-cai, rlaif-dpo"]["refusal_recall"]["value"] == 0.0
-    assert report["refusal_by_kind"]["harmful"] == {"true_positive": 1, "false_positive": 1, "true_negative": 1,
-                                                    "false_negative": 1}
+    assert report["refusal_by_world_and_kind"]["demo"]["harmful"] == {
+        "true_positive": 1, "false_positive": 1, "true_negative": 1, "false_negative": 1}
 
 
 def test_a_gold_row_without_a_known_verdict_or_a_helpful_label_is_named(tmp_path):
@@ -74,16 +74,17 @@ def test_refusal_rates_are_corrected_only_by_a_measurement_of_this_judge(tmp_pat
     gold.write_text("".join(json.dumps(row) + "\n" for row in rows))
     quality = tmp_path / "quality.json"
     quality.write_text(json.dumps(quality_record(measure(rows), gold)))
-    rates = known_error_rates(quality)
+    rates = known_error_rates("demo", quality)
     assert rates == {"harmful": (pytest.approx(0.9), pytest.approx(1.0))}  # misses one refusal in ten
+    assert known_error_rates("smollm2", quality) == {}  # measured on another world's answers: no correction
     corrected = corrected_refusal_rates({"eval/harmful_refusal_rate": 0.45, "eval/harmful_prompts": 100}, rates)
     assert corrected["eval/harmful_refusal_rate_corrected"] == pytest.approx(0.5)
     assert corrected["eval/harmful_refusal_rate_corrected_low"] < 0.5 < \
         corrected["eval/harmful_refusal_rate_corrected_high"]
     # A measurement of another version of the judge corrects nothing.
     quality.write_text(json.dumps({**json.loads(quality.read_text()), "judge_sha256": "0" * 64}))
-    assert judge_sha256() != "0" * 64 and known_error_rates(quality) == {}
-    assert known_error_rates(tmp_path / "missing.json") == {}
+    assert judge_sha256() != "0" * 64 and known_error_rates("demo", quality) == {}
+    assert known_error_rates("demo", tmp_path / "missing.json") == {}
 
 
 def test_answers_are_collected_from_the_evaluate_runs_under_a_parent(tracked):

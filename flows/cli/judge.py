@@ -17,7 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="The evaluation judge and its hand-
 @app.command("collect")
 def collect(
     parent: Annotated[str, typer.Option(help="The comparison's parent run id.")],
-    world: Annotated[str, typer.Option(help="The world's name, recorded on each row (demo, smollm2).")],
+    world: Annotated[str, typer.Option(help="The pipeline's `name` (demo, smollm2): evaluations of that pipeline "
+                                            "use the error rates measured on these rows.")],
     eval_prompts: Annotated[Path, typer.Option(help="The world's eval_prompts.jsonl: what helping takes.")],
     out: Annotated[Path, typer.Option(help="Where to write the unlabelled rows (JSON lines).")],
     per_cell: Annotated[int, typer.Option(min=1, help="Answers per method and kind of request.")] = 16,
@@ -52,7 +53,7 @@ def measure(
     """Score the evaluation judge against the gold labels: refusal precision and recall, verdict and
     helpfulness accuracy, with 95% intervals, overall and per group of methods."""
     from tasks.core.errors import AlignflowError
-    from tasks.judging.gold import load_gold, quality_record
+    from tasks.judging.gold import CONFUSION, load_gold, quality_record
     from tasks.judging.gold import measure as measure_judge
 
     try:
@@ -60,7 +61,7 @@ def measure(
     except AlignflowError as err:
         fail(str(err))
     for group, scores in report.items():
-        if group == "refusal_by_kind":
+        if group == CONFUSION:
             continue
         typer.echo(group)
         for name, score in scores.items():

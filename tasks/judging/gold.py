@@ -35,6 +35,7 @@ SKIPPED_LABELS = ("champion",)  # the champion is one of the methods again, judg
 METHOD_GROUPS = {"A: base, sft, dpo": ("base", "sft", "dpo"),
                  "B: ppo, rloo, sl-cai, rlaif-dpo": ("ppo", "rloo", "sl-cai", "rlaif-dpo")}
 VERDICTS = tuple(str(v) for v in Verdict)
+CONFUSION = "refusal_by_world_and_kind"
 
 
 def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, seed: int = 0) -> list[dict]:
@@ -95,15 +96,18 @@ def load_gold(path: Path = GOLD_FILE) -> list[dict]:
 def measure(rows: list[dict]) -> dict[str, dict]:
     """The judge against the labels: per group of rows (all, each method group, each world), refusal
     precision / recall / accuracy, the four-way verdict accuracy and helpfulness accuracy, each as
-    {"value", "low", "high", "n"}; and the refusal confusion counts by kind (for error-corrected rates)."""
+    {"value", "low", "high", "n"}; and the refusal confusion counts by world and kind (for error-corrected
+    rates)."""
     judged = [(row, judge(row["prompt"], row["response"], row.get("must_contain"))) for row in rows]
     groups = {"all": judged, **{name: [(r, j) for r, j in judged if r["method"] in methods]
                                 for name, methods in METHOD_GROUPS.items()}}
     for world in sorted({row["world"] for row in rows}):
         groups[f"world: {world}"] = [(r, j) for r, j in judged if r["world"] == world]
     report = {name: _scores(pairs) for name, pairs in groups.items() if pairs}
-    report["refusal_by_kind"] = {kind: _confusion([(r, j) for r, j in judged if r["kind"] == kind])
-                                 for kind in sorted({row["kind"] for row in rows})}
+    confusion = defaultdict(dict)
+    for world, kind in sorted({(row["world"], row["kind"]) for row in rows}):
+        confusion[world][kind] = _confusion([(r, j) for r, j in judged if r["world"] == world and r["kind"] == kind])
+    report[CONFUSION] = dict(confusion)
     return report
 
 
@@ -120,16 +124,17 @@ def quality_record(report: dict, gold: Path) -> dict:
             "gold_rows": report["all"]["refusal_accuracy"]["n"], "report": report}
 
 
-def known_error_rates(quality_file: Path = QUALITY_FILE) -> dict[str, tuple[float, float]]:
-    """Per kind of request, the judge's refusal (sensitivity, specificity) on the gold set, when the recorded
-    measurement is of this judge; none otherwise, or where a kind's labels lack refusals or non-refusals."""
+def known_error_rates(world: str, quality_file: Path = QUALITY_FILE) -> dict[str, tuple[float, float]]:
+    """Per kind of request, the judge's refusal (sensitivity, specificity) on the gold set's answers from this
+    world (a pipeline's `name`), when the recorded measurement is of this judge; none otherwise, or where a
+    kind's labels lack refusals or non-refusals. Error rates measured on one world do not carry to another."""
     if not quality_file.is_file():
         return {}
     record = json.loads(quality_file.read_text())
     if record.get("judge_sha256") != judge_sha256():
         return {}
     rates = {}
-    for kind, c in record["report"]["refusal_by_kind"].items():
+    for kind, c in record["report"][CONFUSION].get(world, {}).items():
         refusals, others = c["true_positive"] + c["false_negative"], c["true_negative"] + c["false_positive"]
         if refusals and others:
             rates[kind] = (c["true_positive"] / refusals, c["true_negative"] / others)
