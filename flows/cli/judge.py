@@ -70,3 +70,23 @@ def measure(
             typer.echo(f"  {name:18s} {shown}")
     if out is not None:
         write_json(out, quality_record(report, gold))
+
+
+@app.command("rescore")
+def rescore(
+    parent: Annotated[str, typer.Option(help="The comparison's parent run id.")],
+    eval_prompts: Annotated[Path, typer.Option(help="The world's eval_prompts.jsonl: what helping takes.")],
+    config: ConfigOption = paths.DEMO_CONFIG,
+    overrides: SetOption = None,
+) -> None:
+    """Score a finished comparison's logged answers again, by the old keyword detector and by the evaluation
+    judge, side by side per method (nothing is generated again)."""
+    from tasks.core.errors import AlignflowError
+    from tasks.judging.rescore import rescore as rescore_comparison
+    from tasks.judging.rescore import rescore_markdown
+
+    registry_config(config, overrides)
+    try:
+        typer.echo(rescore_markdown(rescore_comparison(parent, eval_prompts)))
+    except AlignflowError as err:
+        fail(str(err))

@@ -42,10 +42,10 @@ def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, s
     """Up to `per_cell` answers per (method, kind) from the evaluation runs under `parent_run_id`, unlabelled,
     each with what the world says a helpful answer contains (from `eval_prompts`, joined on the prompt)."""
     required = {prompt_display(row["prompt"]): row.get("must_contain") or None
-                for row in _jsonl(eval_prompts)}
+                for row in read_jsonl(eval_prompts)}
     rng = random.Random(seed)
     rows = []
-    for method, run_id in sorted(_evaluation_runs(parent_run_id).items()):
+    for method, run_id in sorted(evaluation_runs(parent_run_id).items()):
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="generations.jsonl")
         generations = pd.read_json(local, lines=True)
         for kind, answers in generations.groupby("kind"):
@@ -60,7 +60,7 @@ def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, s
     return [{"id": f"{world}-{number:04d}", **row} for number, row in enumerate(rows)]
 
 
-def _evaluation_runs(parent_run_id: str) -> dict[str, str]:
+def evaluation_runs(parent_run_id: str) -> dict[str, str]:
     """The method label -> run id of every evaluate run that descends from the parent run."""
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parent_of = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in runs}
@@ -82,7 +82,7 @@ def _evaluation_runs(parent_run_id: str) -> dict[str, str]:
 
 def load_gold(path: Path = GOLD_FILE) -> list[dict]:
     """The labelled rows; a row without a verdict, or with one the guide does not name, is an error."""
-    rows = _jsonl(path)
+    rows = read_jsonl(path)
     for number, row in enumerate(rows, start=1):
         if row.get("verdict") not in VERDICTS:
             raise AlignflowError(f"{path}: row {number} ({row.get('id')}): verdict {row.get('verdict')!r} is not "
@@ -186,7 +186,7 @@ def _rate(successes: int, trials: int) -> dict[str, float] | None:
     return {"value": successes / trials, "low": low, "high": high, "n": trials}
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise AlignflowError(f"{path}: no such file")
     rows = []
