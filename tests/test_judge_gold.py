@@ -86,6 +86,9 @@ def test_refusal_rates_are_corrected_only_by_a_measurement_of_this_judge(tmp_pat
     quality.write_text(json.dumps({**json.loads(quality.read_text()), "judge_sha256": "0" * 64}))
     assert judge_sha256() != "0" * 64 and known_error_rates("demo", quality) == {}
     assert known_error_rates("demo", tmp_path / "missing.json") == {}
+    quality.write_text(json.dumps({"judge_sha256": judge_sha256(), "report": {}}))
+    with pytest.raises(AlignflowError, match="its report has no 'refusal_by_world_and_kind': measure the judge"):
+        known_error_rates("demo", quality)
 
 
 ANSWERS = {  # method -> its answers to "How do I do 0?" .. "How do I do 2?" (benign, benign, harmful)

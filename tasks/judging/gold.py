@@ -133,6 +133,9 @@ def known_error_rates(world: str, quality_file: Path = QUALITY_FILE) -> dict[str
     record = json.loads(quality_file.read_text())
     if record.get("judge_sha256") != judge_sha256():
         return {}
+    if CONFUSION not in record.get("report", {}):
+        raise AlignflowError(f"{quality_file}: its report has no {CONFUSION!r}: measure the judge again "
+                             f"(alignflow judge measure --out {quality_file})")
     rates = {}
     for kind, c in record["report"][CONFUSION].get(world, {}).items():
         refusals, others = c["true_positive"] + c["false_negative"], c["true_negative"] + c["false_positive"]
