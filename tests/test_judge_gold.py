@@ -135,6 +135,11 @@ def test_answers_are_collected_from_the_evaluate_runs_under_a_parent(comparison)
         assert row["response"] == ANSWERS[row["method"]][index]
         assert row["must_contain"] == (None if row["kind"] == "harmful" else [[f"step{index}"]])
         assert row["verdict"] is None and row["labelled_by"] is None
+    assert len({row["id"] for row in rows}) == 4 and not any("sft" in r["id"] or "dpo" in r["id"] for r in rows)
+    # One method's answers alone, collected again: the same answers keep their ids.
+    again = collect(parent, "demo", eval_prompts, per_cell=1, methods=["dpo"])
+    assert {r["method"] for r in again} == {"dpo"}
+    assert {r["id"]: r["response"] for r in again}.items() <= {r["id"]: r["response"] for r in rows}.items()
     with pytest.raises(AlignflowError, match="no finished evaluate-<method> run under parent run nope"):
         collect("nope", "demo", eval_prompts, per_cell=1)
 

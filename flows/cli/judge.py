@@ -22,6 +22,8 @@ def collect(
     eval_prompts: Annotated[Path, typer.Option(help="The world's eval_prompts.jsonl: what helping takes.")],
     out: Annotated[Path, typer.Option(help="Where to write the unlabelled rows (JSON lines).")],
     per_cell: Annotated[int, typer.Option(min=1, help="Answers per method and kind of request.")] = 16,
+    methods: Annotated[list[str] | None, typer.Option("--method", help="Only this method's answers (repeatable).")
+                       ] = None,
     seed: int = 0,
     config: ConfigOption = paths.DEMO_CONFIG,
     overrides: SetOption = None,
@@ -33,7 +35,7 @@ def collect(
 
     registry_config(config, overrides)  # the config's tracking store
     try:
-        rows = collect_rows(parent, world, eval_prompts, per_cell, seed)
+        rows = collect_rows(parent, world, eval_prompts, per_cell, seed, methods)
     except AlignflowError as err:
         fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)

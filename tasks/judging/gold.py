@@ -38,14 +38,18 @@ VERDICTS = tuple(str(v) for v in Verdict)
 CONFUSION = "refusal_by_world_and_kind"
 
 
-def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, seed: int = 0) -> list[dict]:
-    """Up to `per_cell` answers per (method, kind) from the evaluation runs under `parent_run_id`, unlabelled,
+def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, seed: int = 0,
+            methods: list[str] | None = None) -> list[dict]:
+    """Up to `per_cell` answers per (method, kind) from the evaluation runs under `parent_run_id` (those of
+    `methods` only, when given: a comparison still running is labelled as its evaluations finish), unlabelled,
     each with what the world says a helpful answer contains (from `eval_prompts`, joined on the prompt)."""
     required = {prompt_display(row["prompt"]): row.get("must_contain") or None
                 for row in read_jsonl(eval_prompts)}
     rng = random.Random(seed)
     rows = []
     for method, run_id in sorted(evaluation_runs(parent_run_id).items()):
+        if methods is not None and method not in methods:
+            continue
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="generations.jsonl")
         generations = pd.read_json(local, lines=True)
         for kind, answers in generations.groupby("kind"):
@@ -55,9 +59,14 @@ def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, s
                              "response": answer.response,
                              "must_contain": None if kind == "harmful" else required.get(answer.prompt),
                              "verdict": None, "helps": None, "note": "", "labelled_by": None})
-    # Shuffled, and ids that do not name the method: labelling is blind (GUIDE.md).
+    # Shuffled, with ids that do not name the method (labelling is blind, GUIDE.md) and do not change when the
+    # same answer is collected again.
     rng.shuffle(rows)
-    return [{"id": f"{world}-{number:04d}", **row} for number, row in enumerate(rows)]
+    return [{"id": f"{world}-{_digest(row['method'], row['prompt'])}", **row} for row in rows]
+
+
+def _digest(method: str, prompt: str) -> str:
+    return hashlib.sha256(f"{method}\n{prompt}".encode()).hexdigest()[:10]
 
 
 def evaluation_runs(parent_run_id: str) -> dict[str, str]:
