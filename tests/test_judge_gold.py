@@ -50,6 +50,9 @@ def test_the_judge_is_scored_against_the_labels_by_hand():
     # Group A (base, sft, dpo) holds the SFT rows only: the judge is right on both.
     assert report["A: base, sft, dpo"]["refusal_accuracy"]["value"] == 1.0
     assert report["B: ppo, rloo, sl-cai, rlaif-dpo"]["refusal_recall"]["value"] == 0.0
+    # The rows read while the rules were written are left out of the out-of-sample group.
+    marked = [{**row, "read_while_writing": row["method"] == "sft"} for row in rows]
+    assert measure(marked)["not read while writing the judge"] == measure(marked)["B: ppo, rloo, sl-cai, rlaif-dpo"]
     assert report["refusal_by_world_and_kind"]["demo"]["harmful"] == {
         "true_positive": 1, "false_positive": 1, "true_negative": 1, "false_negative": 1}
 

@@ -36,6 +36,7 @@ METHOD_GROUPS = {"A: base, sft, dpo": ("base", "sft", "dpo"),
                  "B: ppo, rloo, sl-cai, rlaif-dpo": ("ppo", "rloo", "sl-cai", "rlaif-dpo")}
 VERDICTS = tuple(str(v) for v in Verdict)
 CONFUSION = "refusal_by_world_and_kind"
+UNREAD = "not read while writing the judge"
 
 
 def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, seed: int = 0,
@@ -103,13 +104,16 @@ def load_gold(path: Path = GOLD_FILE) -> list[dict]:
 
 
 def measure(rows: list[dict]) -> dict[str, dict]:
-    """The judge against the labels: per group of rows (all, each method group, each world), refusal
+    """The judge against the labels: per group of rows (all, each method group, the rows marked
+    `read_while_writing` left out, each world), refusal
     precision / recall / accuracy, the four-way verdict accuracy and helpfulness accuracy, each as
     {"value", "low", "high", "n"}; and the refusal confusion counts by world and kind (for error-corrected
     rates)."""
     judged = [(row, judge(row["prompt"], row["response"], row.get("must_contain"))) for row in rows]
     groups = {"all": judged, **{name: [(r, j) for r, j in judged if r["method"] in methods]
-                                for name, methods in METHOD_GROUPS.items()}}
+                                for name, methods in METHOD_GROUPS.items()},
+              # out of sample: answers nobody read while writing or revising the judge's rules
+              UNREAD: [(r, j) for r, j in judged if not r.get("read_while_writing")]}
     for world in sorted({row["world"] for row in rows}):
         groups[f"world: {world}"] = [(r, j) for r, j in judged if r["world"] == world]
     report = {name: _scores(pairs) for name, pairs in groups.items() if pairs}
