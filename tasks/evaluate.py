@@ -20,8 +20,8 @@
 - with a reference model: `eval/kl_to_reference`, KL(policy || reference) in nats per answer (with
   `eval/kl_to_reference_stderr` over `eval/kl_answers` answers), and `eval/kl_to_reference_per_token`:
   from answers the policy samples at temperature 1 over its whole vocabulary (`models.sampling`), each model
-  scoring the same token ids. PPO's monitor reads the same estimator on its rollouts, at its sampling
-  temperature (the same KL when that is 1).
+  scoring the same token ids. The KL budget of PPO's and RLOO's monitors reads the same estimator on their
+  probe prompts (`tasks.training.probes.probe_kl`).
 
 All generations are logged as `generations.jsonl` (a baseline evaluation hands them on for win rates), and a
 sample as the MLflow table `generations.json`.
