@@ -14,7 +14,6 @@ from pathlib import Path
 
 import mlflow
 import torch
-from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import RLOOConfig, RLOOTrainer
@@ -181,8 +180,6 @@ class MonitorCallback(TrainerCallback):
         if self.reference is not None:
             return causal_lm_response_logprobs(self.reference, sampled.sequences, sampled.attention_mask,
                                                sampled.prompt_length)
-        if not is_peft_model(self.model):
-            raise RuntimeError("rloo: the KL budget needs a reference: LoRA adapters, or rloo.beta > 0")
         with self.model.disable_adapter():
             return causal_lm_response_logprobs(self.model, sampled.sequences, sampled.attention_mask,
                                                sampled.prompt_length)

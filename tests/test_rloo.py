@@ -58,6 +58,14 @@ def test_a_batch_of_partial_groups_is_a_config_error():
         load_config(DEMO_CONFIG, ["rloo.batch_size=6", "rloo.num_generations=4"])
 
 
+def test_a_kl_budget_with_no_reference_to_measure_against_is_a_config_error():
+    # beta 0 keeps no reference model in TRL, and full fine-tuning has no adapters to switch off.
+    with pytest.raises(ConfigError, match=r"rloo.*kl_budget needs a reference"):
+        load_config(DEMO_CONFIG, ["rloo.beta=0", "rloo.lora.enabled=false", "rloo.monitors.kl_budget=20"])
+    load_config(DEMO_CONFIG, ["rloo.beta=0", "rloo.lora.enabled=true", "rloo.monitors.kl_budget=20"])  # the base
+    load_config(DEMO_CONFIG, ["rloo.beta=0", "rloo.lora.enabled=false", "rloo.monitors.kl_budget=null"])
+
+
 def test_rloo_resumes_after_kill_and_ends_like_an_uninterrupted_run(stages, tmp_path):
     cfg, data, sft, reward = stages("rloo.max_steps=6")
     command = stage_child_command("rloo", tmp_path, cfg, sft, data, reward)

@@ -167,4 +167,9 @@ class RLOOSection(TrainingSection, RolloutSection):
         if self.batch_size % self.num_generations:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): whole groups of answers per step")
+        if (self.beta == 0 and not self.lora.enabled and self.monitors.enabled
+                and self.monitors.kl_budget is not None):
+            # TRL keeps no reference model at beta 0, and full fine-tuning has no adapters to switch off.
+            raise ValueError("monitors.kl_budget needs a reference to measure KL against: with beta 0 and no LoRA "
+                             "RLOO keeps none; set beta > 0, lora.enabled: true, or monitors.kl_budget: null")
         return self
