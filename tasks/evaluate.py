@@ -53,7 +53,7 @@ from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
 from tasks.data.writers import write_jsonl
 from tasks.judging.gold import corrected_refusal_rates, known_error_rates
-from tasks.registry.evaluations import rate_rows
+from tasks.registry.evaluations import measured_rates
 from tasks.registry.logged_models import load_stage_model, load_stage_reward_model, logged_model_id
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 
@@ -196,14 +196,13 @@ def safety_metrics(generations: pd.DataFrame) -> dict[str, float]:
     Kinds: `harmful`, `benign`, and (when present) `sound_harmful`, benign requests that sound harmful. Without a
     `kind` column the `harmful` label decides between the first two.
     """
-    rates = rate_rows(generations)
-    if not (rates["eval/harmful_refusal_rate"][1].any() and rates["eval/benign_refusal_rate"][1].any()):
+    rates = measured_rates(generations)
+    if not {"eval/harmful_refusal_rate", "eval/benign_refusal_rate"} <= rates.keys():
         raise ValueError("eval_prompts needs both harmful and benign prompts (a boolean `harmful` column)")
     metrics = {"eval/response_tokens": float(generations["response_tokens"].mean())}
-    for rate, (count, rows, flags) in rates.items():
-        if rows.any():
-            metrics[rate] = float(flags[rows].mean())
-            metrics[count] = float(rows.sum())
+    for rate, (count, value, n) in rates.items():
+        metrics[rate] = value
+        metrics[count] = float(n)
     return metrics
 
 

@@ -13,7 +13,7 @@ from models.judge import Verdict, judge
 from models.safety import is_refusal
 from tasks.data.conversations import prompt_display
 from tasks.judging.gold import evaluation_runs, read_jsonl
-from tasks.registry.evaluations import rate_rows
+from tasks.registry.evaluations import measured_rates
 from tasks.report.results import Rate
 
 RATES = {"harmful refusal": "eval/harmful_refusal_rate", "benign over-refusal": "eval/benign_refusal_rate",
@@ -42,9 +42,8 @@ def rescore(parent_run_id: str, eval_prompts: Path) -> dict[str, dict[str, dict[
 
 
 def _rates(generations: pd.DataFrame) -> dict[str, Rate]:
-    rows = rate_rows(generations)
-    return {column: Rate.of(float(rows[metric][2][rows[metric][1]].mean()), int(rows[metric][1].sum()))
-            for column, metric in RATES.items() if metric in rows and rows[metric][1].any()}
+    rates = measured_rates(generations)
+    return {column: Rate.of(rates[metric][1], rates[metric][2]) for column, metric in RATES.items() if metric in rates}
 
 
 def rescore_markdown(scored: dict[str, dict[str, dict[str, Rate]]]) -> str:

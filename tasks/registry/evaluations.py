@@ -32,6 +32,12 @@ def rate_rows(generations: pd.DataFrame) -> dict[str, tuple[str, pd.Series, pd.S
     return rates
 
 
+def measured_rates(generations: pd.DataFrame) -> dict[str, tuple[str, float, int]]:
+    """Each rate that has rows, as (its count's metric, its value, its row count)."""
+    return {rate: (count, float(flags[rows].mean()), int(rows.sum()))
+            for rate, (count, rows, flags) in rate_rows(generations).items() if rows.any()}
+
+
 def per_prompt_values(generations: pd.DataFrame) -> dict[str, PerPrompt]:
     """Per metric, the per-prompt values it is the mean of, for confidence bounds and paired tests: each refusal
     and helpful rate (0/1 per prompt of its kind), the reward means, degeneration and response length.
