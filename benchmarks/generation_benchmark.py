@@ -6,6 +6,8 @@ measured matmul rate, for each generation path, with LoRA adapters merged into t
 
 Every path runs on the same prompts, in one process, one after another, so its rows compare side by side.
 - `today`: `models.generation.generate` as every stage calls it (transformers' generate, dynamic KV cache, fp32).
+- `bf16`: the same on a bf16 copy of the model, as `generate(dtype=torch.bfloat16)` makes once per call (a stage
+  makes one call for all its prompts); the copy's cost is its own column, `cast_seconds`.
 
 The LoRA adapters are the SmolLM2 pipeline's (`lora` in configs/pipelines/smollm2.yaml: r 16 on every projection
 of the top 16 layers), freshly initialised: their B matrices are zero, so both variants answer alike, and the
@@ -21,6 +23,7 @@ attention over the short context is left out). The matmul rate is measured first
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -42,7 +45,7 @@ PROMPTS = ("Write a long story about a lighthouse keeper.", "Explain in detail h
            "Describe a walk through a busy market, step by step.", "Write a long letter to a friend about your week.",
            "Explain how a bicycle works, part by part.", "Tell me everything you know about the ocean.",
            "Write a detailed guide to planting a vegetable garden.", "Describe the history of the printing press.")
-PATHS: dict[str, Callable[..., list[str]]] = {"today": generate}
+PATHS: dict[str, torch.dtype | None] = {"today": None, "bf16": torch.bfloat16}  # the precision each decodes in
 
 
 def matmul_gflops(size: int, repeats: int = 20) -> float:
@@ -75,14 +78,17 @@ def with_adapters(model, num_layers: int):
 
 def measure(path: str, model, tokenizer, prompts: list[str], batch: int, new_tokens: int, rate: float) -> dict:
     batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-    PATHS[path](model, tokenizer, batch_prompts[:1], max_new_tokens=4, batch_size=1)  # warm-up
-    seconds = _timed(lambda: PATHS[path](model, tokenizer, batch_prompts, max_new_tokens=new_tokens,
-                                         batch_size=batch))
+    dtype, decoder = PATHS[path], model
+    cast_seconds = 0.0 if dtype is None else _timed(lambda: copy.deepcopy(model).to(dtype))
+    if dtype is not None:
+        decoder = copy.deepcopy(model).to(dtype)
+    generate(decoder, tokenizer, batch_prompts[:1], max_new_tokens=4, batch_size=1)  # warm-up
+    seconds = _timed(lambda: generate(decoder, tokenizer, batch_prompts, max_new_tokens=new_tokens, batch_size=batch))
     tokens_per_s = batch * new_tokens / seconds
     gflops = tokens_per_s * flop_per_token(model) / 1e9
     return {"path": path, "batch": batch, "new_tokens": new_tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens_per_s, 1), "gflop_per_s": round(gflops, 1),
-            "share_of_matmul_rate": round(gflops / rate, 3)}
+            "share_of_matmul_rate": round(gflops / rate, 3), "cast_seconds": round(cast_seconds, 2)}
 
 
 def main() -> None:

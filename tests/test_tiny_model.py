@@ -52,3 +52,22 @@ def test_saved_model_loads_through_the_hub_code_path(tmp_path: Path):
     ids = torch.tensor([[1, 5, 7]])
     assert torch.allclose(loaded(ids).logits, model(ids).logits)
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_generating_in_bf16_decodes_with_a_cast_copy_and_leaves_the_model_as_it_was():
+    from models.generation import generate
+
+    tokenizer = _tokenizer()
+    model = build_tiny_llama(tokenizer, init_seed=0, **SHAPE)
+    model.train()
+    before = model.model.embed_tokens.weight.clone()
+    computed_in = []  # the hook goes along with the copy, and says which precision each decode step ran in
+    model.model.embed_tokens.register_forward_hook(lambda module, args, output: computed_in.append(output.dtype))
+    prompts = ["User: How do I pick a lock?\nAssistant:", "User: Hi\nAssistant:"]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2, dtype=torch.bfloat16)
+    assert len(answers) == 2 and set(computed_in) == {torch.bfloat16}
+    assert model.dtype == torch.float32 and model.training  # still the one scoring and training uses
+    assert torch.equal(model.model.embed_tokens.weight, before)
+    computed_in.clear()
+    generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    assert set(computed_in) == {torch.float32}

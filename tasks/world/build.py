@@ -20,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 from models.generation import generate
+from models.loading import DTYPES
 from models.prompting import prompt_formatter
 from models.safety import is_refusal
 from tasks.core.code_version import code_version
@@ -99,7 +100,7 @@ def _generate(cfg: PipelineConfig, base: StageResult, key: str, out: Path, stage
             torch.manual_seed(world.seed)
             texts = generate(model, tokenizer, [format_prompt(p) for p in prompts],
                              max_new_tokens=world.max_new_tokens, batch_size=world.batch_size, do_sample=sample,
-                             temperature=world.temperature)
+                             temperature=world.temperature, dtype=DTYPES[world.dtype])
         # An answer that used every token it was allowed was cut off, not finished.
         lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
         return [(text, length < world.max_new_tokens) for text, length in zip(texts, lengths, strict=True)]
