@@ -8,7 +8,7 @@ from dataclasses import replace
 from prefect import flow
 
 from flows.constitutional import constitutional_steps
-from flows.pipeline import baseline_stages, train_and_promote
+from flows.pipeline import baseline_stages, refuse_early, train_and_promote
 from tasks.base_model import needs_validated_data
 from tasks.cai.config import CAIConfig
 from tasks.cai.steps import CONSTITUTION_TAG, Inputs
@@ -17,7 +17,6 @@ from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.orchestration.cai_methods import cai_training_config, comparison_configs
-from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.stage_tasks import run_stage
 from tasks.report.results import Method
@@ -45,7 +44,7 @@ def method_comparison(config_path: str, overrides: list[str] | None = None) -> d
     install_log_redaction()
     cfg, cai = comparison_configs(config_path, overrides)  # a bad CAI config fails here, before any training
     reap_dead_runs([configure_tracking(cfg)])
-    check_dispatchable(cfg)
+    refuse_early(cfg)
     lineage = flow_lineage(cfg.section_hash(), cfg)
     tags = {CONSTITUTION_TAG: Inputs(cai, cfg).constitution_sha256} if cai else {}
     configs = {"config.yaml": cfg, **({"cai_config.yaml": cai} if cai else {})}

@@ -7,7 +7,7 @@ from dataclasses import replace
 import mlflow
 from prefect import flow, get_run_logger
 
-from flows.pipeline import baseline_stages, train_and_promote
+from flows.pipeline import baseline_stages, refuse_early, train_and_promote
 from tasks.base_model import needs_validated_data
 from tasks.core import stage_names as stage
 from tasks.core.config import IterateSection, PipelineConfig, load_config
@@ -16,7 +16,6 @@ from tasks.core.tags import TAG_PREFIX
 from tasks.feedback import rounds
 from tasks.feedback.export import log_export
 from tasks.feedback.importing import import_feedback, log_import
-from tasks.orchestration.dispatch import check_dispatchable
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task
 from tasks.orchestration.stage_tasks import run_stage
@@ -49,7 +48,7 @@ def feedback_rounds(config_path: str, overrides: list[str] | None = None) -> lis
     install_log_redaction()
     cfg = load_config(config_path, overrides)
     reap_dead_runs([configure_tracking(cfg)])
-    check_dispatchable(cfg)
+    refuse_early(cfg)
     settings = rounds.round_settings(cfg)
     summaries = []
     for k in range(1, settings.rounds + 1):

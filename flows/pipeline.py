@@ -47,7 +47,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
     install_log_redaction()
     cfg = load_config(config_path, overrides)
     reap_dead_runs([configure_tracking(cfg)])  # runs a kill -9 left RUNNING end KILLED before new ones start
-    check_dispatchable(cfg)
+    refuse_early(cfg)
     lineage = flow_lineage(cfg.section_hash(), cfg)
     if skip_if_unchanged:
         unchanged = unchanged_task(cfg, lineage)
@@ -73,6 +73,13 @@ def data_validation(config_path: str, overrides: list[str] | None = None) -> Sta
     lineage = flow_lineage(cfg.section_hash(), cfg)
     with parent_run(f"{cfg.name}-validation", lineage, cfg, configs={"config.yaml": cfg}) as lineage:
         return base_and_data(cfg, lineage)["data"]
+
+
+def refuse_early(cfg: PipelineConfig) -> None:
+    """What is wrong before anything trains, said now rather than after an hour of training: a stage sent to a
+    pool that cannot run it, or a champion of another base model to be judged beside."""
+    check_dispatchable(cfg)
+    champion_task(cfg)
 
 
 def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, StageResult], dict[str, StageResult]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
+from tasks.core.tags import BASE_MODEL_TAG
+from tasks.registry.champion import base_model_identity
 from tasks.registry.versions import register_version, version_tags
 from tasks.run.contract import StageResult, stage_key
 
@@ -28,7 +30,8 @@ def run_register(cfg: PipelineConfig, lineage: Lineage, *, policy: StageResult, 
         raise ValueError(f"stage {policy.stage} produced no model to register")
     label = label or policy.stage
     key = register_key(cfg, policy, evaluation, label)
-    tags = version_tags(label, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id)
+    tags = {**version_tags(label, policy.run_id, evaluation.metrics, lineage, eval_run_id=evaluation.run_id),
+            BASE_MODEL_TAG: base_model_identity(cfg)}
     description = f"{label.upper()}: not gated yet (evaluated by run {evaluation.run_id})"
     version = register_version(policy.model_uri, cfg.registry.policy_name, cfg.registry.candidate_alias, tags,
                                description=description)

@@ -14,6 +14,7 @@ from flows.pipeline import alignment_pipeline
 from tasks.core import paths
 from tasks.core.errors import DataValidationError
 from tasks.data.demo import write_demo_data
+from tasks.registry.versions import RegistryError
 from tests.helpers.dvc import dvc_repo_with_tracked_data
 
 STAGE_RUNS = {"base_model", "validate", "sft", "reward", "evaluate-sft", "dpo", "evaluate-dpo", "ppo", "evaluate-ppo",
@@ -165,6 +166,15 @@ def test_pipeline_logs_runs_metrics_lineage_and_registers_a_candidate(
         assert second_parent.data.tags[f"alignflow.cache.{stage}"] == f"reused:{results[_result_name(stage)].run_id}"
     assert again["sft"].run_id == results["sft"].run_id
     assert len(client.search_model_versions("name='alignflow-policy'")) == 4
+
+    # A pipeline of another base model against the same store: the champion it would be judged beside is not
+    # its kind, and it stops before anything runs, naming that champion.
+    client.set_registered_model_alias("alignflow-policy", "champion", dpo_version.version)
+    parents_before = len([r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags])
+    with pytest.raises(RegistryError, match=rf"champion alignflow-policy v{dpo_version.version} was trained from "
+                                            r"base model tiny \(\w+\); this pipeline trains tiny \(\w+\)"):
+        alignment_pipeline(str(paths.DEMO_CONFIG), [*overrides, "model.tiny.hidden_size=32"])
+    assert len([r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags]) == parents_before
 
 
 def _result_name(stage: str) -> str:

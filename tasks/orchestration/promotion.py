@@ -15,19 +15,21 @@ from prefect.settings import get_current_settings
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.locks import file_lock
+from tasks.orchestration.transient import retry_if_transient
 from tasks.registry.champion import current_champion, unchanged_since_champion
 from tasks.run.contract import StageResult
 
 _LEASE_SECONDS = 60  # how long a dead holder keeps the slot on a Prefect server
 
 
-@task(name="current_champion", retries=2, retry_delay_seconds=5)
+@task(name="current_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def champion_task(cfg: PipelineConfig) -> StageResult | None:
     """Never cached: the registry may have changed since the last run."""
     return current_champion(cfg)
 
 
-@task(name="unchanged_since_champion", retries=2, retry_delay_seconds=5)
+@task(name="unchanged_since_champion", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_if_transient)
 def unchanged_task(cfg: PipelineConfig, lineage: Lineage) -> str | None:
     """Never cached: the registry may have changed since the last run."""
     return unchanged_since_champion(cfg, lineage.data_md5, lineage.config_hash)

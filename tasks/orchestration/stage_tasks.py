@@ -26,23 +26,11 @@ from tasks.core.stage_names import DISPATCHABLE
 from tasks.core.tags import CACHE_TAG_PREFIX
 from tasks.orchestration.dispatch import dispatch_stage
 from tasks.orchestration.stage_table import STAGES
-from tasks.orchestration.transient import is_transient
+from tasks.orchestration.transient import retry_if_transient
 from tasks.run.contract import StageResult
 from tasks.world.build import run_world
 
 _NOT_KEY_INPUTS = ("cfg", "lineage")
-
-
-def _retry_if_transient(task, task_run, state) -> bool:
-    """Retry only faults of the infrastructure (see `tasks.orchestration.transient`); a crash or cancellation
-    (the run was killed or interrupted) is never retried."""
-    if not state.is_failed():
-        return False
-    try:
-        state.result()
-    except Exception as error:  # noqa: BLE001 - classified, not swallowed: the state keeps it
-        return is_transient(error)
-    return False
 
 
 def _stage_task(run: Callable, key: Callable, name: str, run_name: str) -> Task:
@@ -56,7 +44,7 @@ def _stage_task(run: Callable, key: Callable, name: str, run_name: str) -> Task:
         task_run_name=run_name,
         retries=2,
         retry_delay_seconds=5,
-        retry_condition_fn=_retry_if_transient,
+        retry_condition_fn=retry_if_transient,
         cache_key_fn=cache_key,
         persist_result=True,
         result_serializer="json",

@@ -31,6 +31,18 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def retry_if_transient(task, task_run, state) -> bool:
+    """Retry only faults of the infrastructure (`is_transient`); a crash or cancellation
+    (the run was killed or interrupted) is never retried."""
+    if not state.is_failed():
+        return False
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - classified, not swallowed: the state keeps it
+        return is_transient(error)
+    return False
+
+
 def cause_chain(error: BaseException | None) -> Iterator[BaseException]:
     """The error, then what it was raised from or while handling, as Python's traceback shows them (`raise … from
     None` hides the context)."""

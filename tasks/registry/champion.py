@@ -6,20 +6,42 @@ champion model with the current data rather than trusting the metrics it was pro
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from mlflow import MlflowClient
 
 from tasks.core.config import PipelineConfig
-from tasks.core.tags import TAG_PREFIX
-from tasks.registry.versions import champion_version
+from tasks.core.tags import BASE_MODEL_TAG, TAG_PREFIX
+from tasks.registry.versions import RegistryError, champion_version
 from tasks.run.contract import StageResult
 
 
+def base_model_identity(cfg: PipelineConfig) -> str:
+    """What the pipeline's policies are trained from, as their registered versions record it: the pretrained
+    source and revision (or the tiny model's shape) and the prompt format. A champion of another identity
+    cannot be judged beside this pipeline's candidates: its tokenizer and prompt format are not theirs."""
+    model = cfg.model
+    fields = {"pretrained", "revision", "prompt_format", "prompt_template"} | ({"tiny"} if not model.pretrained
+                                                                              else set())
+    digest = hashlib.sha256(json.dumps(model.model_dump(mode="json", include=fields), sort_keys=True).encode())
+    return f"{model.pretrained or 'tiny'} ({digest.hexdigest()[:12]})"
+
+
 def current_champion(cfg: PipelineConfig) -> StageResult | None:
-    """The version behind the champion alias, or None when nothing has been promoted yet."""
+    """The version behind the champion alias, or None when nothing has been promoted yet. A champion trained
+    from another base model is an error that names it: registered model names are per base model (a version
+    registered before versions recorded their base is taken as this pipeline's)."""
     name, alias = cfg.registry.policy_name, cfg.registry.champion_alias
     version = champion_version(MlflowClient(), name, alias)
     if version is None:
         return None
+    theirs, ours = version.tags.get(BASE_MODEL_TAG), base_model_identity(cfg)
+    if theirs is not None and theirs != ours:
+        raise RegistryError(
+            f"the champion {name} v{version.version} was trained from base model {theirs}; this pipeline trains "
+            f"{ours}. A candidate competes only with a champion of its own base model: give this pipeline its "
+            f"own registry.policy_name (configs/pipelines/smollm2.yaml uses alignflow-policy-smollm2)")
     model_key = version.tags.get(f"{TAG_PREFIX}cache_key") or f"{name}/{version.version}"
     return StageResult(
         stage="champion",
