@@ -12,14 +12,13 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from prefect import flow, task
 
 from tasks.core.errors import DataValidationError
-from tasks.orchestration.stage_tasks import _retry_if_transient
-from tasks.orchestration.transient import is_transient
+from tasks.orchestration.transient import is_transient, retry_if_transient
 
 
 def _flaky_flow(error: Exception, failures: int) -> tuple[list[int], object]:
     attempts: list[int] = []
 
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_retry_if_transient)
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_if_transient)
     def stage():
         attempts.append(1)
         if len(attempts) <= failures:

@@ -139,7 +139,11 @@ def _undo(client: MlflowClient, name: str, before: dict[str, str | None]) -> Non
 
 def champion_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version behind `alias` as `model_aliases` reads it, or None when the model or the alias does not
-    exist (any other registry error is raised: "no champion" must not stand in for "could not ask")."""
+    exist (any other registry error is raised: "no champion" must not stand in for "could not ask").
+    Existence is asked by search first: a server with basic auth answers a read of a model nobody has
+    registered yet "permission denied", not "does not exist"."""
+    if not client.search_registered_models(filter_string=_name_filter(name)):
+        return None
     try:
         version = model_aliases(client, name).get(alias)
     except RegistryError:
@@ -156,8 +160,12 @@ def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
         raise
 
 
+def _name_filter(name: str) -> str:
+    return "name = '{}'".format(name.replace("'", "\\'"))
+
+
 def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
-    query = "name = '{}'".format(name.replace("'", "\\'"))
+    query = _name_filter(name)
     versions: list[ModelVersion] = []
     token = None
     while True:
