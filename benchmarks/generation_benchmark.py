@@ -6,7 +6,7 @@ measured matmul rate, for each generation path, with LoRA adapters merged into t
 
 Every path runs on the same prompts, in one process, one after another, so its rows compare side by side.
 - `today`: `models.generation.generate` as every stage calls it (transformers' generate, dynamic KV cache, fp32).
-- `bf16`: the same on a bf16 copy of the model, as `generate(dtype=torch.bfloat16)` makes once per call (a stage
+- `bf16`: the same on a bf16 copy of the model (`models.generation.decoding_copy`), made once per call (a stage
   makes one call for all its prompts); the copy's cost is its own column, `cast_seconds`.
 
 The LoRA adapters are the SmolLM2 pipeline's (`lora` in configs/pipelines/smollm2.yaml: r 16 on every projection
@@ -23,7 +23,6 @@ attention over the short context is left out). The matmul rate is measured first
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from models.generation import generate
+from models.generation import decoding_copy, generate
 from models.gguf import convert_gguf, gguf_path
 from models.loading import load_model_and_tokenizer
 from models.prompting import format_prompt
@@ -78,10 +77,9 @@ def with_adapters(model, num_layers: int):
 
 def measure(path: str, model, tokenizer, prompts: list[str], batch: int, new_tokens: int, rate: float) -> dict:
     batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-    dtype, decoder = PATHS[path], model
-    cast_seconds = 0.0 if dtype is None else _timed(lambda: copy.deepcopy(model).to(dtype))
-    if dtype is not None:
-        decoder = copy.deepcopy(model).to(dtype)
+    started = time.perf_counter()
+    decoder = decoding_copy(model, PATHS[path])
+    cast_seconds = time.perf_counter() - started
     generate(decoder, tokenizer, batch_prompts[:1], max_new_tokens=4, batch_size=1)  # warm-up
     seconds = _timed(lambda: generate(decoder, tokenizer, batch_prompts, max_new_tokens=new_tokens, batch_size=batch))
     tokens_per_s = batch * new_tokens / seconds

@@ -7,6 +7,12 @@ import copy
 import torch
 
 
+def decoding_copy(model, dtype: torch.dtype | None):
+    """The model to decode with: the model itself, or a copy cast to `dtype` when that is another precision (the
+    model keeps its own for scoring and training)."""
+    return model if dtype is None or dtype == model.dtype else copy.deepcopy(model).to(dtype)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -22,11 +28,10 @@ def generate(
     """Continue each (already formatted) prompt; returns only the new text. Greedy unless `do_sample`, which
     samples at `temperature` (with transformers' default top-k of 50).
 
-    `dtype` (for example bfloat16) decodes with a copy of the model cast to it, dropped afterwards: the model
-    itself keeps its precision for scoring and training. On a CPU with AVX512-BF16 a bf16 decode step of
-    SmolLM2-135M takes half the time of an fp32 one (benchmarks/generation_benchmark.py); whether the answers
-    still agree is measured, not assumed (benchmarks/probes/bf16_agreement.py)."""
-    decoder = model if dtype is None or dtype == model.dtype else copy.deepcopy(model).to(dtype)
+    `dtype` (for example bfloat16) decodes with `decoding_copy`, dropped afterwards. On a CPU with AVX512-BF16,
+    SmolLM2-135M decodes 1.2-1.7x faster in bf16 (benchmarks/generation_benchmark.py, docs/performance.md);
+    whether the answers still agree is measured, not assumed (benchmarks/probes/bf16_agreement.py)."""
+    decoder = decoding_copy(model, dtype)
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models must see the prompt flush against the new tokens
     was_training = decoder.training

@@ -154,7 +154,7 @@ class WorldSection(Section):
                                "answers to harmful requests (the rejected side of their pairs).")
     batch_size: int = Field(64, gt=0, description="Prompts generated per batch.")
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Precision the base model writes its answers in. bfloat16 decodes about twice as "
+        "float32", description="Precision the base model writes its answers in. bfloat16 decodes 1.2-1.7x as "
         "fast on CPUs with AVX512-BF16; the answers differ (SmolLM2, held-out prompts: 53% identical, 97% of the "
         "judge's verdicts the same; benchmarks/probes/bf16_agreement.py).")
     dvc_add: bool = Field(True, description="Version `data.dir` with DVC (it must lie inside a DVC repository).")
