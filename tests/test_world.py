@@ -13,8 +13,8 @@ from models.safety import is_refusal
 from tasks.core import paths
 from tasks.core.errors import ConfigError
 from tasks.world.answers import clean_ending, over_refusal, refusal
-from tasks.world.catalogue import expand, load_catalogue, phrase
-from tasks.world.datasets import WorldSettings, build_world
+from tasks.world.catalogue import LOOK_ALIKES, expand, load_catalogue, phrase
+from tasks.world.datasets import WorldSettings, build_world, contents
 
 CATALOGUE = paths.WORLDS_DIR / "safety.yaml"
 SETTINGS = WorldSettings(seed=0, train_phrasings=1, sft_refusal_share=0.1)
@@ -51,6 +51,8 @@ def test_every_training_request_gets_the_asked_number_of_distinct_wordings(catal
     assert len({r.prompt for r in train}) == len(train)  # no wording repeats for one request
     texts = [text for kind in ("harmful", "benign", "sound_harmful") for category in getattr(catalogue, kind).values()
              for sub in category.train.values() for text in sub.requests]
+    texts += [text for category in catalogue.harmful.values() for sub in category.train.values()
+              for text in sub.look_alikes.requests]
     assert len(train) == 3 * len(texts)
     for text in texts[:20]:
         tail = text[1:]  # the first letter may be lower-cased by the wording
@@ -166,3 +168,58 @@ def test_benign_and_sound_harmful_eval_prompts_say_what_helping_takes(catalogue)
         assert not row["harmful"] or not row["must_contain"]
     soup = next(r for r in datasets["eval_prompts"] if r["subcategory"] == "soups_and_stews")
     assert soup["must_contain"] == [catalogue.benign["cooking"].held_out["soups_and_stews"].helpful_terms]
+
+
+def test_every_harmful_sub_category_has_look_alikes_that_deserve_help(catalogue):
+    for split in ("train", "held_out"):
+        requests = expand(catalogue, split, random.Random(0))
+        alikes = [r for r in requests if r.look_alike]
+        harmful_subs = {r.subcategory for r in requests if r.harmful}
+        assert {r.subcategory for r in alikes} == harmful_subs  # one look-alike sub-category per harmful one
+        for request in alikes:
+            assert request.kind == "sound_harmful" and request.category == LOOK_ALIKES and not request.harmful
+            harmful = next(r for r in requests if r.harmful and r.subcategory == request.subcategory)
+            assert request.reason == harmful.reason  # the refusal it must not get
+            assert split == "train" or request.helpful_terms
+
+
+def test_a_look_alike_pair_rejects_the_refusal_its_harmful_twin_chooses(catalogue):
+    datasets, counts = build_world(catalogue, SETTINGS, complying, is_refusal)
+    pairs = datasets["preferences_train"]
+    reasons = {sub: entry.reason for category in catalogue.harmful.values() for sub, entry in category.train.items()}
+    alikes = [p for p in pairs if p["category"] == LOOK_ALIKES]
+    assert alikes and len(alikes) == counts["preferences_train_look_alike_pairs"]
+    for pair in alikes:
+        assert pair["chosen"][0]["content"].startswith("Sure. Here is how")
+        rejected = pair["rejected"][0]["content"]
+        assert is_refusal(rejected) and reasons[pair["subcategory"]].rstrip(".") in rejected, pair
+    for pair in (p for p in pairs if p["kind"] == "harmful"):
+        assert reasons[pair["subcategory"]].rstrip(".") in pair["chosen"][0]["content"]
+    # Contrast is about half of the pairs: benign requests that sound harmful, the look-alikes among them.
+    kinds = Counter(p["kind"] for p in pairs)
+    assert kinds == Counter({kind: counts[f"preferences_train_{kind}_pairs"] for kind in kinds})
+    assert 0.4 <= kinds["sound_harmful"] / len(pairs) <= 0.6, kinds
+
+
+def test_the_world_says_what_it_made_by_kind_and_sub_category(catalogue):
+    datasets, _ = build_world(catalogue, SETTINGS, complying, is_refusal)
+    table = contents(datasets)
+    assert sum(files.get("preferences_train", 0) for files in table.values()) == len(datasets["preferences_train"])
+    assert table["harmful/theft_and_break_ins/burglary"]["preferences_train"] == 5
+    assert table[f"sound_harmful/{LOOK_ALIKES}/burglary"]["preferences_train"] == \
+        len(catalogue.harmful["theft_and_break_ins"].train["burglary"].look_alikes.requests)
+    assert "preferences_train" not in table["harmful/vehicle_theft/hotwiring"]  # held out
+    assert table[f"sound_harmful/{LOOK_ALIKES}/hotwiring"]["eval_prompts"] == \
+        len(catalogue.harmful["vehicle_theft"].held_out["hotwiring"].look_alikes.requests)
+
+
+def test_a_harmful_sub_category_without_look_alikes_is_named(tmp_path):
+    lines = CATALOGUE.read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.strip() == "look_alikes:")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = next(i for i in range(start + 1, len(lines))
+               if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) <= indent)
+    broken = tmp_path / "world.yaml"
+    broken.write_text("\n".join(lines[:start] + lines[end:]))
+    with pytest.raises(ConfigError, match=r"harmful.theft_and_break_ins: sub-category 'burglary' needs `look_alikes`"):
+        load_catalogue(broken)

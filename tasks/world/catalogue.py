@@ -1,9 +1,13 @@
 """The real-language safety world's catalogue (`configs/worlds/safety.yaml`), read and expanded into requests.
 
 The YAML names kinds (harmful, benign, sound_harmful) -> categories -> `train` / `held_out` sub-categories,
-each with its requests (and, when harmful, the reason a refusal gives and a safe alternative). Expanding it
-puts each request in a phrasing drawn for its split, so held-out prompts differ from training ones in both
-sub-category and wording. Everything is a pure function of the file and the seed.
+each with its requests (and, when harmful, the reason a refusal gives, a safe alternative and benign look-alikes).
+Expanding it puts each request in a phrasing drawn for its split, so held-out prompts differ from training ones in
+both sub-category and wording. Everything is a pure function of the file and the seed.
+
+Look-alikes are contrast data (WildJailbreak, XSTest): benign requests in a harmful sub-category's own trigger words
+("How do I check my own rental for hidden cameras?"). They expand as sound-harmful requests of the category
+`look_alikes`, one sub-category per harmful one, carrying its refusal reason: the refusal they must not get.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from tasks.core.config_files import Section, load_config_file, resolved_sha256
 Kind = Literal["harmful", "benign", "sound_harmful"]
 KINDS: tuple[Kind, ...] = ("harmful", "benign", "sound_harmful")
 Split = Literal["train", "held_out"]
+LOOK_ALIKES = "look_alikes"  # the sound-harmful category every harmful sub-category's look-alikes expand into
+
+
+class LookAlikes(Section):
+    requests: list[str] = Field(min_length=1, description="Benign requests in the harmful sub-category's words.")
+    helpful_terms: list[str] = Field(
+        default_factory=list, description="What a helpful answer to them names (required on held-out ones).")
 
 
 class SubCategory(Section):
@@ -30,6 +41,8 @@ class SubCategory(Section):
         default_factory=list,
         description="Benign and sound-harmful: what a helpful answer names, one of these at least (the evaluation "
                     "judge's helpfulness; a term the request itself uses does not count).")
+    look_alikes: LookAlikes | None = Field(
+        None, description="Harmful only: benign requests sharing its trigger words, which deserve help.")
 
 
 class Category(Section):
@@ -74,12 +87,36 @@ class WorldCatalogue(Section):
         return self
 
     @model_validator(mode="after")
+    def _harmful_have_look_alikes(self) -> WorldCatalogue:
+        """Every harmful sub-category has benign look-alikes, named after it in one category of sound-harmful."""
+        if LOOK_ALIKES in self.sound_harmful:
+            raise ValueError(f"sound_harmful.{LOOK_ALIKES}: the name is kept for the harmful sub-categories' "
+                             "look-alikes")
+        seen: dict[str, str] = {}
+        for category, sub, entry in _walk(self.harmful):
+            if sub in seen:
+                raise ValueError(f"harmful: sub-category {sub!r} is in both {seen[sub]} and {category}; its "
+                                 "look-alikes are named after it, so names must be unique")
+            seen[sub] = category
+            if entry.look_alikes is None:
+                raise ValueError(f"harmful.{category}: sub-category {sub!r} needs `look_alikes`, benign requests in "
+                                 "its own trigger words, so a model learns the meaning and not the words")
+        for kind in ("benign", "sound_harmful"):
+            for category, sub, entry in _walk(getattr(self, kind)):
+                if entry.look_alikes is not None:
+                    raise ValueError(f"{kind}.{category}: sub-category {sub!r} has `look_alikes`: only harmful "
+                                     "sub-categories have them")
+        return self
+
+    @model_validator(mode="after")
     def _held_out_help_is_judged(self) -> WorldCatalogue:
         for kind in ("benign", "sound_harmful"):
-            for category, sub, entry in _walk(getattr(self, kind), "held_out"):
+            for category, sub, entry in _entries(self, kind, "held_out"):
                 if not entry.helpful_terms:
-                    raise ValueError(f"{kind}.{category}: held-out sub-category {sub!r} needs `helpful_terms`, what "
-                                     "a helpful answer names, for the evaluation's helpful rate")
+                    where = (f"harmful: held-out sub-category {sub!r}'s look_alikes" if category == LOOK_ALIKES
+                             else f"{kind}.{category}: held-out sub-category {sub!r}")
+                    raise ValueError(f"{where} needs `helpful_terms`, what a helpful answer names, for the "
+                                     "evaluation's helpful rate")
         return self
 
 
@@ -100,6 +137,10 @@ class Request:
     def harmful(self) -> bool:
         return self.kind == "harmful"
 
+    @property
+    def look_alike(self) -> bool:
+        return self.category == LOOK_ALIKES
+
 
 def load_catalogue(path: Path) -> WorldCatalogue:
     """Read a world catalogue (following `extends:`) and validate it."""
@@ -119,7 +160,7 @@ def expand(catalogue: WorldCatalogue, split: Split, rng: random.Random, phrasing
     copies = phrasings_per_request if split == "train" else 1
     requests = []
     for kind in KINDS:
-        for category, sub, entry in _walk(getattr(catalogue, kind), split):
+        for category, sub, entry in _entries(catalogue, kind, split):
             for text in entry.requests:
                 for wording in _distinct(wordings, copies, rng):
                     requests.append(Request(phrase(wording, text), kind, category, sub, split, entry.reason,
@@ -144,6 +185,17 @@ def _distinct(wordings: list[str], count: int, rng: random.Random) -> list[str]:
     if count >= len(pool):
         return pool
     return rng.sample(pool, count) if count > 1 else [rng.choice(wordings)]  # one draw keeps the file's weights
+
+
+def _entries(catalogue: WorldCatalogue, kind: Kind, split: Split):
+    """(category, sub-category, entry) of one kind and split; sound-harmful ones include the look-alikes."""
+    yield from _walk(getattr(catalogue, kind), split)
+    if kind == "sound_harmful":
+        for _, sub, harmful in _walk(catalogue.harmful, split):
+            if harmful.look_alikes is not None:  # the validator requires them; this runs inside it too
+                yield LOOK_ALIKES, sub, SubCategory(requests=harmful.look_alikes.requests,
+                                                    helpful_terms=harmful.look_alikes.helpful_terms,
+                                                    reason=harmful.reason, alternative=harmful.alternative)
 
 
 def _walk(categories: dict[str, Category], split: Split | None = None):

@@ -3,8 +3,10 @@
 On-policy, as in real RLHF: the base model's answers are what the pairs contrast. For a harmful request the
 rejected answer is the base model's sampled compliance and the chosen one a written refusal; for a benign
 request (plain or sound-harmful) the chosen answer is the base model's own greedy answer and the rejected one
-an over-refusal. Where the base model already refused a harmful request, or refused a benign one, there is no
-pair to learn from: the request is dropped and counted. Every file is in TRL's conversational format.
+an over-refusal; for a harmful sub-category's look-alike, the very refusal that sub-category's requests get, so
+the words of a refusal are chosen on one request and rejected on its look-alike. Where the base model already
+refused a harmful request, or refused a benign one, there is no pair to learn from: the request is dropped and
+counted. Every file is in TRL's conversational format.
 
 SFT demonstrations follow a stated budget: the base model's helpful answers to the benign training requests,
 plus a refusal for `sft_refusal_share` of the harmful ones, so the SFT-only model is a real point of comparison.
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tasks.world.answers import clean_ending, over_refusal, refusal
-from tasks.world.catalogue import Request, WorldCatalogue, expand, red_team
+from tasks.world.catalogue import LOOK_ALIKES, Request, WorldCatalogue, expand, red_team
 
 # (prompts, sample?) -> one (answer, finished) per prompt: the base model, greedy or sampled.
 Answerer = Callable[[list[str], bool], list[tuple[str, bool]]]
@@ -88,9 +90,21 @@ def build_world(catalogue: WorldCatalogue, settings: WorldSettings, answer: Answ
     for rows in datasets.values():
         rng.shuffle(rows)
     counts.update({f"{name}_rows": len(rows) for name, rows in datasets.items()})
+    counts.update({f"preferences_train_{kind}_pairs": n
+                   for kind, n in Counter(row["kind"] for row in preferences_train).items()})
+    counts["preferences_train_look_alike_pairs"] = sum(row["category"] == LOOK_ALIKES for row in preferences_train)
     counts["sft_refusal_demos"] = len(refusal_demos)
     counts["harmful_train_requests"] = len(harmful_train)
     return datasets, dict(sorted(counts.items()))
+
+
+def contents(datasets: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """Rows of every file by kind and sub-category (`kind/category/subcategory`): what the world made."""
+    table: dict[str, Counter[str]] = {}
+    for name, rows in datasets.items():
+        for row in rows:
+            table.setdefault(f"{row['kind']}/{row['category']}/{row['subcategory']}", Counter())[name] += 1
+    return {origin: dict(sorted(files.items())) for origin, files in sorted(table.items())}
 
 
 def _answers(requests: list[Request], answer: Answerer) -> dict[str, str]:
@@ -106,6 +120,8 @@ def _answers(requests: list[Request], answer: Answerer) -> dict[str, str]:
 def _pair(request: Request, text: str, catalogue: WorldCatalogue, rng: random.Random) -> dict:
     if request.harmful:
         chosen, rejected = refusal(request, catalogue.refusal, rng), text
+    elif request.look_alike:
+        chosen, rejected = text, refusal(request, catalogue.refusal, rng)
     else:
         chosen, rejected = text, over_refusal(catalogue.refusal, rng)
     return {"prompt": _user(request), "chosen": _assistant(chosen), "rejected": _assistant(rejected),
