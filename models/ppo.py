@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 
+from models.generation import decode, encode_left_padded
 from models.kl_control import build_kl_controller
 from models.losses import (
     entropy_from_logits,
@@ -38,7 +39,6 @@ from models.losses import (
     ppo_value_loss,
 )
 from models.metrics import sampled_kl
-from models.sampling import encode_left_padded, sample_responses
 from models.sequence_logprobs import causal_lm_response_logprobs, response_logprobs_and_values
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, responses) -> scores (B,)
@@ -144,9 +144,9 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         batch = encode_left_padded(self.tokenizer, prompts, self.accelerator.device)
         unwrapped.eval()  # no dropout in the rollout's log-probs either; `update` switches back
-        sampled = sample_responses(unwrapped.policy, batch["input_ids"], batch["attention_mask"],
-                                   max_new_tokens=self.hp.max_new_tokens, temperature=self.hp.temperature,
-                                   eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        sampled = decode(unwrapped.policy, batch["input_ids"], batch["attention_mask"],
+                         max_new_tokens=self.hp.max_new_tokens, temperature=self.hp.temperature,
+                         eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         sequences, attention_mask, prompt_length, mask = (sampled.sequences, sampled.attention_mask,
                                                           sampled.prompt_length, sampled.mask)
         response_ids = sampled.response_ids  # (B, T)

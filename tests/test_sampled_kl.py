@@ -1,8 +1,8 @@
 """KL(policy || reference) from sampled answers against the exact KL, enumerated over every answer a tiny model
 with a 64-token vocabulary can give in at most two tokens.
 
-The evaluation's KL (`tasks/evaluate.py`) and PPO's rollouts use this path: `sample_responses` draws from the
-full softmax at temperature 1 (no top-k: a vocabulary above transformers' default of 50 would show it), the
+The evaluation's KL (`tasks/evaluate.py`) and PPO's rollouts use this path: `models.generation.decode` draws from
+the full softmax at temperature 1 (no top-k: a vocabulary above transformers' default of 50 would show it), the
 answer keeps its EOS or, truncated, gets none, and both models score the same token ids.
 """
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from models.generation import decode
 from models.metrics import sampled_kl
-from models.sampling import sample_responses
 from models.sequence_logprobs import causal_lm_response_logprobs
 
 VOCAB, PAD, EOS, MAX_NEW = 64, 0, 1, 2
@@ -63,8 +63,8 @@ def test_sampled_kl_matches_the_exact_kl_on_the_same_token_ids():
     input_ids = torch.tensor([[PAD] * (width - len(p)) + p for p in rows])
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
     torch.manual_seed(0)
-    sampled = sample_responses(policy, input_ids, attention_mask, max_new_tokens=MAX_NEW, temperature=1.0,
-                               eos_token_id=EOS, pad_token_id=PAD)
+    sampled = decode(policy, input_ids, attention_mask, max_new_tokens=MAX_NEW, temperature=1.0,
+                     eos_token_id=EOS, pad_token_id=PAD)
     with torch.no_grad():
         scored = [causal_lm_response_logprobs(m, sampled.sequences, sampled.attention_mask, sampled.prompt_length)
                   for m in (policy, reference)]

@@ -136,16 +136,10 @@ class LocalBackend:
     def sample(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                seed: int) -> list[list[str]]:
         fitted = [self._fit(p, reserve=max_new_tokens) for p in prompts for _ in range(n)]
-        config = self.model.generation_config
-        previous = config.temperature
         with torch.random.fork_rng():  # the seed is this call's alone; the global RNG is left as it was
             torch.manual_seed(seed)
-            config.temperature = temperature
-            try:
-                texts = generate(self.model, self.tokenizer, fitted, max_new_tokens=max_new_tokens,
-                                 batch_size=self.batch_size * n, do_sample=True)
-            finally:
-                config.temperature = previous
+            texts = generate(self.model, self.tokenizer, fitted, max_new_tokens=max_new_tokens,
+                             batch_size=self.batch_size * n, do_sample=True, temperature=temperature)
         self._count(texts)
         texts = [cut_at_stop(t, self.stop) for t in texts]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]

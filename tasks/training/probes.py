@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-from models.generation import generate
+from models.generation import DecodedBatch, generate
 from models.safety import answers_as_wanted
-from models.sampling import SampledBatch, kl_to_reference_samples
+from models.sampling import kl_to_reference_samples
 
 
 def run_probe(model, tokenizer, probe, format_prompt: Callable, score: Callable[[list, list], torch.Tensor],
@@ -24,7 +24,7 @@ def run_probe(model, tokenizer, probe, format_prompt: Callable, score: Callable[
     return score(formatted, answers).float().tolist(), correct
 
 
-def probe_kl(policy, reference_logprobs: Callable[[SampledBatch], torch.Tensor], tokenizer, probe,
+def probe_kl(policy, reference_logprobs: Callable[[DecodedBatch], torch.Tensor], tokenizer, probe,
              format_prompt: Callable, *, max_new_tokens: int, batch_size: int, seed: int) -> float:
     """KL(policy || reference) in nats per answer on the probe prompts: answers sampled at temperature 1 over
     the whole vocabulary, the reference scoring the same ids. The same estimator as the evaluation's
