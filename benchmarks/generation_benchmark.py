@@ -5,9 +5,13 @@ measured matmul rate, for each generation path, with LoRA adapters merged into t
     .venv/bin/python benchmarks/generation_benchmark.py --batches 16 --new-tokens 32 --json reports/generation.json
 
 Every path runs on the same prompts, in one process, one after another, so its rows compare side by side.
-- `today`: `models.generation.generate` as every stage calls it (transformers' generate, dynamic KV cache, fp32).
-- `bf16`: the same on a bf16 copy of the model (`models.generation.decoding_copy`), made once per call (a stage
-  makes one call for all its prompts); the copy's cost is its own column, `cast_seconds`.
+- `transformers`: transformers' own `generate` (greedy, dynamic KV cache, fp32), what every stage called until
+  the project had one decoding loop.
+- `decode`: `models.generation.generate` as every stage calls it now: the project's loop (`decode`), fp32.
+- `decode-bf16`: the same on a bf16 copy of the model (`models.generation.decoding_copy`), made once per call (a
+  stage makes one call for all its prompts); the copy's cost is its own column, `cast_seconds`.
+Each other path's row also says what share of its greedy answers are word for word transformers' own
+(`same_answers_as_transformers`).
 
 The LoRA adapters are the SmolLM2 pipeline's (`lora` in configs/pipelines/smollm2.yaml: r 16 on every projection
 of the top 16 layers), freshly initialised: their B matrices are zero, so both variants answer alike, and the
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from models.generation import decoding_copy, generate
+from models.generation import decoding_copy, encode_left_padded, generate
 from models.gguf import convert_gguf, gguf_path
 from models.loading import load_model_and_tokenizer
 from models.prompting import format_prompt
@@ -44,7 +48,9 @@ PROMPTS = ("Write a long story about a lighthouse keeper.", "Explain in detail h
            "Describe a walk through a busy market, step by step.", "Write a long letter to a friend about your week.",
            "Explain how a bicycle works, part by part.", "Tell me everything you know about the ocean.",
            "Write a detailed guide to planting a vegetable garden.", "Describe the history of the printing press.")
-PATHS: dict[str, torch.dtype | None] = {"today": None, "bf16": torch.bfloat16}  # the precision each decodes in
+# Each path: whether it runs the project's loop, and the precision it decodes in.
+PATHS: dict[str, tuple[bool, torch.dtype | None]] = {"transformers": (False, None), "decode": (True, None),
+                                                     "decode-bf16": (True, torch.bfloat16)}
 
 
 def matmul_gflops(size: int, repeats: int = 20) -> float:
@@ -75,18 +81,35 @@ def with_adapters(model, num_layers: int):
     return get_peft_model(model, config)
 
 
+def transformers_generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers from transformers' `generate`, left-padded, as `models.generation.generate` returns them."""
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], model.device)
+        with torch.no_grad():
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answers += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers
+
+
 def measure(path: str, model, tokenizer, prompts: list[str], batch: int, new_tokens: int, rate: float) -> dict:
     batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
+    own_loop, dtype = PATHS[path]
+    run = generate if own_loop else transformers_generate
     started = time.perf_counter()
-    decoder = decoding_copy(model, PATHS[path])
+    decoder = decoding_copy(model, dtype)
     cast_seconds = time.perf_counter() - started
-    generate(decoder, tokenizer, batch_prompts[:1], max_new_tokens=4, batch_size=1)  # warm-up
-    seconds = _timed(lambda: generate(decoder, tokenizer, batch_prompts, max_new_tokens=new_tokens, batch_size=batch))
+    run(decoder, tokenizer, batch_prompts[:1], max_new_tokens=4, batch_size=1)  # warm-up
+    answers: list[str] = []
+    seconds = _timed(lambda: answers.extend(run(decoder, tokenizer, batch_prompts, max_new_tokens=new_tokens,
+                                                batch_size=batch)))
     tokens_per_s = batch * new_tokens / seconds
     gflops = tokens_per_s * flop_per_token(model) / 1e9
     return {"path": path, "batch": batch, "new_tokens": new_tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens_per_s, 1), "gflop_per_s": round(gflops, 1),
-            "share_of_matmul_rate": round(gflops / rate, 3), "cast_seconds": round(cast_seconds, 2)}
+            "share_of_matmul_rate": round(gflops / rate, 3), "cast_seconds": round(cast_seconds, 2),
+            "answers": answers}
 
 
 def main() -> None:
@@ -109,10 +132,15 @@ def main() -> None:
             if merged:
                 model = model.merge_and_unload()
             prompts = [format_prompt(text, tokenizer, "chat_template", "{prompt}") for text in PROMPTS]
-            for path in args.paths:
-                for batch in args.batches:
+            for batch in args.batches:
+                answers = {}
+                for path in args.paths:
                     row = {"adapters": "merged" if merged else "unmerged",
                            **measure(path, model, tokenizer, prompts, batch, args.new_tokens, rate)}
+                    answers[path] = row.pop("answers")
+                    if "transformers" in answers and path != "transformers":  # greedy: the same words, or not
+                        row["same_answers_as_transformers"] = round(sum(
+                            a == b for a, b in zip(answers[path], answers["transformers"], strict=True)) / batch, 3)
                     print(" | ".join(f"{key} {value}" for key, value in row.items()), flush=True)
                     rows.append(row)
     if args.json:
