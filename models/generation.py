@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from models.sequence_logprobs import position_ids_for, response_mask
+from models.timing import GENERATE, timed
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def encode_left_padded(tokenizer, prompts: list[str], device) -> dict[str, torch
         tokenizer.padding_side = padding_side
 
 
+@timed(GENERATE)
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
            pad_token_id: int, temperature: float | None = None, top_k: int | None = None) -> DecodedBatch:

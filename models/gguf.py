@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.saving import save_hf_model
+from models.timing import LOAD, timed
 
 PACKAGE_SCHEME = "pkg://"
 
@@ -46,6 +47,7 @@ def gguf_path(source: str) -> Path:
     raise FileNotFoundError(f"model.pretrained: {source}: package {package!r} has no file {relative!r}")
 
 
+@timed(LOAD)
 def convert_gguf(path: Path, out_dir: Path) -> Path:
     """The GGUF model and its tokenizer (chat template included) as a float32 safetensors folder at `out_dir`."""
     path = Path(path)

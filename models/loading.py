@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from models.adapters import merge_adapters
 from models.manifest import check_model_folder
+from models.timing import LOAD, timed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,6 +27,7 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_rem
     return tokenizer
 
 
+@timed(LOAD)
 def load_causal_lm(
     source: str | Path,
     *,
@@ -46,6 +48,7 @@ def load_causal_lm(
     )
 
 
+@timed(LOAD)
 def load_model_and_tokenizer(
     source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = "float32",
     adapters: Sequence[str | Path] = (),

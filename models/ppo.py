@@ -40,6 +40,7 @@ from models.losses import (
 )
 from models.metrics import sampled_kl
 from models.sequence_logprobs import causal_lm_response_logprobs, response_logprobs_and_values
+from models.timing import TRAIN, timed
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, responses) -> scores (B,)
 
@@ -233,6 +234,7 @@ class PPOTrainer:
 
     # -------------------------------------------------------------------------------------------------- step
 
+    @timed(TRAIN)  # the rollout's decoding inside it counts as generation (models.timing)
     def step(self, prompts: list[str]) -> tuple[dict[str, float], Rollout]:
         """One PPO iteration on `prompts`; returns its metrics and the rollout (for sample tables)."""
         started = time.perf_counter()

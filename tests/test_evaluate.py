@@ -59,9 +59,18 @@ def test_the_kl_samples_the_configured_number_of_prompts_and_says_how_precise_it
     data = StageResult(stage="validate", run_id="", cache_key="data", outputs=files,
                        output_hashes={name: md5_file(demo_data_dir / f"{name}.jsonl") for name in files})
 
-    metrics = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="dpo", reference=reference).metrics
+    result = run_evaluate(cfg, LINEAGE, policy=policy, data=data, label="dpo", reference=reference)
+    metrics = result.metrics
     assert metrics["eval/kl_answers"] == 7 < metrics["eval/harmful_prompts"] + metrics["eval/benign_prompts"]
     assert metrics["eval/kl_to_reference"] > 0 and 0 < metrics["eval/kl_to_reference_stderr"] < math.inf
+    # Where the stage's time went: it loaded and generated, trained nothing, and the parts add up to its wall.
+    import mlflow
+
+    logged = mlflow.get_run(result.run_id).data.metrics
+    assert logged["profile/generate_seconds"] > 0 and logged["profile/load_seconds"] > 0
+    assert logged["profile/train_seconds"] == 0
+    parts = sum(logged[f"profile/{name}_seconds"] for name in ("generate", "train", "load", "other"))
+    assert parts == pytest.approx(logged["profile/wall_seconds"])
 
 
 def test_perplexity_ratio_to_the_baseline_and_degeneration_are_measured(tmp_path, demo_data_dir, tracked):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -44,6 +45,8 @@ def test_full_finetune_changes_every_parameter(tmp_path, demo_data_dir, tracked)
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
     assert sft.metrics["sft/global_step"] == 3
+    logged = mlflow.get_run(sft.run_id).data.metrics  # where its time went: training, and no generation
+    assert logged["profile/train_seconds"] > 0 and logged["profile/generate_seconds"] == 0
 
 
 def test_lora_stores_only_adapters_that_change_only_the_adapted_projections(tmp_path, demo_data_dir, tracked):

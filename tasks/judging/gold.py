@@ -24,6 +24,7 @@ from models.metrics import rogan_gladen, wilson_interval
 from tasks.core import paths
 from tasks.core.errors import AlignflowError
 from tasks.data.conversations import prompt_display
+from tasks.run.tracking import descendant_runs
 
 GOLD_DIR = paths.PROJECT_ROOT / "models" / "judge_gold"
 GOLD_FILE = GOLD_DIR / "answers.jsonl"
@@ -72,18 +73,11 @@ def _digest(method: str, prompt: str) -> str:
 
 def evaluation_runs(parent_run_id: str) -> dict[str, str]:
     """The method label -> run id of every evaluate run that descends from the parent run."""
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    parent_of = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in runs}
     found = {}
-    for run in runs:
+    for run in descendant_runs(parent_run_id):
         name = run.info.run_name or ""
         method = name.removeprefix(EVALUATE_RUN_PREFIX)
-        if not name.startswith(EVALUATE_RUN_PREFIX) or method in SKIPPED_LABELS or run.info.status != "FINISHED":
-            continue
-        ancestor = parent_of.get(run.info.run_id)
-        while ancestor and ancestor != parent_run_id:
-            ancestor = parent_of.get(ancestor)
-        if ancestor == parent_run_id:
+        if name.startswith(EVALUATE_RUN_PREFIX) and method not in SKIPPED_LABELS and run.info.status == "FINISHED":
             found[method] = run.info.run_id
     if not found:
         raise AlignflowError(f"no finished evaluate-<method> run under parent run {parent_run_id}")

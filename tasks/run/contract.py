@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import mlflow
 from pydantic import BaseModel, ConfigDict
 
+from models.timing import GENERATE, LOAD, TRAIN, taken
 from tasks.core.code_version import code_version
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
@@ -111,7 +113,19 @@ def stage_run(
                         tags=redact_mapping(tags)) as run:
         params = cfg.flat_params()
         mlflow.log_params({k: v for k, v in params.items() if k.split(".", 1)[0] in sections})
+        taken()  # what ran before the stage is not its time
+        started = time.perf_counter()
         yield run
+        mlflow.log_metrics(profile_metrics(taken(), time.perf_counter() - started))
+
+
+def profile_metrics(phases: dict[str, float], wall: float) -> dict[str, float]:
+    """`profile/<phase>_seconds` for generating, training and loading models, the rest of the stage's wall time
+    as `profile/other_seconds` (data, scoring, saving, tracking), and the wall time itself."""
+    spent = {name: phases.get(name, 0.0) for name in (GENERATE, TRAIN, LOAD)}
+    other = max(wall - sum(spent.values()), 0.0)
+    return {**{f"profile/{name}_seconds": seconds for name, seconds in spent.items()},
+            "profile/other_seconds": other, "profile/wall_seconds": wall}
 
 
 def follower_result(stage: str, cache_key: str) -> StageResult:

@@ -63,3 +63,17 @@ def use_tracking_uri(uri: str) -> str:
             os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def descendant_runs(parent_run_id: str) -> list:
+    """Every run below a parent run (children, their children, ...), in any experiment."""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parent_of = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in runs}
+
+    def descends(run_id: str) -> bool:
+        ancestor = parent_of.get(run_id)
+        while ancestor and ancestor != parent_run_id:
+            ancestor = parent_of.get(ancestor)
+        return ancestor == parent_run_id
+
+    return [run for run in runs if descends(run.info.run_id)]

@@ -20,6 +20,7 @@ from models.checkpoints import (
     remove_incomplete_checkpoints,
 )
 from models.saving import save_trained_model
+from models.timing import TRAIN, phase
 from tasks.core.errors import ConfigError
 from tasks.core.tags import RESUMED_FROM_TAG
 from tasks.core.training_sections import LoraSection, TrainingSection
@@ -106,7 +107,7 @@ def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:
         log.info("Resuming from complete checkpoint %s", resume_from)
         if main:
             mlflow.set_tag(RESUMED_FROM_TAG, str(resumed_step))
-    with _quiet_about_tied_weights(trainer.model):
+    with _quiet_about_tied_weights(trainer.model), phase(TRAIN):  # TRL's own generation (RLOO) counts as training
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return resumed_step
 
