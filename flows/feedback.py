@@ -39,8 +39,9 @@ def feedback_rounds(config_path: str, overrides: list[str] | None = None) -> lis
     3. export: two sampled answers per prompt (with `reward` and samples_per_prompt > 2: the best and the worst
        of that many), in a shuffled A/B order;
     4. label: `reward` scores both answers with the reward model; `ai` asks the CAI feedback model in both
-       orders; `human` stops here until people's labels are in the round's folder (`alignflow feedback page
-       --out <round>/labels.jsonl`), then rerun;
+       orders; `simulated` applies the simulated annotator's rules (a simulation, not people); `human` stops
+       here until people's labels are in the round's folder (`alignflow feedback page --out
+       <round>/labels.jsonl`), then rerun;
     5. import: every labelled pair of rounds 1..k as a new DVC data version (validated);
     6. train each optimizer from the round's starting model on it, evaluate, register, gate and promote.
     Stops after a round that waits for people.
@@ -78,6 +79,8 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
             labels = rounds.label_with_reward_model(cfg, settings, k, pairs_file, results["reward"])
         if labels is None and labeler == "ai":
             labels = rounds.label_with_ai(cfg, settings, k, pairs_file, start.model_uri)
+        if labels is None and labeler == "simulated":
+            labels = rounds.label_with_simulation(settings, k, pairs_file)
         if labels is None:
             waiting = (f"round {k} waits for labels: alignflow feedback page --pairs {pairs_file} --out "
                        f"{rounds.round_dir(settings, k) / rounds.LABEL_FILES[0]} (or put a Label Studio / Argilla "

@@ -80,12 +80,13 @@ def test_preferences_teach_refusal_on_harmful_and_help_on_benign():
         harmful = any(action in row["prompt"] for action in harmful_actions)
         assert is_refusal(row["chosen"]) == harmful
         assert is_refusal(row["rejected"]) != harmful
+        assert row["kind"] == ("harmful" if harmful else "benign")
 
 
 def test_rows_are_in_trl_formats():
     data = build_demo_datasets()
     assert set(data["sft_train"][0]) == {"prompt", "completion"}
-    assert set(data["preferences_train"][0]) == {"prompt", "chosen", "rejected"}
+    assert set(data["preferences_train"][0]) == {"prompt", "chosen", "rejected", "kind"}
     assert {"prompt", "harmful"} <= set(data["eval_prompts"][0])
     assert set(data["red_team_prompts"][0]) == {"prompt"}
     assert all(row["completion"].startswith(" ") for row in data["sft_train"])

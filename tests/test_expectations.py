@@ -130,6 +130,10 @@ BAD_INPUTS = {
          "eval_prompts": [{"prompt": "A new question?"}, {"prompt": preference_rows(4)[2]["prompt"]}]},
         "eval_prompts", "expect_column_values_to_not_be_in_set", "prompt", 2,
     ),
+    "unknown_request_kind": (
+        {"preferences_train": [*preference_rows(2), {**preference_rows(3)[2], "kind": "harmfull"}]},
+        "preferences_train", "expect_column_values_to_be_in_set", "kind", 3,
+    ),
     "zero_rows": (
         {"sft_eval": []},
         "sft_eval", "expect_table_row_count_to_be_between", "table", None,

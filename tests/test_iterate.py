@@ -115,6 +115,24 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
         calibrated = "tie" if ";" in label.note else "A" if p_a > 0.5 else "B"
         assert label.choice == calibrated, label.note
 
+    # The simulated annotator on the same pairs: each request's kind (a column of the prompt data) and the
+    # refusal detector decide; it loads no model.
+    from tasks.data.conversations import prompt_key
+    from tasks.feedback.rounds import label_with_simulation
+    from tasks.feedback.simulated import preference
+
+    simulated = round_settings(load_config(paths.DEMO_CONFIG, [
+        *_overrides(tmp_path, data_dir), *_settings(root, labeler="simulated", label_noise=0.0),
+        f"iterate.feedback_dir={tmp_path / 'simulated'}"]))
+    pairs = read_pairs(rounds[0] / "export" / "pairs.jsonl")
+    labels = read_labels(label_with_simulation(simulated, 1, rounds[0] / "export" / "pairs.jsonl"))
+    kinds = {prompt_key(row["prompt"]): row["kind"] for row in _preferences(root / "data")}
+    assert [label.pair_id for label in labels] == list(pairs)
+    for label in labels:
+        pair = pairs[label.pair_id]
+        assert label.annotator == "simulated:noise=0"
+        assert label.choice == preference(kinds[prompt_key(pair.prompt)], pair.answer_a, pair.answer_b)
+
 
 def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp_path):
     data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")

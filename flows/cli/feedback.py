@@ -146,7 +146,9 @@ def feedback_import(
 
 def iterate(
     rounds: Annotated[int | None, typer.Option(help="Rounds to run (iterate.rounds).")] = None,
-    labeler: Annotated[str | None, typer.Option(help="human, reward or ai (iterate.labeler).")] = None,
+    labeler: Annotated[str | None, typer.Option(help="human, reward, ai or simulated (iterate.labeler).")] = None,
+    label_noise: Annotated[float | None, typer.Option(
+        help="Share of the simulated labeler's preferences reversed (iterate.label_noise).")] = None,
     pairs_per_round: Annotated[int | None, typer.Option(help="Fresh prompts per round (iterate.pairs_per_round).")]
     = None,
     first_round_pairs: Annotated[int | None, typer.Option(help="Prompts in round 1 (iterate.first_round_pairs).")]
@@ -173,7 +175,7 @@ def iterate(
     from tasks.core.errors import AlignflowError
     from tasks.report.results import ResultRow, round_line
 
-    given = {"rounds": rounds, "labeler": labeler, "pairs_per_round": pairs_per_round,
+    given = {"rounds": rounds, "labeler": labeler, "label_noise": label_noise, "pairs_per_round": pairs_per_round,
              "first_round_pairs": first_round_pairs, "prompts_file": prompts, "feedback_dir": feedback_dir,
              "seed": seed, "temperature": temperature, "max_new_tokens": max_new_tokens,
              "reward_margin": reward_margin, "samples_per_prompt": samples_per_prompt, "start_from": start_from,

@@ -200,9 +200,12 @@ class IterateSection(Section):
     """`alignflow iterate`: rounds of fresh feedback on the current policy's answers (its options override these)."""
 
     rounds: int = Field(3, ge=1, description="Rounds to run (finished rounds are reused).")
-    labeler: Literal["human", "reward", "ai"] = Field(
+    labeler: Literal["human", "reward", "ai", "simulated"] = Field(
         "human", description="human: export, then wait for people's labels; reward: the reward model labels; ai: "
-        "the CAI feedback model of `cai_config` labels.")
+        "the CAI feedback model of `cai_config` labels; simulated: a rule stands in for people (the request's kind "
+        "and the refusal detector, `tasks.feedback.simulated`), for unattended rounds.")
+    label_noise: float = Field(0.0, ge=0, le=0.5, description="simulated labeler: the share of its preferences "
+                               "reversed, as people disagree.")
     pairs_per_round: int = Field(96, ge=1, description="Fresh prompts compared per round.")
     first_round_pairs: int | None = Field(None, ge=1, description="Fewer prompts in round 1: a deliberately weak "
                                           "start. None: pairs_per_round.")

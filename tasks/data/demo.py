@@ -159,7 +159,8 @@ def _preference(request: Request, rng: random.Random) -> dict:
     """Harmful: a refusal beats compliance. Benign: a helpful answer beats an over-refusal."""
     helpful, refusal = comply(request, rng), refuse(request, rng)
     chosen, rejected = (refusal, helpful) if request.harmful else (helpful, refusal)
-    return {"prompt": request.prompt, "chosen": chosen, "rejected": rejected}
+    return {"prompt": request.prompt, "chosen": chosen, "rejected": rejected,
+            "kind": "harmful" if request.harmful else "benign"}  # what a simulated annotator labels by
 
 
 def write_demo_data(out_dir: Path, seed: int = 0, sft_refusal_share: float = 0.1) -> dict[str, Path]:

@@ -60,6 +60,10 @@ KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt",),
 }
 MESSAGES_COLUMNS = ("messages",)  # SFT as whole dialogues
+# A request's kind, where the data says it (the `kind` column): what the safety world builds, what the simulated
+# annotator labels by and what the evaluation splits its rates by.
+REQUEST_KINDS = ("harmful", "benign", "sound_harmful")
+KIND_COLUMN = "kind"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 FAILED_EXPECTATIONS = "_failed_expectations"
 _EXAMPLE_ROWS = 3
@@ -191,6 +195,12 @@ def _no_leakage(spec: _Spec) -> Iterator[_Planned]:
     yield _Planned(expectation, column, "the prompt is not in the training data", needs=(column,))
 
 
+def _request_kind(spec: _Spec) -> Iterator[_Planned]:
+    yield _Planned(_Expectation("ExpectColumnValuesToBeInSet", column=KIND_COLUMN, value_set=list(REQUEST_KINDS)),
+                   KIND_COLUMN, f"'{KIND_COLUMN}', where the file has it, is one of {', '.join(REQUEST_KINDS)}",
+                   needs=(KIND_COLUMN,))
+
+
 _ALL_KINDS = frozenset(KIND_COLUMNS)
 # Which checks apply to which kind. Leakage applies to every kind but only yields for eval files.
 _CHECKS: tuple[tuple[Callable[[_Spec], Iterable[_Planned]], frozenset[str]], ...] = (
@@ -203,6 +213,7 @@ _CHECKS: tuple[tuple[Callable[[_Spec], Iterable[_Planned]], frozenset[str]], ...
     (_fits_max_length, _ALL_KINDS),
     (_unique, _ALL_KINDS),
     (_no_leakage, _ALL_KINDS),
+    (_request_kind, _ALL_KINDS),
 )
 
 

@@ -4,7 +4,8 @@
                                            fresh prompts (none asked in an earlier round)
                              export/       the champion's two sampled answers per prompt (`feedback export`)
                              labels.jsonl  the labels: a person's (our page; or labelstudio-export.json /
-                                           argilla-export.jsonl from those tools), or the reward model's
+                                           argilla-export.jsonl from those tools), or the reward model's,
+                                           the CAI feedback model's or the simulated annotator's
                              data/         the round's DVC data version: the datasets, with every labelled pair
                                            of rounds 1..k in preferences_train
 
@@ -24,6 +25,7 @@ from models.reward import reward_scores
 from tasks.core.config import IterateSection, PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.hashing import md5_file
+from tasks.data.conversations import prompt_key
 from tasks.data.writers import write_text
 from tasks.feedback.export import (
     EXPORT_MANIFEST,
@@ -36,6 +38,7 @@ from tasks.feedback.export import (
 from tasks.feedback.importing import FEEDBACK_MANIFEST
 from tasks.feedback.prompts import sample_prompts
 from tasks.feedback.records import PAIRS_FILE, Label, LabelLog, prompt_text, read_pairs
+from tasks.feedback.simulated import request_kinds, simulated_label
 from tasks.registry.logged_models import load_stage_reward_model
 from tasks.run.contract import StageResult
 
@@ -189,6 +192,20 @@ def label_with_ai(cfg: PipelineConfig, settings: IterateSection, k: int, pairs_f
                           + (f"; {reason}" if reason else ""))
 
     return _write_labels(settings, k, (calibrated(pair) for pair in pairs))
+
+
+def label_with_simulation(settings: IterateSection, k: int, pairs_file: Path) -> Path:
+    """The simulated annotator labels each pair (`tasks.feedback.simulated`), from the request kinds of the
+    prompt pool; its noise is drawn per pair from the round's seed."""
+    kinds = request_kinds(settings.prompts_file)
+    labels = []
+    for pair in read_pairs(pairs_file).values():
+        kind = kinds.get(prompt_key(pair.prompt))
+        if kind is None:
+            raise AlignflowError(f"{pairs_file}: pair {pair.pair_id}: its prompt is not in {settings.prompts_file}, "
+                                 "so the simulated annotator does not know its kind")
+        labels.append(simulated_label(pair, kind, noise=settings.label_noise, seed=settings.seed + k))
+    return _write_labels(settings, k, labels)
 
 
 def _write_labels(settings: IterateSection, k: int, labels: Iterable[Label]) -> Path:

@@ -20,9 +20,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.core.config_files import Section, load_config_file, resolved_sha256
+from tasks.data.expectations import REQUEST_KINDS
 
 Kind = Literal["harmful", "benign", "sound_harmful"]
-KINDS: tuple[Kind, ...] = ("harmful", "benign", "sound_harmful")
+KINDS: tuple[Kind, ...] = REQUEST_KINDS  # the data contract's, in one place
 Split = Literal["train", "held_out"]
 LOOK_ALIKES = "look_alikes"  # the sound-harmful category every harmful sub-category's look-alikes expand into
 
