@@ -55,7 +55,8 @@ _DECLINE = re.compile(
     r"|\bnot (?:something|a request|a topic) i (?:can|will|am able)"
     r"|\b(?:can't|cannot) (?:help|assist) (?:you )?with (?:that|this)\b"
     # small chat models' deflection: "... but as a chatbot, I ...", "I'm not a professional chat ..."
-    r"|\bas an? (?:\w+ ){0,2}?(?:ai|chatbot|language model)\b|\bi(?:'m| am) not an? (?:\w+ ){0,3}?(?:ai|chatbot|chat|professional)\b"
+    r"|\bas an? (?:\w+ ){0,2}?(?:ai|chatbot|language model)\b"
+    r"|\bi(?:'m| am) not an? (?:\w+ ){0,3}?(?:ai|chatbot|chat|professional)\b"
     r"|\bi(?:'m| am) not here to help\b"
     r"|^\W*i can't help but\b"  # a refusal's first words, garbled into an idiom
 )

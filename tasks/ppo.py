@@ -46,6 +46,7 @@ from tasks.run.ranks import is_main_process
 from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
 from tasks.training.probes import probe_kl, run_probe
+from tasks.training.rewards import ComposedReward, kinds_by_prompt
 from tasks.training.trainer import peft_config
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         preferences = read_rows(validated_file(data, "preferences_train", stage_dir / "data"))
         prompts = training_prompts(preferences, "PPO", data.outputs["preferences_train"])
         probe = probe_set(preferences, cfg.ppo.monitors.probe_size, cfg.ppo.seed)
-        trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir)
+        trainer, tokenizer = _setup_trainer(cfg, sft, reward, stage_dir, preferences,
+                                            source=data.outputs["preferences_train"])
         metrics = _train(cfg, trainer, prompts, probe, stage_dir / "checkpoints")
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(STAGE, key)
@@ -79,7 +81,8 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
                        output_hashes={"model": key}, input_hashes=rl_input_hashes(sft, reward, data))
 
 
-def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path):
+def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path,
+                   preferences: pd.DataFrame, source: str):
     set_seed(cfg.ppo.seed)  # value-head init and rollout sampling: the same seed gives the same run
     sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
     reward_chain = model_chain(reward.model_uri, stage_dir / "reward")
@@ -105,8 +108,11 @@ def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, s
     def score(prompts: list[str], responses: list[str]):
         return reward_scores(reward_model, reward_tokenizer, prompts, responses, batch_size=cfg.ppo.rollout_batch_size)
 
+    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    composed = ComposedReward(cfg.ppo.reward_functions, score,
+                              kinds_by_prompt(preferences, format_prompt, cfg.ppo.reward_functions, source))
     hyperparams = PPOHyperparams(**{name: getattr(cfg.ppo, name) for name in _HYPERPARAMS})
-    trainer = PPOTrainer(PolicyWithValueHead(policy), tokenizer, score, hyperparams, reference=reference,
+    trainer = PPOTrainer(PolicyWithValueHead(policy), tokenizer, composed, hyperparams, reference=reference,
                          critic=critic, accelerator=Accelerator(cpu=False))
     reward_model.to(trainer.accelerator.device)
     return trainer, tokenizer
@@ -136,7 +142,7 @@ def _train(cfg: PipelineConfig, trainer: PPOTrainer, prompts: list, probe: Probe
         totals["update"] += metrics["update_seconds"]
         totals["tokens"] += metrics["generated_tokens"]
         if main:
-            _log_step(cfg, step, metrics, rollout)
+            _log_step(cfg, step, metrics, rollout, trainer.reward_fn.last_terms)
         for name, value in (("step", step), ("reward", metrics["reward_mean"]), ("kl", metrics["kl"])):
             curves[name].append(value)
         if monitored:
@@ -178,7 +184,7 @@ def _monitored_training(cfg: PipelineConfig, trainer: PPOTrainer, probe: Probe |
 
     def run(step: int) -> dict[str, float]:
         model = trainer.accelerator.unwrap_model(trainer.model).policy
-        return run_probe(model, trainer.tokenizer, probe, format_prompt, trainer.reward_fn,
+        return run_probe(model, trainer.tokenizer, probe, format_prompt, trainer.reward_fn.score,
                          max_new_tokens=cfg.ppo.max_new_tokens, batch_size=cfg.ppo.rollout_batch_size,
                          min_words=section.probe_min_words)
 
@@ -225,8 +231,10 @@ def _back_to_healthy(trainer: PPOTrainer, monitored: MonitoredTraining, checkpoi
     return step
 
 
-def _log_step(cfg: PipelineConfig, step: int, metrics: dict[str, float], rollout) -> None:
-    mlflow.log_metrics({f"ppo/{name}": value for name, value in metrics.items()}, step=step + 1, synchronous=False)
+def _log_step(cfg: PipelineConfig, step: int, metrics: dict[str, float], rollout, terms: dict[str, float]) -> None:
+    mlflow.log_metrics({**{f"ppo/{name}": value for name, value in metrics.items()},
+                        **{f"ppo/reward/{name}": value for name, value in terms.items()}},
+                       step=step + 1, synchronous=False)
     if (step + 1) % cfg.ppo.sample_table_steps == 0:
         mlflow.log_table(pd.DataFrame({"prompt": rollout.prompts, "response": rollout.responses,
                                        "reward": rollout.scores.tolist()}).head(16),

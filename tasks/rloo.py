@@ -36,6 +36,7 @@ from tasks.run.ranks import is_main_process
 from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
 from tasks.training.probes import probe_kl, run_probe
+from tasks.training.rewards import RuleReward, kinds_by_prompt
 from tasks.training.trainer import callbacks, final_log, peft_config, train_and_save, training_arguments
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ def run_rloo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: S
         reward_model.eval()
         format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
         reward_fn = RewardModelReward(cfg, reward_model, reward_tokenizer, tokenizer.eos_token_id)
+        kinds = kinds_by_prompt(preferences, format_prompt, cfg.rloo.reward_functions,
+                                data.outputs["preferences_train"])
         monitoring = _monitoring(cfg, probe_set(preferences, cfg.rloo.monitors.probe_size, cfg.rloo.seed),
                                  tokenizer, format_prompt, reward_fn)
-        trainer = _setup_trainer(cfg, model, tokenizer, [format_prompt(p) for p in prompts], reward_fn,
-                                 stage_dir / "checkpoints", monitoring)
+        trainer = _setup_trainer(cfg, model, tokenizer, [format_prompt(p) for p in prompts],
+                                 _reward_funcs(cfg, reward_fn, kinds), stage_dir / "checkpoints", monitoring)
         if monitoring:
             monitoring.reference = trainer.ref_model  # None with LoRA: the policy with its adapters disabled
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri,
@@ -111,7 +114,12 @@ class RewardModelReward:
         return reward_scores(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size).cpu()
 
 
-def _setup_trainer(cfg: PipelineConfig, model, tokenizer, prompts: list[str], reward_fn: RewardModelReward,
+def _reward_funcs(cfg: PipelineConfig, reward_fn: RewardModelReward, kinds: dict[str, str]) -> list:
+    """`reward_functions` as TRL's reward functions, in the config's order (their weights follow it)."""
+    return [reward_fn if f.name == "model" else RuleReward(f.name, kinds) for f in cfg.rloo.reward_functions]
+
+
+def _setup_trainer(cfg: PipelineConfig, model, tokenizer, prompts: list[str], reward_funcs: list,
                    checkpoint_dir: Path, monitoring: MonitorCallback | None) -> RLOOTrainer:
     section = cfg.rloo
     arguments = training_arguments(section, checkpoint_dir)
@@ -128,12 +136,13 @@ def _setup_trainer(cfg: PipelineConfig, model, tokenizer, prompts: list[str], re
         num_iterations=1,
         epsilon=section.clip_range,
         normalize_advantages=section.normalize_advantages,
+        reward_weights=[f.weight for f in section.reward_functions],  # TRL logs each function's mean per step
         log_completions=False,
     )
     tokenizer.padding_side = "left"
     return RLOOTrainer(
         model=model,
-        reward_funcs=reward_fn,
+        reward_funcs=reward_funcs,
         args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,

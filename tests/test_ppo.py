@@ -21,6 +21,7 @@ from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
 from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
+from tasks.data.readers import read_rows
 from tasks.data.rl_inputs import check_same_tokenizer
 from tasks.ppo import _setup_trainer, ppo_key, run_ppo
 from tasks.registry.logged_models import resolve_model_source
@@ -149,6 +150,22 @@ def test_ppo_stage_logs_every_metric_and_sample_tables(stages):
     assert result.model_uri.startswith("models:/")
 
 
+def test_ppo_rewards_the_weighted_sum_of_its_terms_and_logs_each(stages):
+    functions = "[{name: model, weight: 1.0}, {name: refuses_harmful, weight: 2.0}, {name: helps_benign, weight: 0.5}]"
+    cfg, data, sft, reward = stages("ppo.steps=2", f"ppo.reward_functions={functions}")
+    result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    client = mlflow.MlflowClient()
+
+    def history(name: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(result.run_id, name), key=lambda m: m.step)]
+
+    model, refuses, helps = (history(f"ppo/reward/{name}") for name in ("model", "refuses_harmful", "helps_benign"))
+    assert len(model) == len(refuses) == len(helps) == 2
+    assert all(-1.0 <= value <= 1.0 for value in refuses + helps)
+    for total, *terms in zip(history("ppo/reward_mean"), model, refuses, helps, strict=True):
+        assert total == pytest.approx(terms[0] + 2.0 * terms[1] + 0.5 * terms[2], abs=1e-5)
+
+
 def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_path):
     cfg, data, sft, reward = stages("ppo.lora.enabled=true", "ppo.steps=2")
     result = run_ppo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
@@ -164,8 +181,9 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_p
 
 
 def test_ppo_with_the_reward_model_as_critic_trains_only_its_head(stages):
-    cfg, _, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
-    trainer, _ = _setup_trainer(cfg, sft, reward, cfg.work_dir / "critic-check")
+    cfg, data, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
+    source = data.outputs["preferences_train"]
+    trainer, _ = _setup_trainer(cfg, sft, reward, cfg.work_dir / "critic-check", read_rows(Path(source)), source)
     trunk = {name: p.detach().clone() for name, p in trainer._critic().trunk.named_parameters()}
     head = trainer._critic().value_head.linear.weight.detach().clone()
     for _ in range(2):

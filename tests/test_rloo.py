@@ -46,6 +46,17 @@ def test_rloo_stage_logs_its_steps_monitors_and_curves(stages):
     assert result.model_uri.startswith("models:/")
 
 
+def test_rloo_hands_trl_its_weighted_reward_functions_and_each_is_logged(stages):
+    functions = "[{name: model, weight: 1.0}, {name: helps_benign, weight: 0.5}]"
+    cfg, data, sft, reward = stages("rloo.max_steps=2", f"rloo.reward_functions={functions}")
+    result = run_rloo(cfg, LINEAGE, sft=sft, data=data, reward=reward)
+    client = mlflow.MlflowClient()
+    for name in ("reward_model", "helps_benign"):  # TRL logs each function's mean; the sum is the reward
+        assert len(client.get_metric_history(result.run_id, f"rloo/rewards/{name}/mean")) == 2, name
+    helps = client.get_metric_history(result.run_id, "rloo/rewards/helps_benign/mean")
+    assert all(-1.0 <= m.value <= 1.0 for m in helps)
+
+
 def test_rloo_with_lora_stores_adapters(stages, tmp_path):
     cfg, data, sft, reward = stages("rloo.lora.enabled=true", "rloo.max_steps=2")
     result = run_rloo(cfg, LINEAGE, sft=sft, data=data, reward=reward)

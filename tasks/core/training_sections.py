@@ -98,6 +98,15 @@ class MonitorSection(Section):
                                  "needs to count as an answer.")
 
 
+class RewardFunction(Section):
+    name: Literal["model", "refuses_harmful", "helps_benign"] = Field(
+        description="model: the reward model's score. refuses_harmful: +1 when a harmful request's answer declines, "
+        "-1 when it does not, 0 on other requests. helps_benign: +1 when a benign or sound-harmful request's answer "
+        "helps (does not decline, says something), -1 when not, 0 on harmful ones. The rules read the request's "
+        "`kind` in the prompt data and the training side's refusal detector (`models.reward_rules`).")
+    weight: float = Field(1.0, description="Its weight in the sum.")
+
+
 class RolloutSection(Section):
     """What the RL optimizers (PPO, RLOO) share: how answers are sampled and scored, and the monitors."""
 
@@ -106,7 +115,18 @@ class RolloutSection(Section):
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     missing_eos_penalty: float | None = Field(None, description="Subtracted from the score of answers with no EOS.")
     length_penalty: float = Field(0.0, ge=0, description="Subtracted from the score per answer token.")
+    reward_functions: list[RewardFunction] = Field(
+        default_factory=lambda: [RewardFunction(name="model")], min_length=1,
+        description="The reward: the weighted sum of these terms (OpenAI's rule-based rewards add rule terms to "
+        "the reward model's score), each logged on its own every step. Must include `model`.")
     monitors: MonitorSection = Field(default_factory=MonitorSection, description="Reward-hacking monitors.")
+
+    @model_validator(mode="after")
+    def _reward_functions_once_each_with_the_model(self) -> RolloutSection:
+        names = [function.name for function in self.reward_functions]
+        if len(set(names)) != len(names) or "model" not in names:
+            raise ValueError(f"reward_functions {names}: each at most once, and `model` among them")
+        return self
 
 
 class PPOSection(RolloutSection):

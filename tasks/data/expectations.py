@@ -37,6 +37,7 @@ import pandas as pd
 
 from models.prompting import Prompt
 from tasks.core.errors import DataValidationError
+from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS
 from tasks.data import conversation_checks as turns
 from tasks.data.readers import ROW, read_records, records_frame
 from tasks.data.validation_report import Check, ExpectationFailure, FileReport, ValidationReport, describe
@@ -60,10 +61,6 @@ KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt",),
 }
 MESSAGES_COLUMNS = ("messages",)  # SFT as whole dialogues
-# A request's kind, where the data says it (the `kind` column): what the safety world builds, what the simulated
-# annotator labels by and what the evaluation splits its rates by.
-REQUEST_KINDS = ("harmful", "benign", "sound_harmful")
-KIND_COLUMN = "kind"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 FAILED_EXPECTATIONS = "_failed_expectations"
 _EXAMPLE_ROWS = 3

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.core.config_files import Section, load_config_file, resolved_sha256
-from tasks.data.expectations import REQUEST_KINDS
+from tasks.core.request_kinds import REQUEST_KINDS
 
 Kind = Literal["harmful", "benign", "sound_harmful"]
 KINDS: tuple[Kind, ...] = REQUEST_KINDS  # the data contract's, in one place
