@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger
@@ -11,6 +12,7 @@ from flows.pipeline import baseline_stages, refuse_early, train_and_promote
 from tasks.base_model import needs_validated_data
 from tasks.core import stage_names as stage
 from tasks.core.config import IterateSection, PipelineConfig, load_config
+from tasks.core.lineage import Lineage
 from tasks.core.secrets import install_log_redaction
 from tasks.core.tags import TAG_PREFIX
 from tasks.feedback import rounds
@@ -19,6 +21,7 @@ from tasks.feedback.importing import import_feedback, log_import
 from tasks.orchestration.parent_run import flow_lineage, parent_run
 from tasks.orchestration.promotion import champion_task
 from tasks.orchestration.stage_tasks import run_stage
+from tasks.run.contract import StageResult
 from tasks.run.lifecycle import reap_dead_runs
 from tasks.run.tracking import configure_tracking
 
@@ -26,6 +29,7 @@ ROUND_TAG = f"{TAG_PREFIX}feedback_round"
 LABELER_TAG = f"{TAG_PREFIX}feedback_labeler"
 START_TAG = f"{TAG_PREFIX}feedback_start_model"  # the champion (or SFT model) the round started from
 ROUND_DATA_TAG = f"{TAG_PREFIX}feedback_data_md5"
+REWARD_MODEL_TAG = f"{TAG_PREFIX}feedback_reward_model"  # the reward model the round's PPO/RLOO optimised against
 
 
 @flow(name="feedback_rounds")
@@ -43,7 +47,9 @@ def feedback_rounds(config_path: str, overrides: list[str] | None = None) -> lis
        here until people's labels are in the round's folder (`alignflow feedback page --out
        <round>/labels.jsonl`), then rerun;
     5. import: every labelled pair of rounds 1..k as a new DVC data version (validated);
-    6. train each optimizer from the round's starting model on it, evaluate, register, gate and promote.
+    6. with PPO or RLOO (and `retrain_reward`): retrain the reward model on every comparison so far, scored
+       before and after on a held-out share of the round's fresh pairs (`retrain_reward`);
+    7. train each optimizer from the round's starting model on it, evaluate, register, gate and promote.
     Stops after a round that waits for people.
     """
     install_log_redaction()
@@ -102,14 +108,41 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         round_lineage = replace(lineage, data_md5=flow_lineage(round_cfg.section_hash(), round_cfg).data_md5,
                                 data_tags=(*lineage.data_tags, (ROUND_TAG, str(k))))
         mlflow.set_tag(ROUND_DATA_TAG, round_lineage.data_md5)
-        data = run_stage(stage.VALIDATE, round_cfg, round_lineage,
-                         **({} if needs_validated_data(cfg) else {"base": results["base"]}))
+        base = {} if needs_validated_data(cfg) else {"base": results["base"]}
+        data = run_stage(stage.VALIDATE, round_cfg, round_lineage, **base)
+        if settings.retrain_reward and {stage.PPO, stage.RLOO} & set(cfg.optimizers):
+            results["reward"] = retrain_reward(config_path, overrides, cfg, settings, k, data_dir, round_lineage,
+                                               results, base)
         rows = train_and_promote(cfg, round_lineage, results, judged, start=start, data=data, train_cfg=round_cfg)
         if cfg.optimizers:
             rounds.record_candidate(settings, k, results[cfg.optimizers[0]])
     return {"round": k, "status": "trained", "start": start.model_uri, "data_dir": str(data_dir),
             "data_md5": round_lineage.data_md5, "promoted": results["promote"].model_uri,
             "rows": [row.model_dump(mode="json") for row in rows]}
+
+
+def retrain_reward(config_path: str, overrides: list[str] | None, cfg: PipelineConfig, settings: IterateSection,
+                   k: int, data_dir: Path, lineage: Lineage, results: dict[str, StageResult],
+                   base: dict[str, StageResult]) -> StageResult:
+    """The round's reward model: trained from the SFT model on the original comparisons and every round's so far
+    (less a held-out share of this round's), validated as any data. The reward models before and after are both
+    scored on the held-out pairs, and the round's parent run names the new one. Evaluation keeps judging with
+    the pipeline's own reward model, so rounds stay comparable."""
+    folder, held_out = rounds.reward_data(cfg, settings, k, data_dir)
+    reward_cfg = _with_data(config_path, overrides, folder)
+    reward_lineage = replace(lineage, data_md5=flow_lineage(reward_cfg.section_hash(), reward_cfg).data_md5)
+    data = run_stage(stage.VALIDATE, reward_cfg, reward_lineage, **base)
+    reward = run_stage(stage.REWARD, reward_cfg, reward_lineage, sft=results["sft"], data=data)
+    mlflow.set_tag(REWARD_MODEL_TAG, reward.model_uri)
+    if held_out:
+        scratch = cfg.work_dir / "feedback-rounds" / f"round-{k}"
+        mlflow.log_metrics({
+            "feedback/reward_heldout_pairs": float(len(held_out)),
+            "feedback/reward_heldout_accuracy_before": rounds.reward_accuracy(cfg, results["reward"], held_out,
+                                                                              scratch / "before"),
+            "feedback/reward_heldout_accuracy_after": rounds.reward_accuracy(cfg, reward, held_out, scratch / "after"),
+        })
+    return reward
 
 
 def _with_data(config_path: str, overrides: list[str] | None, data_dir) -> PipelineConfig:

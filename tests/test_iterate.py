@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.feedback import LABELER_TAG, ROUND_DATA_TAG, ROUND_TAG, START_TAG, feedback_rounds
+from flows.feedback import LABELER_TAG, REWARD_MODEL_TAG, ROUND_DATA_TAG, ROUND_TAG, START_TAG, feedback_rounds
 from tasks.core import paths
 from tasks.feedback.records import Label, LabelLog, read_labels, read_pairs
 from tests.helpers.dvc import dvc_repo_with_tracked_data
@@ -132,6 +132,37 @@ def test_reward_labelled_rounds_chain_in_mlflow(prefect_harness, tracked, tmp_pa
         pair = pairs[label.pair_id]
         assert label.annotator == "simulated:noise=0"
         assert label.choice == preference(kinds[prompt_key(pair.prompt)], pair.answer_a, pair.answer_b)
+
+
+def test_a_ppo_round_retrains_the_reward_model_on_every_comparison_so_far(prefect_harness, tracked, tmp_path):
+    data_dir = dvc_repo_with_tracked_data(tmp_path / "repo")
+    root = tmp_path / "repo"
+    ppo = ["optimizers=[ppo]", "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8",
+           "ppo.max_new_tokens=8", "ppo.save_steps=2", "ppo.sample_table_steps=2", "ppo.monitors.probe_size=8"]
+    summaries = feedback_rounds(str(paths.DEMO_CONFIG), [*_overrides(tmp_path, data_dir), *ppo,
+                                                         *_settings(root, labeler="reward", rounds=1)])
+    assert [s["status"] for s in summaries] == ["trained"]
+    folder = root / "feedback" / "round-1"
+    manifest = json.loads((folder / "reward-data" / "reward_data_manifest.json").read_text())
+    trained_on = [json.dumps(row, sort_keys=True) for row in _preferences(folder / "reward-data")]
+    fresh = [json.dumps(row, sort_keys=True) for row in _preferences(folder / "data")]
+    original = [json.dumps(row, sort_keys=True) for row in _preferences(data_dir)]
+    held_out = [json.dumps(row, sort_keys=True) for row in manifest["held_out"]]
+    # The original comparisons and the round's, less the held-out share, which it never sees.
+    assert held_out and set(held_out) <= set(fresh) and not set(held_out) & set(trained_on)
+    assert trained_on == original + [row for row in fresh if row not in held_out]
+    assert manifest["original_pairs"] == len(original) and len(held_out) == round(0.2 * len(fresh))
+    # The round names its reward model, PPO optimised against it, and both reward models were scored.
+    client = MlflowClient()
+    parent = _round_parents(client)["1"][0]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    ppo_run = next(run for run in children if run.info.run_name == "ppo")
+    assert ppo_run.data.tags["alignflow.parent.reward"] == parent.data.tags[REWARD_MODEL_TAG]
+    assert parent.data.tags[REWARD_MODEL_TAG] != summaries[0]["start"]
+    metrics = parent.data.metrics
+    assert metrics["feedback/reward_heldout_pairs"] == len(held_out)
+    for when in ("before", "after"):
+        assert 0.0 <= metrics[f"feedback/reward_heldout_accuracy_{when}"] <= 1.0
 
 
 def test_human_round_waits_for_labels_then_resumes(prefect_harness, tracked, tmp_path):

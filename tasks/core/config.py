@@ -224,6 +224,12 @@ class IterateSection(Section):
     cai_config: Path | None = Field(None, description="CAI config of the ai labeler (feedback model, constitution, "
                                     "choice template).")
     dvc: bool = Field(True, description="`dvc add` the rounds' data.")
+    retrain_reward: bool = Field(True, description="With PPO or RLOO among the optimizers: each round retrains the "
+                                 "reward model on the original comparisons plus every round's so far, and they "
+                                 "optimise against it (InstructGPT's and Anthropic's loop).")
+    reward_holdout: float = Field(0.2, ge=0, lt=1, description="The share of a round's fresh pairs kept out of the "
+                                  "retrained reward model's data: both reward models, before and after, are scored "
+                                  "on them.")
 
     @model_validator(mode="after")
     def _ai_labeler_needs_a_cai_config(self) -> IterateSection:

@@ -8,6 +8,8 @@
                                            the CAI feedback model's or the simulated annotator's
                              data/         the round's DVC data version: the datasets, with every labelled pair
                                            of rounds 1..k in preferences_train
+                             reward-data/  with PPO or RLOO: the retrained reward model's data, the original
+                                           comparisons plus those pairs, less a held-out share of round k's
 
 A rerun finds each file and goes on from there, so a round waiting for people resumes once their labels are in
 the folder, and a finished round is not recomputed.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,8 +29,10 @@ from models.reward import reward_scores
 from tasks.core.config import IterateSection, PipelineConfig
 from tasks.core.errors import AlignflowError
 from tasks.core.hashing import md5_file
-from tasks.data.conversations import prompt_key
-from tasks.data.writers import write_text
+from tasks.data.conversations import prompt_key, response_text
+from tasks.data.publishing import dvc_add, publish
+from tasks.data.readers import read_records
+from tasks.data.writers import write_jsonl, write_text
 from tasks.feedback.export import (
     EXPORT_MANIFEST,
     Sampling,
@@ -43,6 +49,7 @@ from tasks.registry.logged_models import load_stage_reward_model
 from tasks.run.contract import StageResult
 
 ROUND_FILE = "round.json"
+REWARD_DATA, REWARD_MANIFEST = "reward-data", "reward_data_manifest.json"
 CANDIDATE_FILE = "candidate.json"  # the model a round trained (its first optimizer's), for `start_from: previous`
 LABEL_FILES = ("labels.jsonl", "labelstudio-export.json", "argilla-export.jsonl")
 
@@ -227,6 +234,41 @@ def _reward_choice(difference: float, margin: float) -> str:
     if difference < -margin:
         return "B"
     return "tie"
+
+
+def reward_data(cfg: PipelineConfig, settings: IterateSection, k: int, round_data: Path) -> tuple[Path, list[dict]]:
+    """`round-k/reward-data`, written once: the round's data, its preferences_train the pipeline's own comparisons
+    plus every labelled pair of rounds 1..k, less `reward_holdout` of round k's fresh pairs (drawn from the round's
+    seed). Returns the folder and the held-out pairs, on which the reward models before and after are scored."""
+    folder = round_dir(settings, k) / REWARD_DATA
+    if (folder / REWARD_MANIFEST).is_file():
+        return folder, json.loads((folder / REWARD_MANIFEST).read_text())["held_out"]
+    name = cfg.data.preferences_train
+    rounds_so_far = [record for _, record in read_records(round_data / name)]
+    earlier = json.loads((round_data / FEEDBACK_MANIFEST).read_text())["existing_pairs"]
+    fresh = rounds_so_far[earlier:]
+    held = set(random.Random(settings.seed + k).sample(range(len(fresh)), round(settings.reward_holdout * len(fresh))))
+    original = [record for _, record in read_records(cfg.data.path("preferences_train"))]
+    train = [*original, *rounds_so_far[:earlier], *(row for i, row in enumerate(fresh) if i not in held)]
+    manifest = {"round": k, "original_pairs": len(original), "round_pairs": len(rounds_so_far) - len(held),
+                "held_out": [fresh[i] for i in sorted(held)], "round_data": str(round_data)}
+    with tempfile.TemporaryDirectory(prefix="alignflow-reward-data-") as staging:
+        files = {path.name: path for path in round_data.glob("*.jsonl")}
+        files[name] = write_jsonl(train, Path(staging) / name)
+        publish(files, folder, REWARD_MANIFEST, "reward data")
+    write_text(folder / REWARD_MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    if settings.dvc:
+        dvc_add(folder)
+    return folder, manifest["held_out"]
+
+
+def reward_accuracy(cfg: PipelineConfig, reward: StageResult, pairs: list[dict], scratch: Path) -> float:
+    """The share of `pairs` whose chosen answer the reward model scores above the rejected one."""
+    score = _scorer(cfg, reward, scratch)
+    prompts = [pair["prompt"] for pair in pairs]
+    chosen = score(prompts, [response_text(pair["chosen"]) for pair in pairs])
+    rejected = score(prompts, [response_text(pair["rejected"]) for pair in pairs])
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
 def imported_data(settings: IterateSection, k: int) -> Path | None:
