@@ -226,6 +226,9 @@ class PPOTrainer:
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.hp.max_grad_norm)
+                if self.critic is not None:  # on its own: a critic's large gradient must not shrink the policy's
+                    self.accelerator.clip_grad_norm_([p for p in self.critic.parameters() if p.requires_grad],
+                                                     self.hp.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),

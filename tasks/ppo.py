@@ -42,7 +42,7 @@ from tasks.data.rl_inputs import check_same_tokenizer, rl_input_hashes, training
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, load_stage_reward_model, log_hf_model, model_chain
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
-from tasks.run.ranks import is_main_process
+from tasks.run.ranks import is_main_process, process_rank
 from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
 from tasks.training.probes import probe_kl, run_probe
@@ -83,7 +83,11 @@ def run_ppo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
 
 def _setup_trainer(cfg: PipelineConfig, sft: StageResult, reward: StageResult, stage_dir: Path,
                    preferences: pd.DataFrame, source: str):
-    set_seed(cfg.ppo.seed)  # value-head init and rollout sampling: the same seed gives the same run
+    # Value-head init and rollout sampling: the same seed gives the same run. Each rank of a launch gets its own
+    # seed (seed + rank), or every rank would sample the same rollouts; the ranks' weights still start alike,
+    # since preparing the model for distributed training copies rank 0's to all. (The rank is read from the
+    # launcher's environment: a PartialState made here, before the Accelerator, would not join the group.)
+    set_seed(cfg.ppo.seed + process_rank())
     sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
     reward_chain = model_chain(reward.model_uri, stage_dir / "reward")
     policy, tokenizer = load_chain(cfg, sft_chain)

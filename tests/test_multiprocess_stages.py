@@ -16,6 +16,7 @@ import sys
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tasks.base_model import run_base_model
@@ -123,3 +124,7 @@ def test_a_stage_under_two_processes_logs_one_run_and_one_model_from_the_main_pr
 
     # Both processes trained together: the second wrote its part of the last checkpoint.
     assert list((root / "launched" / stage).glob(f"*/checkpoints/checkpoint-*/{RANK_1_STATE[stage]}")), output[-3000:]
+    if stage == "ppo":  # each rank sampled its own rollouts: their torch generators were seeded apart
+        files = [next((root / "launched" / stage).glob(f"*/checkpoints/checkpoint-*/random_states_{rank}.pkl"))
+                 for rank in (0, 1)]
+        assert not torch.equal(*(torch.load(f, weights_only=False)["torch_manual_seed"] for f in files))

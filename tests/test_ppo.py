@@ -126,6 +126,33 @@ def test_ppo_raises_the_mean_reward_of_a_tiny_model():
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1, rewards
 
 
+def test_a_separate_critics_gradient_is_clipped_on_its_own():
+    """A value loss weighted 1e4 gives the critic a gradient far above max_grad_norm: what the optimizer steps
+    with is clipped to it, apart from the policy's."""
+    from models.value_head import SeparateCritic, ValueHead
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["User: say something\nAssistant: yes no maybe yes"] * 50, 300, 64)
+    shape = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 64}
+    policy, reference, critic_model = (build_tiny_llama(tokenizer, **shape, init_seed=seed) for seed in (0, 0, 1))
+    critic = SeparateCritic(critic_model.model, ValueHead(32, init_seed=0))
+    hp = dataclasses.replace(HP, vf_coef=1e4, ppo_epochs=1, max_grad_norm=1.0)
+    trainer = PPOTrainer(PolicyWithValueHead(policy), tokenizer, lambda p, r: torch.full((len(r),), 50.0), hp,
+                         reference=reference, critic=critic)
+    norms = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad.norm() for p in trainer._critic().parameters() if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.step(["User: say something\nAssistant:"] * hp.rollout_batch_size)
+    assert norms and max(norms) <= 1.0 + 1e-4, norms
+
+
 @pytest.fixture
 def stages(tmp_path, demo_data_dir, tracked):
     def build(*overrides):

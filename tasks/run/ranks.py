@@ -13,6 +13,11 @@ from accelerate.utils import get_int_from_env
 _RANK_VARIABLES = ["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"]
 
 
+def process_rank() -> int:
+    """This process's global rank in a launch; 0 for a process started on its own."""
+    return get_int_from_env(_RANK_VARIABLES, 0)
+
+
 def is_main_process() -> bool:
     """Whether this is global rank 0 of a launch, or a process started on its own."""
-    return get_int_from_env(_RANK_VARIABLES, 0) == 0
+    return process_rank() == 0
