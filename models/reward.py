@@ -20,8 +20,10 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from models.adapters import merge_adapters
 from models.loading import DTYPES, load_tokenizer
 from models.manifest import check_model_folder
+from models.timing import LOAD, timed
 
 
+@timed(LOAD)
 def load_reward_model(
     source: str | Path,
     *,
