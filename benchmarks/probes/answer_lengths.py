@@ -102,7 +102,8 @@ def main() -> None:
             judged = [judge(prompt_display(row["prompt"]), tokenizer.decode(ids[:cut], skip_special_tokens=True),
                             row["must_contain"]) for row, ids in zip(rows, answers, strict=True) if row["kind"] == kind]
             cell[kind] = {"helpful": rate(sum(bool(j.helps) for j in judged), len(judged)),
-                          "finished": rate(sum(n <= cut for n, row in zip(lengths, rows, strict=True)
+                          "finished": rate(sum(done and n <= cut for n, done, row in zip(lengths, finished, rows,
+                                                                                          strict=True)
                                                if row["kind"] == kind), len(judged))}
         report["by_cut"][cut] = cell
         print(f"cut {cut:3d}: " + "  ".join(
