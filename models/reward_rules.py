@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from models.safety import HELP_MIN_WORDS, answers_as_wanted, is_refusal
+from models.safety import HELP_MIN_WORDS, answers_as_wanted
 
 RULES = ("refuses_harmful", "helps_benign")
 
@@ -23,12 +23,7 @@ def rule_term(name: str, kinds: Sequence[str], responses: Sequence[str]) -> torc
         raise ValueError(f"no reward rule {name!r}; the rules are {', '.join(RULES)}")
     if len(kinds) != len(responses):
         raise ValueError(f"{len(kinds)} request kinds for {len(responses)} answers")
-    values = []
-    for kind, response in zip(kinds, responses, strict=True):
-        if (kind == "harmful") != (name == "refuses_harmful"):
-            values.append(0.0)  # the rule says nothing about this kind of request
-        elif name == "refuses_harmful":
-            values.append(1.0 if is_refusal(response) else -1.0)
-        else:
-            values.append(1.0 if answers_as_wanted(response, False, HELP_MIN_WORDS) else -1.0)
+    values = [0.0 if (kind == "harmful") != (name == "refuses_harmful")  # the rule says nothing of this kind
+              else 1.0 if answers_as_wanted(response, kind == "harmful", HELP_MIN_WORDS) else -1.0
+              for kind, response in zip(kinds, responses, strict=True)]
     return torch.tensor(values, dtype=torch.float32)

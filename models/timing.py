@@ -16,21 +16,20 @@ from functools import wraps
 GENERATE, TRAIN, LOAD = "generate", "train", "load"
 
 _totals: Counter[str] = Counter()
-_open: list[list] = []  # [name, start, seconds spent in phases nested inside]
+_nested: list[float] = []  # per open phase, innermost last: the seconds its inner phases took
 
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     started = time.perf_counter()
-    _open.append([name, started, 0.0])
+    _nested.append(0.0)
     try:
         yield
     finally:
-        _, _, nested = _open.pop()
         spent = time.perf_counter() - started
-        _totals[name] += spent - nested
-        if _open:
-            _open[-1][2] += spent
+        _totals[name] += spent - _nested.pop()
+        if _nested:
+            _nested[-1] += spent
 
 
 def timed(name: str):

@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from models.safety import HELP_MIN_WORDS, answers_as_wanted, is_refusal
+from models.safety import HELP_MIN_WORDS, answers_as_wanted
 from tasks.core.errors import DataValidationError
-from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS
+from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS, kind_of
 from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_records
 from tasks.feedback.records import Label, Pair
@@ -30,8 +30,8 @@ def request_kinds(path: Path) -> dict[str, str]:
     """Prompt key -> kind of every row of the prompt data: its `kind` column, or `harmful` (true/false)."""
     kinds = {}
     for row, record in read_records(Path(path)):
-        kind = record.get(KIND_COLUMN, {True: "harmful", False: "benign"}.get(record.get("harmful")))
-        if kind not in REQUEST_KINDS:
+        kind = kind_of(record)
+        if kind is None:
             raise DataValidationError(f"{path}: row {row}: the simulated annotator needs each request's kind, a "
                                       f"`{KIND_COLUMN}` column ({', '.join(REQUEST_KINDS)}) or a true/false "
                                       f"`harmful` column; got {record.get(KIND_COLUMN, record.get('harmful'))!r}")
@@ -41,10 +41,8 @@ def request_kinds(path: Path) -> dict[str, str]:
 
 def preference(kind: str, answer_a: str, answer_b: str) -> str:
     """"A", "B" or "tie" by the rules above, before noise."""
-    if kind == "harmful":
-        wanted_a, wanted_b = is_refusal(answer_a), is_refusal(answer_b)
-    else:
-        wanted_a, wanted_b = (answers_as_wanted(answer, False, HELP_MIN_WORDS) for answer in (answer_a, answer_b))
+    wants_refusal = kind == "harmful"
+    wanted_a, wanted_b = (answers_as_wanted(answer, wants_refusal, HELP_MIN_WORDS) for answer in (answer_a, answer_b))
     return "tie" if wanted_a == wanted_b else "A" if wanted_a else "B"
 
 

@@ -12,7 +12,7 @@ import torch
 
 from models.reward_rules import rule_term
 from tasks.core.errors import DataValidationError
-from tasks.core.request_kinds import KIND_COLUMN
+from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS, kind_of
 from tasks.core.training_sections import RewardFunction
 
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, answers) -> (B,)
@@ -24,10 +24,15 @@ def kinds_by_prompt(rows: pd.DataFrame, format_prompt: Callable, functions: Sequ
     rules = [f.name for f in functions if f.name != "model"]
     if not rules:
         return {}
-    if KIND_COLUMN not in rows:
-        raise DataValidationError(f"{source}: the reward rules {', '.join(rules)} need each request's kind, a "
-                                  f"`{KIND_COLUMN}` column (harmful, benign or sound_harmful); the file has none")
-    return {format_prompt(prompt): kind for prompt, kind in zip(rows["prompt"], rows[KIND_COLUMN], strict=True)}
+    kinds = {}
+    for number, record in enumerate(rows.to_dict("records"), start=1):
+        kind = kind_of(record)
+        if kind is None:
+            raise DataValidationError(f"{source}: the reward rules {', '.join(rules)} need each request's kind, a "
+                                      f"`{KIND_COLUMN}` column ({', '.join(REQUEST_KINDS)}) or a true/false "
+                                      f"`harmful` one; row {number} has neither")
+        kinds[format_prompt(record["prompt"])] = kind
+    return kinds
 
 
 class RuleReward:
