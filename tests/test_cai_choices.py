@@ -54,29 +54,34 @@ class ChatRecorder:
 
 
 @pytest.mark.parametrize("with_critique", [True, False])
-def test_chat_format_shows_each_few_shot_as_a_turn_of_its_own(tmp_path, with_critique):
+@pytest.mark.parametrize(("prompt_set", "request_"), [("red_team", "How do I steal a parked bike?"),
+                                                      ("helpful", "How do I bake bread?")])
+def test_chat_format_shows_each_few_shot_as_a_turn_of_its_own(tmp_path, with_critique, prompt_set, request_):
     constitution = load_constitution(paths.CONFIGS_DIR / "constitution.yaml")
     cai = cai_config(tmp_path, templates=CHAT_TEMPLATES,
                      critique={"rounds": 1, "format": "chat", "critique": with_critique})
     backend = ChatRecorder()
-    prompts = [("id1", "How do I steal a parked bike?")]
+    prompts = [("id1", request_)]
     progress = ProgressLog(tmp_path / "progress.jsonl", key=lambda r: (r["id"], r["round"]))
 
     critique_and_revise(backend, prompts, {"id1": "Sure! Grab it."}, progress, constitution=constitution,
-                        templates=load_templates(cai.templates), settings=cai.critique, seed=0, chunk=4)
+                        templates=load_templates(cai.templates), settings=cai.critique, seed=0, chunk=4,
+                        prompt_set=prompt_set)
 
     assert len(backend.calls) == (2 if with_critique else 1)  # no critique asked for: the revision alone
     revision_turns = backend.calls[-1][0]
-    shots = constitution.few_shots
+    shots = constitution.few_shots_for(prompt_set)  # a set's own examples only
+    assert shots and all(prompt_set in shot.applies_to for shot in shots)
     assert [t["role"] for t in revision_turns] == ["user", "assistant"] * len(shots) + ["user"]
     for shot, (asked, answered) in zip(shots, zip(revision_turns[::2], revision_turns[1::2], strict=False),
                                        strict=True):
         assert f"Request: {shot.prompt}\nResponse: {shot.response}\n" in asked["content"]
         assert shot.revision_request in asked["content"] and answered["content"] == shot.revision
         assert (f"Critique: {shot.critique}" in asked["content"]) == with_critique
-    principle = draw_principle(constitution, 0, "id1", 1)
+    principle = draw_principle(constitution, 0, "id1", 1, prompt_set)
+    assert prompt_set in principle.applies_to
     last = revision_turns[-1]["content"]
-    assert last.startswith("Request: How do I steal a parked bike?\nResponse: Sure! Grab it.\n")
+    assert last.startswith(f"Request: {request_}\nResponse: Sure! Grab it.\n")
     assert last.endswith(f"{principle.revision_request} Reply with the new response only.")
     record = progress[("id1", 1)]
     if with_critique:
@@ -124,6 +129,47 @@ def test_only_declining_revisions_are_kept_and_every_drop_is_counted():
     # keep="changed" (the default) takes any changed revision: p2's compliance becomes data too.
     changed = build_sl_datasets(prompts, initial, rounds, prefix="", keep="changed")
     assert [row["prompt"] for row in changed["preferences"]] == ["Steal a car?", "Hack a phone?", "Forge a check?"]
+
+
+def test_each_prompt_set_draws_only_the_principles_that_apply_to_it(tmp_path):
+    constitution = load_constitution(paths.CONFIGS_DIR / "constitution.yaml")
+    helpful = {draw_principle(constitution, 0, f"id{i}", 1, "helpful").name for i in range(40)}
+    red_team = {draw_principle(constitution, 0, f"id{i}", 1).name for i in range(40)}
+    assert helpful == {"needless-refusal"}
+    assert "needless-refusal" not in red_team and len(red_team) > 1
+
+    red_team_only = constitution.model_copy(update={"principles": constitution.principles_for("red_team")})
+    with pytest.raises(ConfigError, match=r"no principle applies to helpful prompts \(principles\.\*\.applies_to\)"):
+        draw_principle(red_team_only, 0, "id1", 1, "helpful")
+    helpful_only = tmp_path / "helpful_only.yaml"
+    helpful_only.write_text("principles:\n  - {name: h, applies_to: [helpful], critique_request: c, "
+                            "revision_request: r, preference_question: q}\n")
+    with pytest.raises(ConfigError, match="no principle applies to red_team prompts"):
+        load_constitution(helpful_only)
+    with pytest.raises(ConfigError, match="critique.helpful needs helpful_prompts_file"):
+        cai_config(tmp_path, critique={"helpful": True})
+
+
+def test_a_helpful_answer_that_declines_is_replaced_by_a_revision_that_helps():
+    initial = {"h1": "Boil water, then add pasta.", "h2": "Knives are weapons. I can't help with that.",
+               "h3": "I can't help with that.", "h4": ""}
+    rounds = {"h2": _round("Hold the blade at 20 degrees and stroke it across the stone."),
+              "h3": _round("I won't help with that either."), "h4": _round("")}
+    helpful = [("h1", "How do I cook pasta?"), ("h2", "How do I sharpen a knife?"), ("h3", "How do I bake bread?"),
+               ("h4", "How do I fold a shirt?")]
+
+    tables = build_sl_datasets([], initial, rounds, prefix="", keep="refusals", helpful=helpful)
+
+    assert tables["sft"] == [
+        {"prompt": "How do I cook pasta?", "completion": "Boil water, then add pasta."},  # helps as it is
+        {"prompt": "How do I sharpen a knife?", "completion": "Hold the blade at 20 degrees and stroke it across "
+                                                            "the stone."},
+    ]
+    assert [(row["id"], row["reason"]) for row in tables["dropped"]] == [
+        ("h3", "the helpful answer refuses and its revision declines too"),
+        ("h4", "the helpful answer is empty and its revision is empty"),
+    ]
+    assert [row["used"] for row in tables["helpful_trace"]] == ["initial", "revision", None, None]
 
 
 def test_prompts_come_from_a_conversational_file_by_kind(tmp_path):
@@ -208,10 +254,14 @@ def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_an
     # refusal, and labels original against revision, preferring the refusal in either position.
     fake = FakeOpenAI()
     with openai_server(fake) as url:
+        helpful_prompts = tmp_path / "helpful.jsonl"  # the fake revises these into refusals too: over-refusals
+        helpful_prompts.write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                           for p in ("How do I bake bread?", "How do I fold a shirt?")))
         cai = cai_config(tmp_path, policy={"model_uri": str(tiny_model_dir()), "batch_size": 4},
                          feedback={"kind": "http", "url": url, "backoff_s": 0.01, "batch_size": 4},
-                         critique={"rounds": 1, "few_shots": 1, "keep": "refusals"},
-                         rlaif={"pairs": "revisions", "min_confidence": 0.6})
+                         critique={"rounds": 1, "few_shots": 1, "keep": "refusals", "helpful": True},
+                         rlaif={"pairs": "revisions", "min_confidence": 0.6},
+                         helpful_prompts_file=str(helpful_prompts))
         cfg = pipeline(tmp_path, demo_data_dir)
         configure_tracking(cfg)
         models = model_sources(cai, None)
@@ -221,10 +271,17 @@ def test_a_stronger_critic_over_http_revises_and_labels_what_the_local_policy_an
         rlaif = run_rlaif(cfg, LINEAGE, cai=cai, models=models, responses=responses, revisions=revisions)
 
     sft = [json.loads(line) for line in Path(sl.outputs["sft"]).read_text().splitlines()]
-    assert len(sft) == 6 and all(row["completion"] == " " + REFUSAL for row in sft)
+    red_team = [row for row in sft if "bake bread" not in row["prompt"] and "fold a shirt" not in row["prompt"]]
+    assert len(red_team) == 6 and all(row["completion"] == " " + REFUSAL for row in red_team)
+    assert len(sft) == 8 and REFUSAL not in sft[-1]["completion"]  # helpful answers as the policy gave them
+    assert sl.metrics["cai/helpful_final_refusal_rate"] == 1.0 and sl.metrics["cai/helpful_revisions_used"] == 0
     kept = [json.loads(line) for line in Path(rlaif.outputs["rlaif_preferences"]).read_text().splitlines()]
-    assert len(kept) == 6 and all(row["chosen"] == " " + REFUSAL for row in kept)
+    # 6 red-team pairs and 2 helpful-versus-over-refusal pairs, asked under the helpfulness principle; this
+    # labeler prefers every refusal, and the helpful check says so.
+    assert len(kept) == 8 and all(row["chosen"] == " " + REFUSAL for row in kept)
+    assert [row["principle"] for row in kept if "bake bread" in row["prompt"]] == ["needless-refusal"]
     assert rlaif.metrics["rlaif/refusal_preferred_calibrated"] == 1.0
+    assert (rlaif.metrics["rlaif/helpful_pairs"], rlaif.metrics["rlaif/helpful_preferred_calibrated"]) == (2, 0.0)
     assert rlaif.metrics["rlaif/position_bias_logodds"] == pytest.approx(0.0, abs=1e-6)
     assert not any(r.get("n") for r in fake.requests)  # original against revision: nothing sampled
     # Generated tokens: the local policy's counted by its tokenizer, the server's from its reported usage.

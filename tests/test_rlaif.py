@@ -121,6 +121,31 @@ def test_min_confidence_drops_pairs_the_calibrated_label_barely_decides(tmp_path
         assert row["p_a_calibrated"] in (pytest.approx(0.622, abs=1e-3), pytest.approx(0.378, abs=1e-3))
 
 
+def test_helpful_pairs_are_asked_about_helping_and_checked_for_picking_the_answer_that_helps(tmp_path):
+    helpful = [("h1", "How do I sharpen a knife?", "Sorry, I can't help with knives.", "Hold it at 20 degrees."),
+               ("h2", "How do I bake bread?", "Knead the dough.", "Sorry, I won't."),
+               ("h3", "How do I fold a shirt?", "Fold the sleeves in.", "Fold it in thirds.")]
+    labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])
+    scorer = Scorer(content_weight=-2.0, position_weight=0.0)  # prefers the answer that does not decline
+    helpful_ids = {"h1", "h2", "h3"}
+    pairs = PAIRS + helpful
+    label_pairs(scorer, [p for p in pairs if p[0] != "h3"], labels,
+                constitution=load_constitution(paths.CONFIGS_DIR / "constitution.yaml"),
+                template=load_templates(PromptTemplates())["choice"], options=("A", "B"), seed=0, chunk=3,
+                helpful_ids=helpful_ids)
+    table = build_rlaif_dataset(pairs, labels, min_confidence=0.5, prefix=" ", helpful_ids=helpful_ids)
+
+    principles = {row["prompt"]: row["principle"] for row in table["kept"]}
+    assert principles["How do I sharpen a knife?"] == principles["How do I bake bread?"] == "needless-refusal"
+    assert "needless-refusal" not in {principles[prompt] for _, prompt, *_ in PAIRS}
+    # Neither of h3's answers declines: no choice between helping and refusing, so no pair, with the reason.
+    assert [(row["id"], row["reason"]) for row in table["dropped"]] == [
+        ("h3", "a helpful prompt's pair where not exactly one response declines")]
+    metrics = table["metrics"]
+    assert (metrics["rlaif/helpful_pairs"], metrics["rlaif/helpful_preferred_calibrated"]) == (2, 1.0)
+    assert (metrics["rlaif/refusal_pairs"], metrics["rlaif/refusal_preferred_calibrated"]) == (4, 0.0)
+
+
 def test_identical_or_empty_responses_are_dropped_with_a_reason_and_need_no_label(tmp_path):
     pairs = [("p1", "Q?", "Same answer.", "Same answer."), ("p2", "Q?", "", "Sorry.")]
     no_labels = ProgressLog(tmp_path / "labels.jsonl", key=lambda r: r["id"])

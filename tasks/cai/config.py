@@ -18,6 +18,10 @@ from tasks.core import paths
 from tasks.core.config_files import HashableConfig, Section, load_config_file, read_yaml_mapping, validate_model
 
 PROMPTS_DIR = paths.CONFIGS_DIR / "prompts"
+# The two prompt sets of the CAI paper: red-team prompts, whose answers should decline, and helpful prompts (the
+# world's benign and sound-harmful requests), whose answers should help. A principle or example serves one or both.
+PromptSet = Literal["red_team", "helpful"]
+_APPLIES_TO = "The prompt sets it serves: red_team (answers that should decline), helpful (answers that should help)."
 
 
 # ------------------------------------------------------------------------------------------ the constitution
@@ -30,6 +34,7 @@ class Principle(Section):
     preference_question: str = Field(
         min_length=1, description="The multiple-choice question the feedback model answers when labeling pairs."
     )
+    applies_to: list[PromptSet] = Field(["red_team"], min_length=1, description=_APPLIES_TO)
 
 
 class FewShot(Section):
@@ -41,6 +46,7 @@ class FewShot(Section):
     critique: str = Field(min_length=1, description="The example critique.")
     revision_request: str = Field(min_length=1, description="The revision request of the example.")
     revision: str = Field(min_length=1, description="The example revision.")
+    applies_to: list[PromptSet] = Field(["red_team"], min_length=1, description=_APPLIES_TO)
 
 
 class Constitution(Section):
@@ -55,7 +61,15 @@ class Constitution(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate principle name(s) {duplicates}")
+        if not any("red_team" in p.applies_to for p in principles):
+            raise ValueError("no principle applies to red_team prompts")
         return principles
+
+    def principles_for(self, prompts: PromptSet) -> list[Principle]:
+        return [p for p in self.principles if prompts in p.applies_to]
+
+    def few_shots_for(self, prompts: PromptSet) -> list[FewShot]:
+        return [shot for shot in self.few_shots if prompts in shot.applies_to]
 
 
 # -------------------------------------------------------------------------------------------- the run config
@@ -109,6 +123,12 @@ class CritiqueSection(Section):
     critique: bool = Field(True, description="Critique before revising; false revises from the revision request "
                            "alone (Bai et al. 2022 found critiques matter little for revisions; "
                            "a weak critic's may hurt).")
+    helpful: bool = Field(
+        False, description="Also critique and revise the answers to the helpful prompts, under the principles that "
+        "apply to them (a needless refusal or hedge is what the critique looks for). A helpful answer that declines "
+        "is replaced in sft.jsonl by its final revision where that helps; with rlaif.pairs=revisions, an answer and "
+        "its revision of which exactly one declines become a helpful-versus-over-refusal pair for the AI labeler."
+    )
     critique_max_new_tokens: int = Field(32, gt=0, description="Tokens per critique (greedy).")
     revision_max_new_tokens: int = Field(48, gt=0, description="Tokens per revision (greedy).")
 
@@ -174,6 +194,12 @@ class CAIConfig(HashableConfig):
     respond: RespondSection = Field(default_factory=RespondSection, description="Initial responses.")
     critique: CritiqueSection = Field(default_factory=CritiqueSection, description="Critique-revision rounds.")
     rlaif: RlaifSection = Field(default_factory=RlaifSection, description="AI preference labels.")
+
+    @model_validator(mode="after")
+    def _helpful_critique_has_prompts(self) -> CAIConfig:
+        if self.critique.helpful and self.helpful_prompts_file is None:
+            raise ValueError("critique.helpful needs helpful_prompts_file: the helpful prompts to critique")
+        return self
 
     @model_validator(mode="after")
     def _feedback_has_a_model(self) -> CAIConfig:

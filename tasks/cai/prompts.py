@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from tasks.cai.config import Constitution, FewShot, Principle, PromptTemplates
+from tasks.cai.config import Constitution, FewShot, Principle, PromptSet, PromptTemplates
 from tasks.core.errors import ConfigError
 
 _SAMPLE_SHOT = FewShot(prompt="p", response="r", critique_request="cq", critique="c", revision_request="rq",
@@ -64,8 +64,14 @@ def prompt_id(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
-def draw_principle(constitution: Constitution, seed: int, record_id: str, step: int | str) -> Principle:
-    return random.Random(f"{seed}:{record_id}:{step}").choice(constitution.principles)
+def draw_principle(constitution: Constitution, seed: int, record_id: str, step: int | str,
+                   prompts: PromptSet = "red_team") -> Principle:
+    """One of the principles that apply to the record's prompt set."""
+    pool = constitution.principles_for(prompts)
+    if not pool:
+        raise ConfigError(f"constitution {constitution.name!r}: no principle applies to {prompts} prompts "
+                          f"(principles.*.applies_to)")
+    return random.Random(f"{seed}:{record_id}:{step}").choice(pool)
 
 
 def derived_seed(seed: int, record_id: str, purpose: str) -> int:
@@ -73,5 +79,6 @@ def derived_seed(seed: int, record_id: str, purpose: str) -> int:
     return int(hashlib.sha256(f"{seed}:{record_id}:{purpose}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def few_shots(constitution: Constitution, count: int | None) -> list[FewShot]:
-    return constitution.few_shots if count is None else constitution.few_shots[:count]
+def few_shots(constitution: Constitution, count: int | None, prompts: PromptSet = "red_team") -> list[FewShot]:
+    shots = constitution.few_shots_for(prompts)
+    return shots if count is None else shots[:count]

@@ -11,12 +11,17 @@ for response a, so their mean is the bias-free t and half their difference the b
     l_first  = logit P(a preferred | a shown as A)      l_second = logit P(a preferred | a shown as B)
     P(a > b) = sigmoid((l_first + l_second) / 2)        position bias = (l_first - l_second) / 2
 
+With `critique.helpful` and `revisions`, the helpful prompts' answers and their revisions are pairs too, when
+exactly one of the two declines: helpful-versus-over-refusal pairs, asked under the principles for helpful
+prompts, so the labels teach where refusing stops as well as where it starts.
+
 A pair is kept when its calibrated P(chosen) reaches `rlaif.min_confidence`: pairs are not dropped only
 because the raw orders disagree, which a position bias larger than the preference always makes them do. The
 rest go to `rlaif_dropped.jsonl` with the reason and both probabilities. Kept pairs are written as
 prompt/chosen/rejected (ready for the reward model or DPO) with the soft label in `chosen_prob`. How well the
-calibration worked is measured where an independent check exists: on pairs where exactly one response
-declines (the refusal detector), how often the raw first order and the calibrated label pick the refusal.
+calibration worked is measured where an independent check exists: on red-team pairs where exactly one response
+declines (the refusal detector), how often the raw first order and the calibrated label pick the refusal; on
+helpful pairs, how often they pick the answer that does not decline.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import mlflow
 from models.safety import is_refusal
 from tasks.cai import supervised
 from tasks.cai.backends import Backend, choice_probability, generated_tokens
-from tasks.cai.config import CAIConfig, Constitution
+from tasks.cai.config import CAIConfig, Constitution, PromptSet
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, derived_seed, draw_principle
 from tasks.cai.steps import Inputs, ModelSources, backend_for, step_dir, step_key, step_run
@@ -75,20 +80,25 @@ def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: 
         same_model = (cai.feedback.kind, models.feedback_id) == (cai.policy.kind, models.policy_id)
         feedback = policy if same_model else None
         try:
+            helpful_ids: set[str] = set()
             if from_revisions:
                 pairs = revision_pairs(inputs.prompts, responses, revisions, cai.critique.rounds)
+                if cai.critique.helpful:
+                    helpful = revision_pairs(inputs.helpful_prompts, responses, revisions, cai.critique.rounds)
+                    pairs, helpful_ids = pairs + helpful, {pid for pid, *_ in helpful}
             else:
                 sample_pairs(policy, inputs.prompts, samples, cai=cai)
                 pairs = [(pid, prompt, *samples[pid]["responses"]) for pid, prompt in inputs.prompts]
             feedback = feedback or backend_for("feedback", cai, cfg, models)
-            written = label_pairs(feedback, [p for p in pairs if not _unlabelable(p[2], p[3])], labels,
+            written = label_pairs(feedback, [p for p in pairs if not _unlabelable(p, helpful_ids)], labels,
                                   constitution=inputs.constitution, template=inputs.templates["choice"],
-                                  options=cai.rlaif.options, seed=cai.seed, chunk=cai.feedback.batch_size)
+                                  options=cai.rlaif.options, seed=cai.seed, chunk=cai.feedback.batch_size,
+                                  helpful_ids=helpful_ids)
         finally:
             for backend in {id(b): b for b in (policy, feedback) if b is not None}.values():
                 backend.close()
         table = build_rlaif_dataset(pairs, labels, min_confidence=cai.rlaif.min_confidence,
-                                    prefix=cai.completion_prefix)
+                                    prefix=cai.completion_prefix, helpful_ids=helpful_ids)
         files = {"rlaif_preferences": out / PREFERENCES_FILE, "rlaif_dropped": out / DROPPED_FILE}
         write_jsonl(table["kept"], files["rlaif_preferences"])
         write_jsonl(table["dropped"], files["rlaif_dropped"])
@@ -104,7 +114,7 @@ def run_rlaif(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, models: 
 
 def revision_pairs(prompts: list[tuple[str, str]], responses: StageResult, revisions: StageResult,
                    rounds: int) -> list[tuple[str, str, str, str]]:
-    """(id, prompt, original, final revision) for every red-team prompt."""
+    """(id, prompt, original, final revision) for every prompt in `prompts`."""
     initial = supervised.responses_of(responses)
     final = {pid: supervised.final_revision(records)
              for pid, records in supervised.rounds_of(revisions, rounds).items()}
@@ -126,10 +136,14 @@ def sample_pairs(policy: Backend, prompts: list[tuple[str, str]], samples: Progr
 
 def label_pairs(feedback: Backend, pairs: list[tuple[str, str, str, str]], labels: ProgressLog, *,
                 constitution: Constitution, template: Template, options: tuple[str, str], seed: int,
-                chunk: int) -> int:
-    """Ask the feedback model about each (id, prompt, a, b) in both orders; record P(a preferred) for each."""
+                chunk: int, helpful_ids: set[str] = frozenset()) -> int:
+    """Ask the feedback model about each (id, prompt, a, b) in both orders, under a principle for its prompt set
+    (helpful for ids in `helpful_ids`, red-team otherwise); record P(a preferred) for each."""
+    def prompt_set(pid: str) -> PromptSet:
+        return "helpful" if pid in helpful_ids else "red_team"
+
     def compute(batch):
-        principles = [draw_principle(constitution, seed, pid, "rlaif") for pid, *_ in batch]
+        principles = [draw_principle(constitution, seed, pid, "rlaif", prompt_set(pid)) for pid, *_ in batch]
         first = [template.render(prompt=prompt, question=principle.preference_question, response_a=a, response_b=b)
                  for (_, prompt, a, b), principle in zip(batch, principles, strict=True)]
         second = [template.render(prompt=prompt, question=principle.preference_question, response_a=b, response_b=a)
@@ -159,13 +173,15 @@ def judge(p_first: float, p_second: float, min_confidence: float) -> tuple[float
 
 
 def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: ProgressLog, *, min_confidence: float,
-                        prefix: str) -> dict:
+                        prefix: str, helpful_ids: set[str] = frozenset()) -> dict:
     """Kept pairs as prompt/chosen/rejected with the soft label, dropped pairs with their reason, and metrics."""
     kept, dropped, biases, agreed, first_position = [], [], [], 0, []
-    refusal_checks = {"raw": [], "calibrated": []}  # picked the refusal, on pairs where exactly one declines
+    # Did the label pick what the prompt set wants, on pairs where exactly one response declines: the refusal
+    # on a red-team prompt, the answer that does not decline on a helpful one.
+    checks = {(group, order): [] for group in ("refusal", "helpful") for order in ("raw", "calibrated")}
     for pid, prompt, a, b in pairs:
         row = {"id": pid, "prompt": prompt, "response_a": a, "response_b": b}
-        reason = _unlabelable(a, b)
+        reason = _unlabelable((pid, prompt, a, b), helpful_ids)
         if reason:
             dropped.append({**row, "reason": reason})
             continue
@@ -177,8 +193,9 @@ def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: Progress
         biases.append(bias)
         a_refuses = is_refusal(a)
         if a_refuses != is_refusal(b):
-            refusal_checks["raw"].append((p_first > 0.5) == a_refuses)
-            refusal_checks["calibrated"].append((p_a > 0.5) == a_refuses)
+            group, wanted = ("helpful", not a_refuses) if pid in helpful_ids else ("refusal", a_refuses)
+            checks[group, "raw"].append((p_first > 0.5) == wanted)
+            checks[group, "calibrated"].append((p_a > 0.5) == wanted)
         if reason:
             dropped.append({**row, "reason": reason, "principle": label["principle"], "p_first": round(p_first, 6),
                             "p_second": round(p_second, 6), "p_a_calibrated": round(p_a, 6)})
@@ -196,11 +213,12 @@ def build_rlaif_dataset(pairs: list[tuple[str, str, str, str]], labels: Progress
         "rlaif/agreement_rate": agreed / labeled if labeled else 0.0,  # both raw orders pick the same response
         "rlaif/first_position_prob": sum(first_position) / len(first_position) if first_position else 0.5,
         "rlaif/position_bias_logodds": sum(biases) / labeled if labeled else 0.0,
-        "rlaif/refusal_pairs": float(len(refusal_checks["raw"])),
+        "rlaif/refusal_pairs": float(len(checks["refusal", "raw"])),
+        "rlaif/helpful_pairs": float(len(checks["helpful", "raw"])),
     }
-    for name, checks in refusal_checks.items():
-        if checks:  # the detector's check of the labels: no such pairs, no number
-            metrics[f"rlaif/refusal_preferred_{name}"] = sum(checks) / len(checks)
+    for (group, order), picked in checks.items():
+        if picked:  # the detector's check of the labels: no such pairs, no number
+            metrics[f"rlaif/{group}_preferred_{order}"] = sum(picked) / len(picked)
     return {"kept": kept, "dropped": dropped, "metrics": metrics}
 
 
@@ -209,9 +227,12 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _unlabelable(a: str, b: str) -> str | None:
+def _unlabelable(pair: tuple[str, str, str, str], helpful_ids: set[str]) -> str | None:
+    pid, _, a, b = pair
     if not a or not b:
         return "an empty response"
     if a == b:
         return "identical responses"
+    if pid in helpful_ids and is_refusal(a) == is_refusal(b):
+        return "a helpful prompt's pair where not exactly one response declines"
     return None

@@ -5,10 +5,14 @@ Three steps, each a plain function that opens its own MLflow child run and retur
 1. `run_respond`: the helpful model answers every red-team prompt (greedy).
 2. `run_critique_revise`: `critique.rounds` rounds. Each round draws a principle (from the seed, the prompt
    and the round), asks the feedback model to critique the current response with the principle's critique
-   request, then to revise it with its revision request. The next round critiques that revision.
+   request, then to revise it with its revision request. The next round critiques that revision. With
+   `critique.helpful`, the helpful prompts' answers go through the same rounds under the principles that apply
+   to helpful prompts (needless refusals and hedges).
 3. `run_sl_datasets`: the SFT dataset (prompt, final revision) and the preference dataset where the final
    revision is chosen over the original response. A prompt whose revisions came back empty, or identical to
    the original, gives no usable pair; it goes to `dropped.jsonl` with the reason, never silently away.
+   A helpful prompt's answer joins the SFT dataset as it is, or, where it declines, its final revision if that
+   helps.
 
 Steps 1 and 2 write one record per prompt (and round) to an append-only progress file in their work folder,
 so a rerun continues where an interrupted one stopped.
@@ -23,7 +27,7 @@ import mlflow
 
 from models.safety import is_refusal, refusal_rate
 from tasks.cai.backends import Backend, generated_tokens
-from tasks.cai.config import CAIConfig, Constitution, CritiqueSection, FewShot, Principle
+from tasks.cai.config import CAIConfig, Constitution, CritiqueSection, FewShot, Principle, PromptSet
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, draw_principle, few_shots
 from tasks.cai.steps import Inputs, ModelSources, backend_for, step_dir, step_key, step_run
@@ -35,6 +39,7 @@ from tasks.run.contract import StageResult
 
 PROGRESS = "progress.jsonl"
 SFT_FILE, PREFERENCES_FILE, TRACE_FILE, DROPPED_FILE = "sft.jsonl", "preferences.jsonl", "trace.jsonl", "dropped.jsonl"
+HELPFUL_TRACE_FILE = "helpful_trace.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------ respond
@@ -96,13 +101,15 @@ def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig
                   sections=("critique", "feedback", "seed"), inputs=inputs,
                   parents={"feedback": models.feedback_uri}) as run:
         backend = backend_for("feedback", cai, cfg, models)
+        sets = critiqued_sets(cai, inputs)
         try:
-            written = critique_and_revise(backend, inputs.prompts, initial, progress, constitution=inputs.constitution,
-                                          templates=inputs.templates, settings=cai.critique, seed=cai.seed,
-                                          chunk=cai.feedback.batch_size)
+            written = sum(critique_and_revise(backend, prompts, initial, progress, constitution=inputs.constitution,
+                                              templates=inputs.templates, settings=cai.critique, seed=cai.seed,
+                                              chunk=cai.feedback.batch_size, prompt_set=name)
+                          for name, prompts in sets.items())
         finally:
             backend.close()
-        expected = len(inputs.prompts) * cai.critique.rounds
+        expected = sum(len(prompts) for prompts in sets.values()) * cai.critique.rounds
         metrics = {"cai/revisions_generated": float(written), "cai/revisions_resumed": float(expected - written),
                    "cai/truncated_prompts": float(backend.truncated_prompts),
                    **generated_tokens("critique_revise", backend)}
@@ -110,11 +117,17 @@ def run_critique_revise(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig
     return _result("critique_revise", run, key, metrics, progress)
 
 
+def critiqued_sets(cai: CAIConfig, inputs: Inputs) -> dict[PromptSet, list[tuple[str, str]]]:
+    """The prompts whose answers are critiqued and revised, by prompt set."""
+    return {"red_team": inputs.prompts, **({"helpful": inputs.helpful_prompts} if cai.critique.helpful else {})}
+
+
 def critique_and_revise(backend: Backend, prompts: list[tuple[str, str]], initial: dict[str, str],
                         progress: ProgressLog, *, constitution: Constitution, templates: dict[str, Template],
-                        settings: CritiqueSection, seed: int, chunk: int) -> int:
-    """All rounds for every prompt; round r critiques what round r-1 left. Returns how many records it wrote."""
-    shots = few_shots(constitution, settings.few_shots)
+                        settings: CritiqueSection, seed: int, chunk: int, prompt_set: PromptSet = "red_team") -> int:
+    """All rounds for every prompt of one set, under the principles and examples for that set; round r
+    critiques what round r-1 left. Returns how many records it wrote."""
+    shots = few_shots(constitution, settings.few_shots, prompt_set)
     render = (_chat_renderer(backend, templates, shots, with_critique=settings.critique) if settings.format == "chat"
               else _text_renderer(templates))
     written = 0
@@ -122,7 +135,8 @@ def critique_and_revise(backend: Backend, prompts: list[tuple[str, str]], initia
         def compute(batch, round_=round_):
             contexts = [{"few_shots": shots, "prompt": prompt,
                          "response": _current_response(progress, initial, pid, round_),
-                         "principle": draw_principle(constitution, seed, pid, round_)} for pid, prompt in batch]
+                         "principle": draw_principle(constitution, seed, pid, round_, prompt_set)}
+                        for pid, prompt in batch]
             critiques = [""] * len(batch)
             if settings.critique:
                 critiques = backend.generate([render("critique", c) for c in contexts],
@@ -191,14 +205,15 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
                   inputs=inputs) as run:
         tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix,
                                    keep=cai.critique.keep, helpful=inputs.helpful_prompts)
+        metrics_helpful = _helpful_metrics(tables["helpful_trace"])
         files = {}
         for name, filename in (("sft", SFT_FILE), ("preferences", PREFERENCES_FILE), ("trace", TRACE_FILE),
-                               ("dropped", DROPPED_FILE)):
+                               ("dropped", DROPPED_FILE), ("helpful_trace", HELPFUL_TRACE_FILE)):
             files[name] = out / filename
             write_jsonl(tables[name], files[name])
         metrics = {"cai/sft_rows": float(len(tables["sft"])), "cai/preference_rows": float(len(tables["preferences"])),
                    "cai/dropped": float(len(tables["dropped"])), **_refusal_rates(tables["trace"]),
-                   **drop_counts(tables["dropped"])}
+                   **metrics_helpful, **drop_counts(tables["dropped"])}
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), artifact_path="cai_sl")
     return StageResult(stage="cai-sl_datasets", run_id=run.info.run_id, cache_key=key, metrics=metrics,
@@ -214,8 +229,9 @@ def build_sl_datasets(prompts: list[tuple[str, str]], initial: dict[str, str], r
     Every red-team prompt leaves a row in `trace`; one whose final revision is unusable (or, with
     `keep="refusals"`, does not decline) goes to `dropped` with the reason instead of `sft`. A preference pair
     also needs the original not to decline already. The policy's answers to `helpful` prompts join `sft` as they
-    are, unless they refuse (then they are dropped too)."""
-    tables: dict[str, list[dict]] = {"sft": [], "preferences": [], "trace": [], "dropped": []}
+    are; one that declines is replaced by its final revision (where `rounds` has the prompt's) if that does not
+    decline, and is dropped otherwise. Each helpful prompt leaves a row in `helpful_trace`."""
+    tables: dict[str, list[dict]] = {"sft": [], "preferences": [], "trace": [], "dropped": [], "helpful_trace": []}
     for pid, prompt in prompts:
         original = initial[pid]
         final = final_revision(rounds[pid])
@@ -230,14 +246,39 @@ def build_sl_datasets(prompts: list[tuple[str, str]], initial: dict[str, str], r
         if not (sft_reason or pair_reason):
             tables["preferences"].append({"prompt": prompt, "chosen": prefix + final, "rejected": prefix + original})
     for pid, prompt in helpful:
-        answer = initial[pid]
-        if not answer or is_refusal(answer):
+        answer, revision = initial[pid], final_revision(rounds.get(pid, []))
+        helpful_trace = {"id": pid, "prompt": prompt, "initial": answer, "rounds": rounds.get(pid, []),
+                         "used": None}
+        tables["helpful_trace"].append(helpful_trace)
+        if answer and not is_refusal(answer):
+            helpful_trace["used"] = "initial"
+        elif revision and not is_refusal(revision):
+            helpful_trace["used"] = "revision"  # the critique caught a needless refusal and the revision helps
+        else:
             tables["dropped"].append({"id": pid, "prompt": prompt, "dropped_from": "sft", "initial": answer,
-                                      "reason": "the helpful answer is empty" if not answer
-                                      else "the helpful answer refuses"})
+                                      "final": revision, "reason": _unhelpful(answer, revision, pid in rounds)})
             continue
-        tables["sft"].append({"prompt": prompt, "completion": prefix + answer})
+        tables["sft"].append({"prompt": prompt, "completion": prefix + (answer if helpful_trace["used"] == "initial"
+                                                                          else revision)})
     return tables
+
+
+def _unhelpful(answer: str, revision: str, revised: bool) -> str:
+    said = "the helpful answer is empty" if not answer else "the helpful answer refuses"
+    if not revised:
+        return said
+    return f"{said} and its revision {'is empty' if not revision else 'declines too'}"
+
+
+def _helpful_metrics(helpful_trace: list[dict]) -> dict[str, float]:
+    """How the helpful prompts' answers fared: declined at first, declined after revision, fixed by revision."""
+    revised = [row for row in helpful_trace if row["rounds"]]
+    if not revised:
+        return {}
+    finals = [final_revision(row["rounds"]) for row in revised]
+    return {"cai/helpful_initial_refusal_rate": refusal_rate([row["initial"] for row in revised]),
+            "cai/helpful_final_refusal_rate": refusal_rate(finals),
+            "cai/helpful_revisions_used": float(sum(row["used"] == "revision" for row in helpful_trace))}
 
 
 def drop_counts(dropped: list[dict]) -> dict[str, float]:
