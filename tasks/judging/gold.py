@@ -62,13 +62,13 @@ def collect(parent_run_id: str, world: str, eval_prompts: Path, per_cell: int, s
                              "must_contain": None if kind == "harmful" else required.get(answer.prompt),
                              "verdict": None, "helps": None, "note": "", "labelled_by": None})
     # Shuffled, with ids that do not name the method (labelling is blind, GUIDE.md) and do not change when the
-    # same answer is collected again.
+    # same answer is collected again; a new answer to the same prompt (another run, a longer cut) is a new row.
     rng.shuffle(rows)
-    return [{"id": f"{world}-{_digest(row['method'], row['prompt'])}", **row} for row in rows]
+    return [{"id": f"{world}-{_digest(row['method'], row['prompt'], row['response'])}", **row} for row in rows]
 
 
-def _digest(method: str, prompt: str) -> str:
-    return hashlib.sha256(f"{method}\n{prompt}".encode()).hexdigest()[:10]
+def _digest(method: str, prompt: str, response: str) -> str:
+    return hashlib.sha256(f"{method}\n{prompt}\n{response}".encode()).hexdigest()[:10]
 
 
 def evaluation_runs(parent_run_id: str) -> dict[str, str]:
