@@ -4,16 +4,14 @@ export from a trained tiny policy (CLI), label as the tool would write it, impor
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
-from typer.testing import CliRunner
 
 from tasks.core.errors import DataValidationError
 from tasks.feedback.formats import read_export
-from tasks.feedback.records import Label, LabelLog, Pair, read_labels, read_pairs
+from tasks.feedback.records import Label, LabelLog, Pair, read_labels
 from tasks.feedback.votes import preference_rows
+from tests.helpers.feedback import check_version, cli, demo_pairs, export_from_tiny_policy, import_labels
 
 PAIRS = {pid: Pair(pair_id=pid, prompt=f"prompt {pid}", answer_a=f"a{pid}", answer_b=f"b{pid}", source_a="m#1",
                    source_b="m#2", swapped=False) for pid in ("p1", "p2", "p3", "p4", "p5", "p6")}
@@ -82,75 +80,13 @@ def test_bad_exports_name_the_file_item_and_expectation(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, demo_data_dir):
-    """A DVC repository with the demo data, a tiny SFT policy in MLflow, and `alignflow feedback export` of two
-    samples of it on 24 training prompts."""
-    from tasks.run.tracking import configure_tracking
-    from tests.helpers.configs import reduced_config
-    from tests.helpers.dvc import dvc_repo_with_tracked_data
-    from tests.helpers.rl import LINEAGE
-
-    root = tmp_path_factory.mktemp("feedback")
-    data_dir = dvc_repo_with_tracked_data(root / "repo")
-    overrides = [f"data.dir={data_dir}", f"work_dir={root / 'work'}",
-                 f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", "sft.max_steps=30"]
-    cfg = reduced_config(root, data_dir, *overrides[3:])
-    configure_tracking(cfg)
-    from tasks.base_model import run_base_model
-    from tasks.sft import run_sft
-    from tasks.validate import run_validate
-
-    data = run_validate(cfg, LINEAGE)
-    sft = run_sft(cfg, LINEAGE, base=run_base_model(cfg, LINEAGE, data=data), data=data)
-    args = ["--config", "configs/pipelines/demo.yaml", *(f"--set={o}" for o in overrides)]
-    result = _cli("feedback", "export", "--model", sft.model_uri, "--n", "24", "--max-new-tokens", "16",
-                  "--out", str(root / "export"), *args)
-    assert result.exit_code == 0, result.output
-    return root, args, root / "export", sft.model_uri
-
-
-def _cli(*argv: str):
-    from flows.cli import app
-
-    return CliRunner().invoke(app, list(argv))
+def exported(tmp_path_factory):
+    return export_from_tiny_policy(tmp_path_factory.mktemp("feedback"))
 
 
 def _shorter_is_better(pair: dict) -> str:
     """The simulated annotator's taste: the shorter answer (A on a tie in length)."""
     return "A" if len(pair["answer_a"]) <= len(pair["answer_b"]) else "B"
-
-
-def _import(root: Path, args: list[str], labels: Path, export: Path, out: str, *extra: str):
-    result = _cli("feedback", "import", str(labels), "--pairs", str(export / "pairs.jsonl"),
-                  "--out", str(root / "repo" / out), *extra, *args)
-    assert result.exit_code == 0, result.output
-    return result.output, root / "repo" / out
-
-
-def _check_version(folder: Path, export: Path, expected_chosen: dict[str, str], demo_pairs: int):
-    """The folder is a DVC data version whose preferences_train is the demo pairs, then the labelled ones, each
-    chosen answer the one the annotator picked (found back through its source)."""
-    pairs = read_pairs(export / "pairs.jsonl")
-    rows = [json.loads(line) for line in (folder / "preferences_train.jsonl").read_text().splitlines()]
-    new = rows[demo_pairs:]
-    assert len(rows) == demo_pairs + len(expected_chosen) and {r["pair_id"] for r in new} == set(expected_chosen)
-    for row in new:
-        pair = pairs[row["pair_id"]]
-        picked = expected_chosen[row["pair_id"]]
-        assert row["chosen"] == (pair.answer_a if picked == "A" else pair.answer_b)
-        assert row["chosen_source"] == (pair.source_a if picked == "A" else pair.source_b)
-        assert row["rejected"] == (pair.answer_b if picked == "A" else pair.answer_a)
-    recorded = yaml.safe_load(folder.with_name(folder.name + ".dvc").read_text())["outs"][0]["md5"]
-    from tasks.core.lineage import dvc_data_md5
-
-    assert dvc_data_md5(folder) == recorded  # DVC vouches for the files: this md5 is the lineage's data version
-    manifest = json.loads((folder / "feedback_manifest.json").read_text())
-    assert manifest["kind"] == "alignflow-feedback-dataset" and manifest["tally"]["kept"] == len(expected_chosen)
-    return manifest
-
-
-def _demo_pairs(root: Path) -> int:
-    return len((root / "repo" / "data" / "preferences_train.jsonl").read_text().splitlines())
 
 
 def test_export_writes_three_formats_with_a_recorded_shuffle(exported):
@@ -179,9 +115,9 @@ def test_round_trip_our_labels(exported):
         log.append(_label(pair["pair_id"], choice, "ann"))
         if choice in ("A", "B"):
             expected[pair["pair_id"]] = choice
-    output, folder = _import(root, args, root / "ours.jsonl", export, "round-ours")
+    output, folder = import_labels(root, args, root / "ours.jsonl", export, "round-ours")
     assert "dropped 1 ties, 1 skips, 0 disagreements" in output
-    _check_version(folder, export, expected, _demo_pairs(root))
+    check_version(folder, export, expected, demo_pairs(root))
 
 
 def test_round_trip_label_studio_with_three_annotators(exported):
@@ -196,16 +132,16 @@ def test_round_trip_label_studio_with_three_annotators(exported):
         votes = [side, other] if i < 4 else [side, side, other] if i < 8 else [side]
         task["annotations"] = [{"id": 100 * i + n, "completed_by": {"id": n, "email": f"user{n}@example.com"},
                                 "was_cancelled": i == 8,
-                                "result": [] if i == 8 else [{"from_name": "comparison", "to_name": "answer1,answer2",
+                                "result": [] if i == 8 else [{"from_name": "comparison", "to_name": "comparison",
                                                               "type": "pairwise", "value": {"selected": vote}}]}
                                for n, vote in enumerate(votes)]
         if i >= 4 and i != 8:
             expected[data["pair_id"]] = "A" if side == "left" else "B"
     labels = root / "labelstudio-export.json"
     labels.write_text(json.dumps(tasks))
-    output, folder = _import(root, args, labels, export, "round-labelstudio")
+    output, folder = import_labels(root, args, labels, export, "round-labelstudio")
     assert "dropped 0 ties, 1 skips, 4 disagreements" in output
-    manifest = _check_version(folder, export, expected, _demo_pairs(root))
+    manifest = check_version(folder, export, expected, demo_pairs(root))
     # Agreement: 4 split pairs (1 of 2 votes with the majority) and 4 pairs at 2 of 3.
     assert manifest["tally"]["agreement"] == pytest.approx((4 * 1 + 4 * 2) / (4 * 2 + 4 * 3))
 
@@ -223,17 +159,17 @@ def test_round_trip_argilla(exported):
         expected[record["id"]] = "A" if best == "response1" else "B"
     labels = root / "argilla-export.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in records))
-    output, folder = _import(root, args, labels, export, "round-argilla", "--replace")
+    output, folder = import_labels(root, args, labels, export, "round-argilla", "--replace")
     assert "2 annotators, agreement 1.00" in output
-    _check_version(folder, export, expected, demo_pairs=0)  # --replace: the labelled pairs alone
+    check_version(folder, export, expected, demo_pairs=0)  # --replace: the labelled pairs alone
 
 
 def test_a_bad_export_leaves_no_folder(exported):
     root, args, export, _ = exported
     bad = root / "bad.jsonl"
     bad.write_text(json.dumps({"pair_id": "9999-deadbeef", "choice": "A", "annotator": "ann"}) + "\n")
-    result = _cli("feedback", "import", str(bad), "--pairs", str(export / "pairs.jsonl"),
-                  "--out", str(root / "repo" / "round-bad"), *args)
+    result = cli("feedback", "import", str(bad), "--pairs", str(export / "pairs.jsonl"),
+                 "--out", str(root / "repo" / "round-bad"), *args)
     assert result.exit_code == 1
     assert "bad.jsonl: line 1: pair id '9999-deadbeef' is not in the export file" in result.output
     assert not (root / "repo" / "round-bad").exists() and not (root / "repo" / "round-bad.dvc").exists()
@@ -280,8 +216,8 @@ def test_export_champion_against_candidate_by_alias(exported):
     for alias in ("champion", "candidate"):  # two registered versions (of one model: this test checks the wiring)
         version = client.create_model_version("alignflow-policy", model_uri).version
         client.set_registered_model_alias("alignflow-policy", alias, version)
-    result = _cli("feedback", "export", "--model", "models:/alignflow-policy@champion", "--against", "@candidate",
-                  "--n", "6", "--max-new-tokens", "12", "--out", str(root / "vs"), *args)
+    result = cli("feedback", "export", "--model", "models:/alignflow-policy@champion", "--against", "@candidate",
+                 "--n", "6", "--max-new-tokens", "12", "--out", str(root / "vs"), *args)
     assert result.exit_code == 0, result.output
     pairs = [json.loads(line) for line in (root / "vs" / "pairs.jsonl").read_text().splitlines()]
     # Aliases are resolved to the versions they point at now, and each pair says which version wrote A.
@@ -292,7 +228,7 @@ def test_export_champion_against_candidate_by_alias(exported):
     manifest = json.loads((root / "vs" / "export_manifest.json").read_text())
     assert (manifest["model_uri"], manifest["against_uri"]) == ("models:/alignflow-policy/1",
                                                                 "models:/alignflow-policy/2")
-    missing = _cli("feedback", "export", "--model", "models:/alignflow-policy@nobody", "--out", str(root / "x"),
-                   *args)
+    missing = cli("feedback", "export", "--model", "models:/alignflow-policy@nobody", "--out", str(root / "x"),
+                  *args)
     assert missing.exit_code == 1 and "registered model 'alignflow-policy' has no alias 'nobody'" in missing.output
     assert not (root / "x").exists()
