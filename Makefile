@@ -42,11 +42,13 @@ demo-real: install
 	$(BIN)/alignflow data world --config configs/pipelines/smollm2.yaml
 	time $(BIN)/alignflow run --config configs/pipelines/smollm2.yaml --set 'optimizers=[dpo]' --out reports/smollm2-pipeline.json
 
-# What the tests need beyond Python, from Debian's packages: PostgreSQL (the loopback services test) and Chromium
-# with its chromedriver (the browser tests). Each script does nothing when its tools are already there.
+# What the tests need beyond our Python: from Debian's packages, PostgreSQL (the loopback services test) and Chromium
+# with its chromedriver (the browser tests); from PyPI, Label Studio in .venv-labelstudio (the Label Studio round
+# trip). Each script does nothing when its tools are already there.
 test-tools:
 	bash infra/install_postgres.sh
 	bash infra/install_chromium.sh
+	bash infra/install_labelstudio.sh $(PIP_QUIET)
 
 test: install test-tools
 	$(BIN)/pytest

@@ -3,7 +3,8 @@
 Label Studio ("Human Preferences collection for RLHF" template): a `<Pairwise>` control over `$answer1` and
 `$answer2`; tasks are `{"data": {"prompt", "answer1", "answer2", "pair_id"}}`; an export is the list of tasks,
 each with `annotations[].result[]` items `{"type": "pairwise", "value": {"selected": "left" | "right"}}`
-(left is answer1) and `was_cancelled` for a skipped task.
+(left is answer1; from_name and to_name are both the control's name) and `was_cancelled` for a skipped task.
+Checked against a Label Studio 1.23.2 server: tests/test_labelstudio.py.
 
 Argilla 2.x (`rg.Settings.for_response_ranking()`): fields `instruction`, `response1`, `response2` and a
 `RankingQuestion` named `ranking` over `["response1", "response2"]`; records carry our pair id as their `id`.
