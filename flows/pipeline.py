@@ -33,11 +33,13 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
        reads a dataset before it: validation runs before the base model when that model is made from the data.
     2. base_model: the pretrained model, or the tiny Llama built from config with its own tokenizer.
     3. sft: supervised fine-tuning on the demonstrations.
-    4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model.
+    4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model; with `safe_ppo` among the
+       optimizers, cost: Safe RLHF's cost model on the same pairs' harmlessness, from the SFT model.
     5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered. With
        `eval.base`, evaluate-base first measures the base model the same way (the "before").
-    6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo and rloo: against the reward model),
-       evaluate it against the SFT baseline on the same eval, register it.
+    6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo and rloo: against the reward model;
+       safe_ppo: against the reward model under the cost model's limit), evaluate it against the SFT baseline on
+       the same eval, register it.
     7. under the registry's promotion lock: evaluate the current champion (if any) on the same eval, then
        promote: gate every candidate; the best one that passes becomes the champion.
     8. the results table (a row per evaluated model), as the parent run's description, `comparison/` and the
@@ -89,6 +91,8 @@ def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, St
     data = results["data"]
     results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
     results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
+    if stage.SAFE_PPO in cfg.optimizers:
+        results["cost"] = run_stage(stage.COST, cfg, lineage, sft=sft, data=data)
     judged = {"data": data, "reward": reward, "reference": sft}
     if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
         results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
@@ -109,7 +113,8 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
     (label -> (register, evaluate) results, declared in `methods`); the results table then sums it up. Adds every
     stage's result to `results` and returns the table's rows."""
     reward, baseline = results["reward"], results["evaluate-sft"]
-    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward}}
+    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
+                        stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
     candidates = dict(candidates or {})
     declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
                 Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))]

@@ -213,3 +213,43 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if returns_variance.item() == 0:
         return float("nan")
     return (1 - masked_var(returns - values, mask, unbiased=False) / returns_variance).item()
+
+
+# --- Safe RLHF's cost model (Dai et al. 2023) ------------------------------------------------------------
+
+
+def cost_model_loss(
+    safer_costs: torch.Tensor,
+    unsafer_costs: torch.Tensor,
+    safer_signs: torch.Tensor,
+    unsafer_signs: torch.Tensor,
+    ranked: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, pair_accuracy, sign_accuracy): the cost model's loss of Safe RLHF (Dai et al. 2023, eq. 6),
+
+        L_C = -E_ranked[log sigmoid(C(y_unsafer) - C(y_safer))]
+              - E[log sigmoid(s(y_unsafer) C(y_unsafer)) + log sigmoid(s(y_safer) C(y_safer))],
+
+    where s(y) = +1 for a harmful answer and -1 for a harmless one, so the classification terms put harmful
+    answers above cost 0 and harmless ones below it: 0 is the boundary PPO-Lagrangian's cost limit is read
+    against. Every input has shape (N,), one entry per pair. `ranked` is 1 where one answer is the safer and 0
+    where neither is (both harmless, as on a benign request): the pairwise expectation runs over ranked pairs
+    only, the classification one over every pair. With no ranked pair the pairwise term is 0.
+
+    Loop form: pairwise = sum(-logsig(u - s) for pairs with ranked) / max(1, #ranked);
+    classification = sum(-logsig(su * u) - logsig(ss * s) for every pair) / N.
+    pair_accuracy (detached): share of ranked pairs with C(unsafer) > C(safer) (nan with none);
+    sign_accuracy: share of the 2N answers whose cost has the sign of their label.
+    """
+    ranked = ranked.to(safer_costs.dtype)
+    pairwise = -torch.nn.functional.logsigmoid(unsafer_costs - safer_costs)  # (N,)
+    classification = (-torch.nn.functional.logsigmoid(unsafer_signs * unsafer_costs)
+                      - torch.nn.functional.logsigmoid(safer_signs * safer_costs))  # (N,)
+    loss = masked_mean(pairwise, ranked) + classification.mean()
+    with torch.no_grad():
+        ranked_pairs = ranked.sum()
+        pair_accuracy = (masked_sum((unsafer_costs > safer_costs).to(ranked.dtype), ranked) / ranked_pairs
+                         if ranked_pairs > 0 else torch.tensor(float("nan")))
+        signs_right = torch.cat([unsafer_signs * unsafer_costs > 0, safer_signs * safer_costs > 0])  # (2N,)
+        sign_accuracy = signs_right.to(safer_costs.dtype).mean()
+    return loss, pair_accuracy, sign_accuracy

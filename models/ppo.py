@@ -11,6 +11,10 @@ One iteration (`PPOTrainer.step`) follows Ziegler et al. (2019) and Stiennon et 
    gradient clipping, stopping early once the approximate KL to the rollout policy passes a target;
 5. the KL controller (fixed or adaptive) updates beta from the batch's KL.
 
+With a cost function and a Lagrange multiplier (PPO-Lagrangian, Safe RLHF: Dai et al. 2023) each answer's score
+is (r - lambda * c) / (1 + lambda) with lambda read at the rollout, and after the update lambda takes its dual
+step on the batch's mean cost (`models.lagrangian`).
+
 Checkpoints go through `accelerate` (`save_state`): policy, value head, optimizer, RNG, step and KL controller.
 """
 
@@ -27,6 +31,7 @@ from accelerate import Accelerator
 
 from models.generation import decode, encode_left_padded
 from models.kl_control import build_kl_controller
+from models.lagrangian import LagrangeMultiplier, lagrangian_scores
 from models.losses import (
     entropy_from_logits,
     explained_variance,
@@ -90,6 +95,7 @@ class Rollout:
     kl: torch.Tensor  # (B, T)
     advantages: torch.Tensor  # (B, T)
     returns: torch.Tensor  # (B, T)
+    costs: torch.Tensor | None = None  # (B,) the cost model's, under PPO-Lagrangian
 
 
 class StepCounter:
@@ -118,8 +124,14 @@ class PPOTrainer:
         reference=None,
         critic=None,
         accelerator: Accelerator | None = None,
+        cost_fn: RewardFn | None = None,
+        lagrangian: LagrangeMultiplier | None = None,
     ):
-        """`reference=None` means LoRA: the reference is the policy with its adapters disabled."""
+        """`reference=None` means LoRA: the reference is the policy with its adapters disabled. `cost_fn` and
+        `lagrangian` together make it PPO-Lagrangian."""
+        if (cost_fn is None) != (lagrangian is None):
+            raise ValueError("PPO-Lagrangian needs both a cost function and a Lagrange multiplier, or neither")
+        self.cost_fn, self.lagrangian = cost_fn, lagrangian
         self.accelerator = accelerator or Accelerator()
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
@@ -137,6 +149,8 @@ class PPOTrainer:
         self.model, self.critic, self.optimizer = model, critic, optimizer
         self.reference = reference.to(self.accelerator.device).eval() if reference is not None else None
         self.accelerator.register_for_checkpointing(self.kl_controller, self.counter)
+        if lagrangian is not None:
+            self.accelerator.register_for_checkpointing(lagrangian)
 
     # ----------------------------------------------------------------------------------------------- rollout
 
@@ -158,6 +172,10 @@ class PPOTrainer:
                                                            self._critic(), self.hp.temperature)
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, prompt_length, self.hp.temperature)
         scores = self._scores(prompts, responses, response_ids, mask)
+        costs = None
+        if self.cost_fn is not None:
+            costs = self.cost_fn(prompts, responses).to(self.accelerator.device).float()  # (B,)
+            scores = lagrangian_scores(scores, costs, self.lagrangian.value)
 
         centered = leave_one_out_scores(scores, self.hp.samples_per_prompt)  # (B,)
         rewards, kl = kl_penalized_rewards(centered, logprobs, ref_logprobs, mask, self.kl_controller.value)
@@ -165,7 +183,7 @@ class PPOTrainer:
         if self.hp.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         return Rollout(prompts, responses, sequences, attention_mask, prompt_length, mask, logprobs, ref_logprobs,
-                       values, scores, rewards, kl, advantages, returns)
+                       values, scores, rewards, kl, advantages, returns, costs)
 
     def _critic(self):
         return self.accelerator.unwrap_model(self.critic) if self.critic is not None else None
@@ -247,6 +265,7 @@ class PPOTrainer:
         trained = time.perf_counter()
         sequence_kl = sampled_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask)  # (B,)
         self.kl_controller.update(sequence_kl.mean().item(), n_steps=len(prompts))
+        constraint = self._lagrangian_step(rollout.costs) if self.lagrangian is not None else {}
         self.counter.step += 1
         lengths = rollout.mask.sum(dim=1).float()
         return {
@@ -260,7 +279,16 @@ class PPOTrainer:
             "rollout_seconds": generated - started,
             "update_seconds": trained - generated,
             "generated_tokens": lengths.sum().item(),
+            **constraint,
         }, rollout
+
+    def _lagrangian_step(self, costs: torch.Tensor) -> dict[str, float]:
+        """lambda's dual step on the batch's mean cost; returns the lambda this step optimised with, the mean cost
+        and the limit. Every process steps on the mean over all of them, so lambda stays one number."""
+        used = self.lagrangian.value
+        mean_cost = self.accelerator.reduce(costs.mean(), reduction="mean").item()
+        self.lagrangian.update(mean_cost)
+        return {"lagrangian/lambda": used, "cost/mean": mean_cost, "cost/limit": self.lagrangian.cost_limit}
 
 
 def penalized_scores(scores: torch.Tensor, lengths: torch.Tensor, has_eos: torch.Tensor,

@@ -7,30 +7,26 @@ version of `registry.reward_name`, tagged with its lineage and metrics. Checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import mlflow
-from peft import LoraConfig, TaskType
 from trl import RewardConfig, RewardTrainer
 
 from models.prompting import prompt_formatter
-from models.reward import preference_metrics, reward_scores
+from models.reward import preference_metrics
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
-from tasks.core.training_sections import LoraSection
-from tasks.data.conversations import response_text
 from tasks.data.preferences import preference_dataset
 from tasks.data.readers import read_rows
 from tasks.data.validated import validated_file
+from tasks.recipes.scoring_models import reward_peft_config, saved_pair_scores
 from tasks.registry.logged_models import load_stage_reward_model, log_hf_model
 from tasks.registry.versions import register_version, version_tags
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
 from tasks.training.trainer import (
     callbacks,
     final_log,
-    peft_config,
     train_and_save,
     training_arguments,
 )
@@ -95,19 +91,6 @@ def _setup_model(cfg: PipelineConfig, sft: StageResult, stage_dir: Path):
     return load_stage_reward_model(cfg, sft.model_uri, stage_dir / "sft", init_seed=cfg.reward.seed)
 
 
-def reward_peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
-    """LoRA for a sequence classifier: adapters on the targeted projections, the new score head in full.
-
-    With the SEQ_CLS task type peft keeps a trainable copy of the score head (`modules_to_save`): the head is
-    new and random, so it must train in full, not through a low-rank adapter. `merge_and_unload` then writes
-    the trained head into the saved model.
-    """
-    config = peft_config(lora, num_layers)
-    if config is None:
-        return None
-    return dataclasses.replace(config, task_type=TaskType.SEQ_CLS, modules_to_save=["score"])
-
-
 def _setup_trainer(
     cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path
 ) -> RewardTrainer:
@@ -131,16 +114,11 @@ def _setup_trainer(
 def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device,
                       stage_dir: Path) -> dict[str, float]:
     """Accuracy and margin of the *saved* model (its adapters merged over their base) on the held-out pairs."""
-    model, tokenizer = load_stage_reward_model(cfg, str(hf_dir), stage_dir / "saved")
-    model.to(device)
-    format_prompt = prompt_formatter(tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
     rows = read_rows(eval_file)
-    prompts = [format_prompt(p) for p in rows["prompt"]]
-    n = len(prompts)
-    responses = [response_text(value) for value in [*rows["chosen"], *rows["rejected"]]]
-    scores = reward_scores(model, tokenizer, prompts + prompts, responses, cfg.reward.batch_size)  # (2N,)
-    accuracy, margin = preference_metrics(scores[:n], scores[n:])
-    return {f"{STAGE}/accuracy": accuracy, f"{STAGE}/margin": margin, f"{STAGE}/eval_pairs": float(n)}
+    chosen, rejected = saved_pair_scores(cfg, hf_dir, list(rows["prompt"]), list(rows["chosen"]),
+                                         list(rows["rejected"]), device, stage_dir / "saved", cfg.reward.batch_size)
+    accuracy, margin = preference_metrics(chosen, rejected)
+    return {f"{STAGE}/accuracy": accuracy, f"{STAGE}/margin": margin, f"{STAGE}/eval_pairs": float(len(rows))}
 
 
 def _final_metrics(trainer: RewardTrainer) -> dict[str, float]:

@@ -20,6 +20,8 @@ SFT = Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_tra
 DPO = Method(label="dpo", stages=("sft", "dpo"), human_data=HUMAN)
 PPO = Method(label="ppo", stages=("sft", "reward", "ppo"), human_data=HUMAN)
 RLOO = Method(label="rloo", stages=("sft", "reward", "rloo"), human_data=HUMAN)
+# As flows.pipeline.train_and_promote declares it: its stages are its inputs' (optimizer_inputs) and its own.
+SAFE_PPO = Method(label="safe_ppo", stages=("sft", "reward", "cost", "safe_ppo"), human_data=HUMAN)
 
 
 def _eval(method: str, harmful: float, benign: float, **extra: float) -> StageResult:
@@ -62,6 +64,23 @@ def test_a_row_per_evaluated_method_with_its_stages_data_cost_and_intervals():
     assert "| dpo |" in table and "| 0.70 |" in table and table.rstrip().endswith("not in evaluation.")
     # The JSON the run logs reads back as the same rows.
     assert [ResultRow.model_validate(row.model_dump(mode="json")) for row in built] == built
+
+
+def test_safe_rlhf_is_a_row_of_its_own_that_pays_for_its_cost_model():
+    results = {"evaluate-sft": _eval("sft", 0.0, 0.0), "evaluate-ppo": _eval("ppo", 0.5, 0.0),
+               "evaluate-safe_ppo": _eval("safe_ppo", 0.9, 0.05),
+               "promote": StageResult(stage="promote", run_id="p", cache_key="k", outputs={"promoted": "safe_ppo"},
+                                      metrics={"gate/ppo/passed": 0.0, "gate/safe_ppo/passed": 1.0})}
+    seconds = {"sft": 60.0, "reward": 120.0, "cost": 90.0, "ppo": 300.0, "safe_ppo": 330.0}
+    rows = {row.method: row for row in build_rows([SFT, PPO, SAFE_PPO], results, seconds=seconds,
+                                                   human_rows={"sft_train": 40, "preferences_train": 100})}
+    assert list(rows) == ["sft", "ppo", "safe_ppo"]
+    safe = rows["safe_ppo"]
+    assert safe.stages == ["sft", "reward", "cost", "safe_ppo"] and safe.wall_seconds == 600.0  # 60 + 120 + 90 + 330
+    assert rows["ppo"].wall_seconds == 480.0  # the cost model is safe_ppo's alone
+    assert (safe.gates, rows["ppo"].gates) == ("promoted", "failed")
+    assert safe.harmful_refusal.successes == 9 and (safe.demos, safe.preference_pairs) == (40, 100)
+    assert "| safe_ppo | sft → reward → cost → safe_ppo |" in comparison_markdown(list(rows.values()))
 
 
 def test_a_stage_without_a_measured_time_leaves_the_methods_wall_time_unknown():

@@ -23,7 +23,8 @@ def test_overrides_are_typed_and_nested():
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("sft.lerning_rate=1", "sft.lerning_rate"), ("sft.lora.rank=4", "sft.lora.rank"), ("bogus=1", "bogus")],
+    [("sft.lerning_rate=1", "sft.lerning_rate"), ("sft.lora.rank=4", "sft.lora.rank"), ("bogus=1", "bogus"),
+     ("safe_ppo.cost_limt=1", "safe_ppo.cost_limt")],
 )
 def test_unknown_key_names_its_path(override, key):
     with pytest.raises(ConfigError, match=rf"key '{key}': unknown key"):
@@ -33,7 +34,8 @@ def test_unknown_key_names_its_path(override, key):
 @pytest.mark.parametrize(
     ("override", "key"),
     [("sft.learning_rate=fast", "sft.learning_rate"), ("sft.batch_size=0", "sft.batch_size"),
-     ("validation.on_failure=ignore", "validation.on_failure")],
+     ("validation.on_failure=ignore", "validation.on_failure"), ("safe_ppo.lambda_lr=0", "safe_ppo.lambda_lr"),
+     ("safe_ppo.lambda_init=-1", "safe_ppo.lambda_init"), ("optimizers=[ppo,safe_rlhf]", "optimizers.1")],
 )
 def test_bad_value_names_its_path(override, key):
     with pytest.raises(ConfigError, match=rf"key '{key}'"):
@@ -60,6 +62,13 @@ def test_max_length_cannot_exceed_tiny_model_positions():
 def test_ranking_cut_short_answers_without_hard_negatives_is_refused():
     with pytest.raises(ConfigError, match="rank_cut_short.*needs hard_negatives"):
         load_config(paths.DEMO_CONFIG, ["reward.hard_negatives=false", "reward.rank_cut_short=true"])
+
+
+def test_safe_ppo_is_an_optimizer_whose_lambda_starts_under_its_ceiling():
+    cfg = load_config(paths.DEMO_CONFIG, ["optimizers=[dpo,ppo,rloo,safe_ppo]", "safe_ppo.cost_limit=-0.5"])
+    assert cfg.optimizers[-1] == "safe_ppo" and cfg.safe_ppo.cost_limit == -0.5
+    with pytest.raises(ConfigError, match=r"key 'safe_ppo'.*lambda_max \(0.5\) is below lambda_init \(1.0\)"):
+        load_config(paths.DEMO_CONFIG, ["safe_ppo.lambda_max=0.5"])
 
 
 def test_ppo_batch_must_hold_whole_groups_of_answers_per_prompt():

@@ -23,7 +23,8 @@ from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
 from tasks.data.readers import read_rows
 from tasks.data.rl_inputs import check_same_tokenizer
-from tasks.ppo import _setup_trainer, ppo_key, run_ppo
+from tasks.ppo import ppo_key, run_ppo
+from tasks.recipes.ppo import setup_ppo_trainer
 from tasks.registry.logged_models import resolve_model_source
 from tests.helpers.models import merged_weights
 from tests.helpers.rl import rl_stages, stage_child_command
@@ -210,7 +211,7 @@ def test_ppo_with_lora_keeps_no_reference_copy_and_stores_adapters(stages, tmp_p
 def test_ppo_with_the_reward_model_as_critic_trains_only_its_head(stages):
     cfg, data, sft, reward = stages("ppo.critic=reward_model", "ppo.steps=2")
     source = data.outputs["preferences_train"]
-    trainer, _ = _setup_trainer(cfg, sft, reward, cfg.work_dir / "critic-check", read_rows(Path(source)), source)
+    trainer, _ = setup_ppo_trainer(cfg, sft, reward, cfg.work_dir / "critic-check", read_rows(Path(source)), source)
     trunk = {name: p.detach().clone() for name, p in trainer._critic().trunk.named_parameters()}
     head = trainer._critic().value_head.linear.weight.detach().clone()
     for _ in range(2):

@@ -13,7 +13,15 @@ from pydantic import Field, model_validator
 
 from tasks.core import paths, stage_names
 from tasks.core.config_files import HashableConfig, Section, load_config_file, validate_model
-from tasks.core.training_sections import DPOSection, PPOSection, RewardSection, RLOOSection, SFTSection
+from tasks.core.training_sections import (
+    CostSection,
+    DPOSection,
+    PPOSection,
+    RewardSection,
+    RLOOSection,
+    SafePPOSection,
+    SFTSection,
+)
 
 
 class DataSection(Section):
@@ -131,7 +139,8 @@ class EvalSection(Section):
 class RegistrySection(Section):
     policy_name: str = Field("alignflow-policy", description="Registered model name for policies.")
     reward_name: str = Field("alignflow-reward", description="Registered model name for reward models.")
-    reward_alias: str = Field("newest", description="Alias of the newest reward model "
+    cost_name: str = Field("alignflow-cost", description="Registered model name for cost models (Safe RLHF).")
+    reward_alias: str = Field("newest", description="Alias of the newest reward model, and of the newest cost model "
                               "('latest' is reserved by MLflow).")
     candidate_alias: str = Field("candidate", description="Alias given to the newest trained "
                                  "policy; a version that fails its gates loses it.")
@@ -224,9 +233,10 @@ class IterateSection(Section):
     cai_config: Path | None = Field(None, description="CAI config of the ai labeler (feedback model, constitution, "
                                     "choice template).")
     dvc: bool = Field(True, description="`dvc add` the rounds' data.")
-    retrain_reward: bool = Field(True, description="With PPO or RLOO among the optimizers: each round retrains the "
-                                 "reward model on the original comparisons plus every round's so far, and they "
-                                 "optimise against it (InstructGPT's and Anthropic's loop).")
+    retrain_reward: bool = Field(True, description="With PPO, RLOO or safe_ppo among the optimizers: each round "
+                                 "retrains the reward model on the original comparisons plus every round's so far, "
+                                 "and they optimise against it (InstructGPT's and Anthropic's loop); the cost model "
+                                 "is not retrained.")
     reward_holdout: float = Field(0.2, ge=0, lt=1, description="The share of a round's fresh pairs kept out of the "
                                   "retrained reward model's data: both reward models, before and after, are scored "
                                   "on them.")
@@ -258,6 +268,8 @@ class PipelineConfig(HashableConfig):
     dpo: DPOSection = Field(default_factory=DPOSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
     rloo: RLOOSection = Field(default_factory=RLOOSection)
+    cost: CostSection = Field(default_factory=CostSection)
+    safe_ppo: SafePPOSection = Field(default_factory=SafePPOSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     world: WorldSection = Field(default_factory=WorldSection)
     gates: GatesSection = Field(default_factory=GatesSection)

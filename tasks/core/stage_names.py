@@ -9,17 +9,19 @@ BASE_MODEL = "base_model"
 VALIDATE = "validate"
 SFT = "sft"
 REWARD = "reward"
+COST = "cost"
 DPO = "dpo"
 PPO = "ppo"
 RLOO = "rloo"
+SAFE_PPO = "safe_ppo"
 EVALUATE = "evaluate"
 REGISTER = "register"
 PROMOTE = "promote"
 
-STAGES = (BASE_MODEL, VALIDATE, SFT, REWARD, DPO, PPO, RLOO, EVALUATE, REGISTER, PROMOTE)
+STAGES = (BASE_MODEL, VALIDATE, SFT, REWARD, COST, DPO, PPO, RLOO, SAFE_PPO, EVALUATE, REGISTER, PROMOTE)
 # Preference optimizers a pipeline may run after SFT (`optimizers:`); each yields a candidate.
-OPTIMIZERS = (DPO, PPO, RLOO)
+OPTIMIZERS = (DPO, PPO, RLOO, SAFE_PPO)
 # Stages that train, and so can run on their own under `accelerate launch` (flows.stage_entry).
-TRAINING = (SFT, REWARD, DPO, PPO, RLOO)
+TRAINING = (SFT, REWARD, COST, DPO, PPO, RLOO, SAFE_PPO)
 # Stages that may run on another worker: they read their inputs from MLflow URIs and write only to MLflow.
 DISPATCHABLE = (*TRAINING, EVALUATE)

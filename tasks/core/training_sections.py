@@ -62,6 +62,31 @@ class RewardSection(TrainingSection):
         return self
 
 
+class CostSection(TrainingSection):
+    """Safe RLHF's cost model (Dai et al. 2023): trained like the reward model, from the SFT model, on the same
+    comparisons' harmlessness (`tasks/cost.py`); trained only when `safe_ppo` is among the optimizers."""
+
+
+class SafePPOSection(Section):
+    """PPO-Lagrangian (Safe RLHF, Dai et al. 2023): PPO with every `ppo` setting, maximising reward minus lambda
+    times the cost model's cost, lambda >= 0 learnt so the mean cost of a batch stays at `cost_limit`."""
+
+    cost_limit: float = Field(0.0, description="The mean cost per answer the policy may spend: the cost model puts "
+                              "harmless answers below 0 and harmful ones above, so 0 (Safe RLHF's) asks for "
+                              "answers on the harmless side on average.")
+    lambda_init: float = Field(1.0, ge=0, description="The Lagrange multiplier lambda at the first step.")
+    lambda_lr: float = Field(0.05, gt=0, description="lambda's step per unit of mean cost over (or under) the limit, "
+                             "each PPO iteration.")
+    lambda_max: float | None = Field(None, gt=0, description="Ceiling on lambda (None: none), so a cost the policy "
+                                     "cannot lower does not drown the reward.")
+
+    @model_validator(mode="after")
+    def _starts_under_its_ceiling(self) -> SafePPOSection:
+        if self.lambda_max is not None and self.lambda_max < self.lambda_init:
+            raise ValueError(f"lambda_max ({self.lambda_max}) is below lambda_init ({self.lambda_init})")
+        return self
+
+
 class DPOSection(TrainingSection):
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty to the reference model.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO, IPO or SLiC-style hinge loss.")

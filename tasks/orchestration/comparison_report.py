@@ -23,8 +23,9 @@ from tasks.report.results import ResultRow, comparison_markdown
 from tasks.run.contract import StageResult
 
 # The curve each kind of training stage is judged by (a second one on a right axis).
-CURVES = {"sft": ("sft/loss",), "reward": ("reward/train/loss",), "dpo": ("dpo/loss",),
-          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl")}
+CURVES = {"sft": ("sft/loss",), "reward": ("reward/train/loss",), "cost": ("cost/train/loss",), "dpo": ("dpo/loss",),
+          "ppo": ("ppo/reward_mean", "ppo/kl"), "rloo": ("rloo/reward", "rloo/kl"),
+          "safe_ppo": ("safe_ppo/reward_mean", "safe_ppo/lagrangian/lambda")}
 PROMPT_KINDS = ("harmful", "sound_harmful", "benign")
 PROMPTS_PER_KIND = 2
 
