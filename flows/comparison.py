@@ -29,10 +29,11 @@ Candidates = dict[str, tuple[StageResult, StageResult]]
 
 @flow(name="method_comparison")
 def method_comparison(config_path: str, overrides: list[str] | None = None) -> dict[str, StageResult]:
-    """SFT, DPO, PPO, RLOO and (with `cai.config`) Constitutional AI, compared in one MLflow parent run.
+    """SFT, DPO, PPO, RLOO, Safe RLHF and (with `cai.config`) Constitutional AI, compared in one MLflow parent run.
 
     Steps:
-    1-5. the pipeline's: validate, base_model, sft, reward, evaluate-base (with `eval.base`), evaluate-sft.
+    1-5. the pipeline's: validate, base_model, sft, reward, cost (with safe_ppo), evaluate-base (with `eval.base`),
+       evaluate-sft.
     6. with `cai.config`: the constitutional flow's steps on this base model (cai-respond,
        cai-critique_revise, cai-sl_datasets, cai-rlaif, cai-version), the new data validated, then SL-CAI (sft on
        the revisions, from the base model) and RLAIF (dpo on the AI-labeled pairs, from SL-CAI); each evaluated

@@ -69,7 +69,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     out = tmp_path / "results.json"
     overrides = [
         f"data.dir={demo_data_dir}", f"work_dir={tmp_path / 'work'}", f"tracking.tracking_uri=sqlite:///{store}",
-        f"reports_dir={tmp_path / 'reports'}", "reward.max_steps=4", "dpo.max_steps=2",
+        f"reports_dir={tmp_path / 'reports'}", "reward.max_steps=4", "cost.max_steps=4", "dpo.max_steps=2",
         "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=8",
         "rloo.max_steps=2", "rloo.batch_size=8", "rloo.max_new_tokens=8", "eval.max_new_tokens=8", "eval.base=true",
         # configs/cai/demo.yaml, its data in the test's folder and out of DVC, one critique round of short answers
@@ -79,6 +79,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     compare(config=paths.DEMO_CONFIG, out=out, overrides=overrides)
     printed = capsys.readouterr().out
     assert "| ppo | sft → reward → ppo |" in printed and f"report: {tmp_path / 'reports'}" in printed
+    assert "| safe_ppo | sft → reward → cost → safe_ppo |" in printed
     assert "| rlaif-dpo | cai-data → cai-sft → cai-dpo |" in printed
     results = results_from_file(out)
     client = MlflowClient()
@@ -93,7 +94,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     # same reward model; CAI's models are gated with the others.
     comparison = {row["method"]: row for row in
                   mlflow.artifacts.load_dict(f"runs:/{parent_id}/comparison/comparison.json")}
-    assert list(comparison) == ["base", "sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
+    assert list(comparison) == ["base", "sft", "dpo", "ppo", "rloo", "safe_ppo", "sl-cai", "rlaif-dpo"]
     assert comparison["base"]["gates"] == "-" and comparison["base"]["demos"] == 0  # the untrained "before"
     for method, row in list(comparison.items())[1:]:
         assert row["win_rate_vs_base"] == results[f"evaluate-{method}"].metrics["eval/win_rate_vs_base"]
@@ -198,7 +199,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
         answers = driver.find_elements(By.CSS_SELECTOR, "#answers-table tr")
         assert len(answers) == 1 + 4  # header, then two harmful and two benign prompts (the demo has no others)
         headers = [th.text for th in answers[0].find_elements(By.TAG_NAME, "th")]
-        assert headers == ["prompt", "base", "sft", "dpo", "ppo", "rloo", "sl-cai", "rlaif-dpo"]
+        assert headers == ["prompt", "base", "sft", "dpo", "ppo", "rloo", "safe_ppo", "sl-cai", "rlaif-dpo"]
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
         save_screenshot(driver, "comparison-report.png", tmp_path)

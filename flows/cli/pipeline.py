@@ -19,6 +19,7 @@ from flows.cli.common import (
     write_json,
 )
 from tasks.core import paths
+from tasks.core.stage_names import OPTIMIZERS
 
 SkipOption = Annotated[bool, typer.Option(
     "--skip-if-unchanged", help="Stop with 'nothing changed' when the champion was trained on this data version "
@@ -54,9 +55,9 @@ FromResultsOption = Annotated[Path | None, typer.Option(
 def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None,
             from_results: FromResultsOption = None) -> None:
     """Compare the alignment methods on the same base model, data and held-out eval, as one MLflow parent run:
-    SFT, then DPO, PPO and RLOO from it, and with `cai.config` Constitutional AI (SL-CAI and RLAIF, on
-    data the base model made from a constitution). Unchanged stages come from the cache. Prints the comparison
-    table and writes the HTML report."""
+    SFT, then DPO, PPO, RLOO and Safe RLHF (safe_ppo) from it, and with `cai.config` Constitutional AI (SL-CAI
+    and RLAIF, on data the base model made from a constitution). Unchanged stages come from the cache. Prints the
+    comparison table and writes the HTML report."""
     from tasks.core.errors import AlignflowError
     from tasks.orchestration.cai_methods import comparison_configs
     from tasks.orchestration.comparison_report import (
@@ -66,7 +67,7 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     )
     from tasks.report.results import comparison_markdown
 
-    overrides = [*(overrides or []), "optimizers=[dpo,ppo,rloo]"]
+    overrides = [*(overrides or []), f"optimizers=[{','.join(OPTIMIZERS)}]"]  # every method
     if from_results is not None:  # train nothing: the finished run's results, reported again
         results = results_from_file(from_results)
         rows, report = report_finished_run(registry_config(config, overrides), results)
