@@ -12,66 +12,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import torch
 from trl import RewardConfig
 
 from models.prompting import prompt_formatter
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
-from tasks.core.tags import TAG_PREFIX
 from tasks.data.harmlessness import harmlessness_dataset, harmlessness_pairs
 from tasks.data.readers import read_rows
-from tasks.data.validated import validated_file
 from tasks.recipes.cost_trainer import CostTrainer
-from tasks.recipes.scoring_models import reward_peft_config, saved_pair_scores
-from tasks.registry.logged_models import load_stage_reward_model, log_hf_model
-from tasks.registry.versions import register_version, version_tags
-from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
-from tasks.training.trainer import callbacks, final_log, train_and_save, training_arguments
+from tasks.recipes.scoring_models import (
+    ScoringModel,
+    preference_model_inputs,
+    reward_peft_config,
+    run_scoring_model_stage,
+    saved_pair_scores,
+)
+from tasks.run.contract import StageResult, stage_key
+from tasks.training.trainer import callbacks, training_arguments
 
 STAGE = "cost"
 SECTIONS = ("cost", "model", "validation")
 _TRAIN_METRIC_PREFIX = f"{STAGE}/train"  # the Trainer's batch metrics, apart from the held-out ones
 
 
-def _input_hashes(sft: StageResult, data: StageResult) -> dict[str, str]:
-    return {
-        "sft": sft.output_hashes["model"],
-        "preferences_train": data.output_hashes["preferences_train"],
-        "preferences_eval": data.output_hashes["preferences_eval"],
-    }
-
-
 def cost_key(cfg: PipelineConfig, sft: StageResult, data: StageResult) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(sft, data), code=__name__)
+    return stage_key(STAGE, cfg, SECTIONS, preference_model_inputs(sft, data), code=__name__)
 
 
 def run_cost(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: StageResult) -> StageResult:
-    if sft.model_uri is None:
-        raise ValueError(f"stage {sft.stage} produced no model to train a cost model from")
-    key = cost_key(cfg, sft, data)
-    stage_dir = work_dir(cfg, STAGE, key)
-    with stage_run(STAGE, cfg, lineage, cache_key=key, sections=SECTIONS, parents={"sft": sft.model_uri},
-                   code=__name__) as run:
-        model, tokenizer = load_stage_reward_model(cfg, sft.model_uri, stage_dir / "sft", init_seed=cfg.cost.seed)
-        train_file = validated_file(data, "preferences_train", stage_dir / "data")
-        trainer = _setup_trainer(cfg, model, tokenizer, train_file, stage_dir / "checkpoints")
-        hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
-        if run is None:  # another process of a launch: it trained; the main one saves, measures, logs and reports
-            return follower_result(STAGE, key)
-        model_uri = log_hf_model(hf_dir, cfg, STAGE, kind="reward")  # served like a reward model: one score a row
-        eval_file = validated_file(data, "preferences_eval", stage_dir / "data")
-        metrics = {**_held_out_metrics(cfg, hf_dir, eval_file, trainer.args.device, stage_dir),
-                   f"{STAGE}/final_loss": float(final_log(trainer)["loss"]),
-                   f"{STAGE}/global_step": float(trainer.state.global_step),
-                   f"{STAGE}/train_pairs": float(len(trainer.train_dataset))}
-        mlflow.log_metrics(metrics)
-        version = _register(cfg, run.info.run_id, model_uri, metrics, lineage)
-        mlflow.set_tag(f"{TAG_PREFIX}registered_version", f"{cfg.registry.cost_name}/{version}")
-    return StageResult(stage=STAGE, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
-                       outputs={"registered_name": cfg.registry.cost_name, "registered_version": version},
-                       output_hashes={"model": key}, input_hashes=_input_hashes(sft, data))
+    cost = ScoringModel(
+        stage=STAGE, sections=SECTIONS, seed=cfg.cost.seed, setup_trainer=_setup_trainer,
+        held_out_metrics=_held_out_metrics, registered_name=cfg.registry.cost_name,
+        describe=lambda metrics: f"Cost model on {cfg.name}'s harmlessness judgements: held-out sign accuracy "
+                                 f"{metrics[f'{STAGE}/sign_accuracy']:.2f}")
+    return run_scoring_model_stage(cost, cfg, lineage, key=cost_key(cfg, sft, data), sft=sft, data=data)
 
 
 def _setup_trainer(cfg: PipelineConfig, model, tokenizer, train_file: Path, checkpoint_dir: Path) -> CostTrainer:
@@ -96,13 +71,3 @@ def _held_out_metrics(cfg: PipelineConfig, hf_dir: Path, eval_file: Path, device
     pair_accuracy = (unsafer[ranked] > safer[ranked]).float().mean().item() if ranked.any() else float("nan")
     return {f"{STAGE}/pair_accuracy": pair_accuracy, f"{STAGE}/sign_accuracy": signs_right.mean().item(),
             f"{STAGE}/eval_pairs": float(len(safer)), f"{STAGE}/eval_ranked_pairs": float(ranked.sum())}
-
-
-def _register(cfg: PipelineConfig, run_id: str, model_uri: str, metrics: dict[str, float], lineage: Lineage) -> str:
-    """A new version of the cost model, tagged like the reward model's: training lineage plus metrics."""
-    accuracy = metrics[f"{STAGE}/sign_accuracy"]
-    version = register_version(model_uri, cfg.registry.cost_name, cfg.registry.reward_alias,
-                               version_tags(STAGE, run_id, metrics, lineage),
-                               description=f"Cost model on {cfg.name}'s harmlessness judgements: held-out sign "
-                                           f"accuracy {accuracy:.2f}")
-    return str(version.version)

@@ -3,19 +3,18 @@ a tiny PPO run."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from models.lagrangian import LagrangeMultiplier, lagrange_multiplier_step, lagrangian_scores
-from models.ppo import PPOHyperparams, PPOTrainer
+from models.ppo import PPOTrainer
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
+from tests.helpers.rl import TINY_PPO
 
-HP = PPOHyperparams(rollout_batch_size=8, mini_batch_size=8, ppo_epochs=1, learning_rate=1e-2, max_grad_norm=1.0,
-                    clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95,
-                    whiten_advantages=True, target_approx_kl=None, kl_controller="fixed", init_kl_coef=0.01,
-                    kl_target=None, kl_horizon=10000, max_new_tokens=8, temperature=1.0, missing_eos_penalty=None,
-                    length_penalty=0.0, seed=0)
+HP = dataclasses.replace(TINY_PPO, rollout_batch_size=8, ppo_epochs=1)
 
 
 def test_lambda_rises_while_the_cost_is_over_the_limit():

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.checkpoints import is_complete
-from models.ppo import PPOHyperparams, PPOTrainer, penalized_scores, sample_prompts
+from models.ppo import PPOTrainer, penalized_scores, sample_prompts
 from models.sequence_logprobs import position_ids_for, response_logprobs_and_values, response_mask
 from models.tiny import build_tiny_llama, train_tokenizer
 from models.value_head import PolicyWithValueHead
@@ -27,14 +27,10 @@ from tasks.ppo import ppo_key, run_ppo
 from tasks.recipes.ppo import setup_ppo_trainer
 from tasks.registry.logged_models import resolve_model_source
 from tests.helpers.models import merged_weights
-from tests.helpers.rl import rl_stages, stage_child_command
+from tests.helpers.rl import TINY_PPO, rl_stages, stage_child_command
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
-HP = PPOHyperparams(rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0,
-                    clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95,
-                    whiten_advantages=True, target_approx_kl=None, kl_controller="fixed", init_kl_coef=0.01,
-                    kl_target=None, kl_horizon=10000, max_new_tokens=8, temperature=1.0, missing_eos_penalty=None,
-                    length_penalty=0.0, seed=0)
+HP = TINY_PPO
 
 
 def test_response_mask_stops_after_the_first_eos():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from models.ppo import PPOHyperparams
 from tasks.base_model import run_base_model
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
@@ -17,6 +18,12 @@ from tasks.validate import run_validate
 from tests.helpers.configs import reduced_config
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
+# PPO on a tiny model in a few steps: fast learning, a fixed small KL coefficient, 8-token answers.
+TINY_PPO = PPOHyperparams(
+    rollout_batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2, max_grad_norm=1.0, clip_range=0.2,
+    clip_range_value=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, whiten_advantages=True,
+    target_approx_kl=None, kl_controller="fixed", init_kl_coef=0.01, kl_target=None, kl_horizon=10000,
+    max_new_tokens=8, temperature=1.0, missing_eos_penalty=None, length_penalty=0.0, seed=0)
 
 
 def rl_stages(tmp_path: Path, data_dir: Path, *overrides: str):
