@@ -103,7 +103,7 @@ def test_the_ui_opens_on_runs_names_methods_and_models_and_says_the_gate_decisio
     passed = results["promote"].metrics
     for method in ("sl-cai", "rlaif-dpo"):
         assert comparison[method]["gates"] == ("passed" if passed[f"gate/{method}/passed"] else "failed")
-        assert comparison[method]["principles"] == 4 and comparison[method]["preference_pairs"] == 0
+        assert comparison[method]["principles"] == 5 and comparison[method]["preference_pairs"] == 0
         # configs/cai/demo.yaml's answers come from the SFT model: the human demos behind it are counted
         assert comparison[method]["demos"] == comparison["sft"]["demos"] > 0
     # Generated tokens: none for SFT and DPO; PPO's rollouts (2 steps x 8 prompts x at most 8 tokens); CAI's

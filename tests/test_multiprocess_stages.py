@@ -24,6 +24,7 @@ from tasks.core import paths
 from tasks.core.lineage import Lineage
 from tasks.core.stage_names import TRAINING
 from tasks.core.tags import STAGE_TAG
+from tasks.cost import run_cost
 from tasks.reward import run_reward
 from tasks.run.contract import StageResult
 from tasks.run.tracking import configure_tracking
@@ -35,18 +36,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy(3)]
 
 LINEAGE = Lineage(git_sha="test", config_hash="test", data_md5="untracked")
 # As small as the stages allow: one or two optimizer steps, one PPO iteration on four short rollouts.
-SMALL = ("sft.max_steps=2", "reward.max_steps=1", "dpo.max_steps=1", "ppo.steps=1", "ppo.rollout_batch_size=4",
-         "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=8", "rloo.max_steps=1", "rloo.batch_size=4",
-         "rloo.num_generations=2", "rloo.max_new_tokens=8", "rloo.monitors.probe_size=4")
+SMALL = ("sft.max_steps=2", "reward.max_steps=1", "cost.max_steps=1", "dpo.max_steps=1", "ppo.steps=1",
+         "ppo.rollout_batch_size=4", "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=8",
+         "rloo.max_steps=1", "rloo.batch_size=4", "rloo.num_generations=2", "rloo.max_new_tokens=8",
+         "rloo.monitors.probe_size=4")
 # What the second process leaves in a checkpoint it wrote its part of: proof that it trained in the same group.
-RANK_1_STATE = {"sft": "rng_state_1.pth", "reward": "rng_state_1.pth", "dpo": "rng_state_1.pth",
-                "ppo": "random_states_1.pkl", "rloo": "rng_state_1.pth"}
+RANK_1_STATE = {"sft": "rng_state_1.pth", "reward": "rng_state_1.pth", "cost": "rng_state_1.pth",
+                "dpo": "rng_state_1.pth", "ppo": "random_states_1.pkl", "safe_ppo": "random_states_1.pkl",
+                "rloo": "rng_state_1.pth"}
 LAUNCH_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory, demo_data_dir):
-    """The stage results a pipeline would hand on (validate, base model, SFT, reward), built in this process."""
+    """The stage results a pipeline would hand on (validate, base model, SFT, reward, cost), built in this process."""
     root = tmp_path_factory.mktemp("multiprocess")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paths, "DEFAULT_ARTIFACT_ROOT", root / "mlartifacts")
@@ -56,9 +59,10 @@ def upstream(tmp_path_factory, demo_data_dir):
         base = run_base_model(cfg, LINEAGE, data=data)
         sft = run_sft(cfg, LINEAGE, base=base, data=data)
         reward = run_reward(cfg, LINEAGE, sft=sft, data=data)
+        cost = run_cost(cfg, LINEAGE, sft=sft, data=data)
     inputs = root / "pipeline.json"
     inputs.write_text(json.dumps({name: result.model_dump() for name, result in
-                                  {"data": data, "base": base, "sft": sft, "reward": reward}.items()}))
+                                  {"data": data, "base": base, "sft": sft, "reward": reward, "cost": cost}.items()}))
     # The launched stages work in their own folder: the same cache keys would resume the checkpoints above.
     overrides = [f"data.dir={demo_data_dir}", f"work_dir={root / 'launched'}",
                  f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", *SMALL]

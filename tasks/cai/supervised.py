@@ -28,6 +28,7 @@ import mlflow
 from models.safety import is_refusal, refusal_rate
 from tasks.cai.backends import Backend, generated_tokens
 from tasks.cai.config import CAIConfig, Constitution, CritiqueSection, FewShot, Principle, PromptSet
+from tasks.cai.helpful import helpful_metrics, helpful_row
 from tasks.cai.progress import ProgressLog
 from tasks.cai.prompts import Template, draw_principle, few_shots
 from tasks.cai.steps import Inputs, ModelSources, backend_for, step_dir, step_key, step_run
@@ -205,7 +206,6 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
                   inputs=inputs) as run:
         tables = build_sl_datasets(inputs.prompts, initial, rounds, prefix=cai.completion_prefix,
                                    keep=cai.critique.keep, helpful=inputs.helpful_prompts)
-        metrics_helpful = _helpful_metrics(tables["helpful_trace"])
         files = {}
         for name, filename in (("sft", SFT_FILE), ("preferences", PREFERENCES_FILE), ("trace", TRACE_FILE),
                                ("dropped", DROPPED_FILE), ("helpful_trace", HELPFUL_TRACE_FILE)):
@@ -213,7 +213,7 @@ def run_sl_datasets(cfg: PipelineConfig, lineage: Lineage, *, cai: CAIConfig, re
             write_jsonl(tables[name], files[name])
         metrics = {"cai/sft_rows": float(len(tables["sft"])), "cai/preference_rows": float(len(tables["preferences"])),
                    "cai/dropped": float(len(tables["dropped"])), **_refusal_rates(tables["trace"]),
-                   **metrics_helpful, **drop_counts(tables["dropped"])}
+                   **helpful_metrics(tables["helpful_trace"]), **drop_counts(tables["dropped"])}
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), artifact_path="cai_sl")
     return StageResult(stage="cai-sl_datasets", run_id=run.info.run_id, cache_key=key, metrics=metrics,
@@ -246,39 +246,14 @@ def build_sl_datasets(prompts: list[tuple[str, str]], initial: dict[str, str], r
         if not (sft_reason or pair_reason):
             tables["preferences"].append({"prompt": prompt, "chosen": prefix + final, "rejected": prefix + original})
     for pid, prompt in helpful:
-        answer, revision = initial[pid], final_revision(rounds.get(pid, []))
-        helpful_trace = {"id": pid, "prompt": prompt, "initial": answer, "rounds": rounds.get(pid, []),
-                         "used": None}
-        tables["helpful_trace"].append(helpful_trace)
-        if answer and not is_refusal(answer):
-            helpful_trace["used"] = "initial"
-        elif revision and not is_refusal(revision):
-            helpful_trace["used"] = "revision"  # the critique caught a needless refusal and the revision helps
+        row = helpful_row(pid, prompt, initial[pid], final_revision(rounds.get(pid, [])), rounds.get(pid, []))
+        tables["helpful_trace"].append(row)
+        if row["used"] is None:
+            tables["dropped"].append({"id": pid, "prompt": prompt, "dropped_from": "sft", "initial": row["initial"],
+                                      "final": row["final"], "reason": row["reason"]})
         else:
-            tables["dropped"].append({"id": pid, "prompt": prompt, "dropped_from": "sft", "initial": answer,
-                                      "final": revision, "reason": _unhelpful(answer, revision, pid in rounds)})
-            continue
-        tables["sft"].append({"prompt": prompt, "completion": prefix + (answer if helpful_trace["used"] == "initial"
-                                                                          else revision)})
+            tables["sft"].append({"prompt": prompt, "completion": prefix + row["completion"]})
     return tables
-
-
-def _unhelpful(answer: str, revision: str, revised: bool) -> str:
-    said = "the helpful answer is empty" if not answer else "the helpful answer refuses"
-    if not revised:
-        return said
-    return f"{said} and its revision {'is empty' if not revision else 'declines too'}"
-
-
-def _helpful_metrics(helpful_trace: list[dict]) -> dict[str, float]:
-    """How the helpful prompts' answers fared: declined at first, declined after revision, fixed by revision."""
-    revised = [row for row in helpful_trace if row["rounds"]]
-    if not revised:
-        return {}
-    finals = [final_revision(row["rounds"]) for row in revised]
-    return {"cai/helpful_initial_refusal_rate": refusal_rate([row["initial"] for row in revised]),
-            "cai/helpful_final_refusal_rate": refusal_rate(finals),
-            "cai/helpful_revisions_used": float(sum(row["used"] == "revision" for row in helpful_trace))}
 
 
 def drop_counts(dropped: list[dict]) -> dict[str, float]:
