@@ -21,8 +21,7 @@ import pandas as pd
 from datasets import Dataset
 
 from models.safety import is_refusal
-from tasks.core.errors import DataValidationError
-from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS, kind_of
+from tasks.core.request_kinds import REQUEST_KINDS, required_kind
 from tasks.data.conversations import response_text
 from tasks.data.readers import ROW, read_rows
 
@@ -50,11 +49,7 @@ def harmlessness_pairs(rows: pd.DataFrame, format_prompt: Callable[[str], str], 
     `chosen_sign`, `rejected_sign` and `ranked`. A row without a request kind is an error naming it."""
     pairs: dict[str, list] = {name: [] for name in ("prompt", "chosen", "rejected", *Harmlessness._fields)}
     for record in rows.to_dict("records"):
-        kind = kind_of(record)
-        if kind is None:
-            raise DataValidationError(f"{source}: the cost model needs each request's kind, a `{KIND_COLUMN}` column "
-                                      f"({', '.join(REQUEST_KINDS)}) or a true/false `harmful` one; row "
-                                      f"{record.get(ROW, '?')} has neither")
+        kind = required_kind(record, f"{source}: the cost model needs", record.get(ROW, "?"))
         chosen, rejected = response_text(record["chosen"]), response_text(record["rejected"])
         pairs["prompt"].append(format_prompt(record["prompt"]))
         pairs["chosen"].append(chosen)

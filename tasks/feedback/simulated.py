@@ -19,8 +19,7 @@ import random
 from pathlib import Path
 
 from models.safety import HELP_MIN_WORDS, answers_as_wanted
-from tasks.core.errors import DataValidationError
-from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS, kind_of
+from tasks.core.request_kinds import required_kind
 from tasks.data.conversations import prompt_key
 from tasks.data.readers import read_records
 from tasks.feedback.records import Label, Pair
@@ -30,11 +29,7 @@ def request_kinds(path: Path) -> dict[str, str]:
     """Prompt key -> kind of every row of the prompt data: its `kind` column, or `harmful` (true/false)."""
     kinds = {}
     for row, record in read_records(Path(path)):
-        kind = kind_of(record)
-        if kind is None:
-            raise DataValidationError(f"{path}: row {row}: the simulated annotator needs each request's kind, a "
-                                      f"`{KIND_COLUMN}` column ({', '.join(REQUEST_KINDS)}) or a true/false "
-                                      f"`harmful` column; got {record.get(KIND_COLUMN, record.get('harmful'))!r}")
+        kind = required_kind(record, f"{path}: row {row}: the simulated annotator needs")
         kinds[prompt_key(record["prompt"])] = kind
     return kinds
 

@@ -11,8 +11,7 @@ import pandas as pd
 import torch
 
 from models.reward_rules import rule_term
-from tasks.core.errors import DataValidationError
-from tasks.core.request_kinds import KIND_COLUMN, REQUEST_KINDS, kind_of
+from tasks.core.request_kinds import required_kind
 from tasks.core.training_sections import RewardFunction
 
 Scorer = Callable[[list[str], list[str]], torch.Tensor]  # (formatted prompts, answers) -> (B,)
@@ -26,11 +25,7 @@ def kinds_by_prompt(rows: pd.DataFrame, format_prompt: Callable, functions: Sequ
         return {}
     kinds = {}
     for number, record in enumerate(rows.to_dict("records"), start=1):
-        kind = kind_of(record)
-        if kind is None:
-            raise DataValidationError(f"{source}: the reward rules {', '.join(rules)} need each request's kind, a "
-                                      f"`{KIND_COLUMN}` column ({', '.join(REQUEST_KINDS)}) or a true/false "
-                                      f"`harmful` one; row {number} has neither")
+        kind = required_kind(record, f"{source}: the reward rules {', '.join(rules)} need", number)
         kinds[format_prompt(record["prompt"])] = kind
     return kinds
 
