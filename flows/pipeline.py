@@ -87,6 +87,15 @@ def refuse_early(cfg: PipelineConfig) -> None:
 def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, StageResult], dict[str, StageResult]]:
     """Steps 1-5: validated data, base model, SFT, reward model, and the SFT baseline evaluated and registered.
     Returns the results and the inputs every evaluation is judged with (data, reward model, SFT reference)."""
+    results, judged = evaluated_baseline(cfg, lineage)
+    results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=results["sft"],
+                                        evaluation=results["evaluate-sft"])
+    return results, judged
+
+
+def evaluated_baseline(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, StageResult],
+                                                                       dict[str, StageResult]]:
+    """Steps 1-5 less the registration: what a study that registers nothing (a learning curve) trains too."""
     results = base_and_data(cfg, lineage)
     data = results["data"]
     results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
@@ -97,8 +106,7 @@ def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, St
     if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
         results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
                                                              label="base", **{**judged, "reference": None})
-    results["evaluate-sft"] = baseline = run_stage(stage.EVALUATE, cfg, lineage, policy=sft, label="sft", **judged)
-    results["register-sft"] = run_stage(stage.REGISTER, cfg, lineage, policy=sft, evaluation=baseline)
+    results["evaluate-sft"] = run_stage(stage.EVALUATE, cfg, lineage, policy=sft, label="sft", **judged)
     return results, judged
 
 
@@ -112,22 +120,13 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
     the same eval and the gates pick the new champion among these and the already registered `candidates`
     (label -> (register, evaluate) results, declared in `methods`); the results table then sums it up. Adds every
     stage's result to `results` and returns the table's rows."""
-    reward, baseline = results["reward"], results["evaluate-sft"]
-    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
-                        stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
+    baseline = results["evaluate-sft"]
     candidates = dict(candidates or {})
-    declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
-                Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))]
+    declared = trained_methods(cfg, lineage, results, judged, start=start, data=data, train_cfg=train_cfg)
     for name in cfg.optimizers:
-        results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
-                                           **optimizer_inputs[name])
-        declared.append(Method(label=name, stages=("sft", *optimizer_inputs[name], name),
-                               human_data=("sft_train", "preferences_train")))
-        results[f"evaluate-{name}"] = evaluation = run_stage(stage.EVALUATE, cfg, lineage, policy=policy,
-                                                             label=name, baseline=baseline, **judged)
-        results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=policy,
-                                                             evaluation=evaluation)
-        candidates[name] = (registered, evaluation)
+        results[f"register-{name}"] = registered = run_stage(stage.REGISTER, cfg, lineage, policy=results[name],
+                                                             evaluation=results[f"evaluate-{name}"])
+        candidates[name] = (registered, results[f"evaluate-{name}"])
     declared += methods or []
 
     with promotion_lock(cfg):  # the champion read here is still the champion when the gates decide
@@ -144,6 +143,27 @@ def train_and_promote(cfg: PipelineConfig, lineage: Lineage, results: dict[str, 
     # The parent run, which holds the rows: cached stages' runs belong to earlier parents.
     results[COMPARISON] = StageResult(stage=COMPARISON, run_id=lineage.parent_run_id, cache_key=lineage.config_hash)
     return rows
+
+
+def trained_methods(cfg: PipelineConfig, lineage: Lineage, results: dict[str, StageResult],
+                    judged: dict[str, StageResult], *, start: StageResult, data: StageResult,
+                    train_cfg: PipelineConfig | None = None) -> list[Method]:
+    """Step 6 less the registration: each optimizer trains from `start` on `data` and is evaluated against the
+    SFT baseline. Adds `<optimizer>` and `evaluate-<optimizer>` to `results`; returns the methods evaluated, the
+    base model's and SFT's first."""
+    reward = results["reward"]
+    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
+                        stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
+    declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
+                Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))]
+    for name in cfg.optimizers:
+        results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
+                                           **optimizer_inputs[name])
+        declared.append(Method(label=name, stages=("sft", *optimizer_inputs[name], name),
+                               human_data=("sft_train", "preferences_train")))
+        results[f"evaluate-{name}"] = run_stage(stage.EVALUATE, cfg, lineage, policy=policy, label=name,
+                                                baseline=results["evaluate-sft"], **judged)
+    return declared
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

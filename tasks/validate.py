@@ -21,6 +21,7 @@ from tasks.core.errors import DataValidationError
 from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
 from tasks.data.expectations import DATASET_KINDS, validate_files
+from tasks.data.sampling import TRAIN_FILES, thin_file
 from tasks.data.validated import dataset_artifact_dir
 from tasks.registry.logged_models import resolve_model_source
 from tasks.run.contract import StageResult, stage_key, stage_run, work_dir
@@ -35,7 +36,9 @@ def _input_hashes(cfg: PipelineConfig, base: StageResult | None) -> dict[str, st
 
 
 def validate_key(cfg: PipelineConfig, base: StageResult | None = None) -> str:
-    return stage_key(STAGE, cfg, SECTIONS, _input_hashes(cfg, base), code=__name__)
+    # The fraction keys only a thinned run's data, so the whole data's key is what it always was.
+    fraction = {"train_fraction": repr(cfg.data.train_fraction)} if cfg.data.train_fraction < 1 else {}
+    return stage_key(STAGE, cfg, SECTIONS, {**_input_hashes(cfg, base), **fraction}, code=__name__)
 
 
 def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult | None = None) -> StageResult:
@@ -64,19 +67,25 @@ def run_validate(cfg: PipelineConfig, lineage: Lineage, *, base: StageResult | N
             _log_report(stage_dir / "report")
             raise
         _log_report(stage_dir / "report")
-        metrics = {}
+        metrics, served = {}, {}
         for file in report.files:
             metrics[f"validate/{file.name}/rows"] = float(file.rows)
             metrics[f"validate/{file.name}/quarantined"] = float(len(file.quarantined_rows))
-            mlflow.log_artifact(str(file.clean_path), artifact_path=dataset_artifact_dir(file.name))
+            served[file.name] = file.clean_path
+            if file.name in TRAIN_FILES and cfg.data.train_fraction < 1:  # a learning curve's point
+                served[file.name] = stage_dir / "fraction" / f"{file.name}.jsonl"
+                before, after = thin_file(file.clean_path, served[file.name], cfg.data.train_fraction)
+                metrics[f"validate/{file.name}/rows"] = float(after)
+                metrics[f"validate/{file.name}/rows_before_fraction"] = float(before)
+            mlflow.log_artifact(str(served[file.name]), artifact_path=dataset_artifact_dir(file.name))
         mlflow.log_metrics(metrics)
     return StageResult(
         stage=STAGE,
         run_id=run.info.run_id,
         cache_key=key,
         metrics=metrics,
-        outputs={file.name: str(file.clean_path) for file in report.files},
-        output_hashes={file.name: md5_file(file.clean_path) for file in report.files},
+        outputs={name: str(path) for name, path in served.items()},
+        output_hashes={name: md5_file(path) for name, path in served.items()},
         input_hashes=_input_hashes(cfg, base),
     )
 

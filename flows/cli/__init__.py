@@ -16,6 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.callback()(prepare_environment)
 app.command()(pipeline.run)
 app.command()(pipeline.compare)
+app.command()(pipeline.curve)
 app.command()(pipeline.validate)
 app.command()(pipeline.schedule)
 # `serve` was the scheduler's old name, kept for one release (it also named the labelling page and MLflow's server).

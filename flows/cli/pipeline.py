@@ -85,6 +85,36 @@ def compare(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = Non
     typer.echo(f"\n{comparison_markdown(rows)}\nreport: {report}")
 
 
+FractionsOption = Annotated[str, typer.Option(
+    "--fractions", help="Comma-separated fractions of the training data, each in (0, 1], e.g. 0.25,0.5,1.")]
+
+
+def curve(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None,
+          fractions: FractionsOption = "0.25,0.5,1") -> None:
+    """A learning curve: SFT and each of `optimizers` trained on each fraction of the training data (drawn per
+    request kind and sub-category), all judged on the same whole held-out eval, in one MLflow parent run; no
+    policy is registered. Prints the table and writes it with its plot to the reports folder."""
+    from tasks.core.config import load_config
+    from tasks.core.errors import AlignflowError
+    from tasks.report.results import curve_markdown
+
+    try:
+        shares = [float(part) for part in fractions.split(",") if part.strip()]
+    except ValueError:
+        shares = []
+    if not shares:
+        fail(f"--fractions {fractions!r}: expected comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
+    try:
+        for share in shares:
+            load_config(config, [*(overrides or []), f"data.train_fraction={share}"])
+    except AlignflowError as err:
+        fail(f"--fractions {fractions!r}: {err}")
+    with local_prefect_server_starting():
+        from flows.learning_curve import learning_curve
+    points = learning_curve(str(config), overrides or [], shares)
+    typer.echo(f"\n{curve_markdown(points)}")
+
+
 def validate(config: ConfigOption = paths.DEMO_CONFIG, overrides: SetOption = None, out: OutOption = None) -> None:
     """Validate the datasets with Great Expectations, without training."""
     with local_prefect_server_starting():

@@ -33,6 +33,10 @@ class DataSection(Section):
     preferences_eval: str = Field("preferences_eval.jsonl", description="Held-out preference pairs.")
     eval_prompts: str = Field("eval_prompts.jsonl", description="Held-out prompts with a `harmful` label.")
     red_team_prompts: str = Field("red_team_prompts.jsonl", description="Red-team prompts for Constitutional AI.")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="The share of the training demonstrations and "
+                                  "preference pairs the stages train on, drawn per request kind and sub-category "
+                                  "after validation (`tasks.data.sampling`); the held-out files stay whole. For "
+                                  "learning curves (`alignflow curve`).")
 
     def path(self, name: str) -> Path:
         return self.dir / getattr(self, name)

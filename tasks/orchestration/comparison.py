@@ -23,9 +23,18 @@ _CAI_DATA_STEPS = ("respond", "critique_revise", "sl_datasets", "rlaif", "versio
 
 def log_results(cfg: PipelineConfig, results: Mapping[str, StageResult], methods: list[Method],
                 data: StageResult) -> list[ResultRow]:
-    """The rows of this run, on the active (parent) run: demos counted in the SFT model's data (`results["data"]`),
-    pairs in the optimizers' (`data`; a feedback round's own), stage times and tokens from their runs. The CAI
-    data's time, tokens and principles: from its steps' runs (`cai-<step>` results)."""
+    """The rows of this run (`measured_rows`), on the active (parent) run."""
+    rows = measured_rows(results, methods, data)
+    mlflow.log_dict([row.model_dump(mode="json") for row in rows], f"{ARTIFACT_DIR}/comparison.json")
+    mlflow.log_text(comparison_markdown(rows), f"{ARTIFACT_DIR}/comparison.md")
+    describe_parent_run(cfg, rows, results.get("promote"))
+    return rows
+
+
+def measured_rows(results: Mapping[str, StageResult], methods: list[Method], data: StageResult) -> list[ResultRow]:
+    """The rows of these results: demos counted in the SFT model's data (`results["data"]`), pairs in the
+    optimizers' (`data`; a feedback round's own), stage times and tokens from their runs. The CAI data's time,
+    tokens and principles: from its steps' runs (`cai-<step>` results)."""
     client = mlflow.MlflowClient()
     seconds: dict[str, float | None] = {}
     tokens: dict[str, float | None] = {}
@@ -46,12 +55,8 @@ def log_results(cfg: PipelineConfig, results: Mapping[str, StageResult], methods
     principles = cai_metrics.get("cai_data/principles")
     human_rows = {"sft_train": _rows(results["data"], "sft_train"),
                   "preferences_train": _rows(data, "preferences_train")}
-    rows = build_rows(methods, results, human_rows=human_rows, seconds=seconds, tokens=tokens,
+    return build_rows(methods, results, human_rows=human_rows, seconds=seconds, tokens=tokens,
                       principles=None if principles is None else int(principles))
-    mlflow.log_dict([row.model_dump(mode="json") for row in rows], f"{ARTIFACT_DIR}/comparison.json")
-    mlflow.log_text(comparison_markdown(rows), f"{ARTIFACT_DIR}/comparison.md")
-    describe_parent_run(cfg, rows, results.get("promote"))
-    return rows
 
 
 def logged_rows(parent_run_id: str) -> list[ResultRow]:

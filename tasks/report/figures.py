@@ -44,6 +44,32 @@ def summary_png(rows: list[ResultRow]) -> bytes:
     return _png(figure)
 
 
+def learning_curve_png(points: list[tuple[float, ResultRow]]) -> bytes:
+    """One panel per rate: each method's rate against the fraction of training data, with its Wilson interval;
+    the untrained base model as a dashed line."""
+    panels = [*RATES, ("benign_helpful", "benign helpful (higher is better)")]
+    panels = [(key, label) for key, label in panels if any(getattr(row, key) for _, row in points)]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3.4), squeeze=False)
+    methods = list(dict.fromkeys(row.method for _, row in points if row.role != "before"))
+    for axis, (key, label) in zip(axes[0], panels, strict=False):
+        for fraction, row in points:
+            if row.role == "before" and getattr(row, key) is not None:
+                axis.axhline(getattr(row, key).value, linestyle="--", color="grey", label=row.method)
+        for method in methods:
+            measured = [(fraction, getattr(row, key)) for fraction, row in points
+                        if row.method == method and getattr(row, key) is not None]
+            errors = [[rate.value - rate.ci95[0] for _, rate in measured],
+                      [rate.ci95[1] - rate.value for _, rate in measured]]
+            axis.errorbar([100 * fraction for fraction, _ in measured], [rate.value for _, rate in measured],
+                          yerr=errors, marker="o", capsize=3, label=method)
+        axis.set_xlabel("training data (%)")
+        axis.set_ylim(0, 1.05)
+        axis.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel("share of held-out prompts")
+    axes[0][0].legend(fontsize=8)
+    return _png(figure)
+
+
 def curves_png(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
     """One panel per training stage: each of its metrics over the steps (a second metric on a right axis)."""
     stages = [stage for stage, metrics in curves.items() if any(metrics.values())]

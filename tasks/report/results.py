@@ -214,11 +214,17 @@ COMPARISON_VIEW = ("method", "stages", "demos", "preference pairs", "principles"
 SUMMARY_VIEW = ("method", "harmful refusal", "benign over-refusal", "sound-harmful over-refusal", "benign helpful",
                 "sound-harmful helpful", "reward", "KL to SFT", "benign ppl", "ppl ratio vs base", "ppl ratio vs SFT",
                 "degeneration", "tokens", "gates")
+CURVE_VIEW = ("method", "demos", "preference pairs", "wall", "harmful refusal", "benign over-refusal",
+              "sound-harmful over-refusal", "benign helpful", "sound-harmful helpful")
 ROUND_VIEW = ("harmful refusal", "benign over-refusal", "benign helpful", "reward", "KL to SFT", "gates")
 _COMPARISON_NOTE = ("Rates: value [95% Wilson interval] (prompts). Helpful: the evaluation judge's, on the prompts "
                     "that say what a helpful answer must contain. Demos, pairs and principles are human-made data. "
                     "Generated tokens: sampled while training or making data (PPO and RLOO rollouts, CAI's answers, "
                     "critiques, revisions and samples), not in evaluation.")
+
+_CURVE_NOTE = ("Rates: value [95% Wilson interval] (prompts), on the same whole held-out eval at every fraction. "
+               "Demos and pairs: the training rows each model learnt from (the fraction of each request kind and "
+               "sub-category). Wall: its training stages.")
 
 
 def markdown_table(rows: list[ResultRow], view: tuple[str, ...], *, intervals: bool = False,
@@ -233,6 +239,14 @@ def markdown_table(rows: list[ResultRow], view: tuple[str, ...], *, intervals: b
 
 def comparison_markdown(rows: list[ResultRow]) -> str:
     return markdown_table(rows, COMPARISON_VIEW, intervals=True) + f"\n\n{_COMPARISON_NOTE}\n"
+
+
+def curve_markdown(points: list[tuple[float, ResultRow]]) -> str:
+    """A learning curve: each method at each fraction of the training data (`method @ 25%`), rates with intervals;
+    the untrained base model once, as it is the same at every fraction."""
+    rows = [row if row.role == "before" else row.model_copy(update={"method": f"{row.method} @ {fraction:.0%}"})
+            for fraction, row in points]
+    return markdown_table(rows, CURVE_VIEW, intervals=True) + f"\n\n{_CURVE_NOTE}\n"
 
 
 def summary_table(rows: list[ResultRow]) -> str:

@@ -1,0 +1,65 @@
+"""Which training rows a stage reads: a fraction of them, for learning curves.
+
+**A fraction** (`data.train_fraction`): the same method trained on 25 / 50 / 100% of its rows, judged on the same
+whole held-out eval, shows whether more data would reach a target. It is drawn per stratum (request kind, category
+and sub-category, where the rows say them), so a quarter of the world is a quarter of each kind and sub-category,
+not a quarter that happens to miss one. Which rows are kept is a seeded order over each stratum, read from the
+front: a smaller fraction takes the front of the order a larger one extends, so the rows of 25% are among those of
+50% except where rounding moves one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from tasks.core.request_kinds import kind_of
+from tasks.data.readers import read_records
+from tasks.data.writers import write_jsonl
+
+TRAIN_FILES = ("sft_train", "preferences_train")  # what a fraction thins; the held-out files stay whole
+
+
+def stratum(row: dict) -> tuple[str, str, str]:
+    """Kind (or `unknown`), category and sub-category ('' where the row has none)."""
+    return (kind_of(row) or "unknown", str(row.get("category", "")), str(row.get("subcategory", "")))
+
+
+def keep_fraction(rows: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """round(fraction × len(rows)) of `rows`, in their order, spread over the strata by largest remainder.
+
+    Each stratum gets floor(fraction × its size) rows; the rows left to reach the total go to the strata with the
+    largest fractional parts (ties: the larger stratum, then the stratum's name). Within a stratum the rows kept
+    are the first of a seeded order (sha256 of seed and row position), so the choice does not depend on Python's
+    hash seed.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    by_stratum: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for position, row in enumerate(rows):
+        by_stratum[stratum(row)].append(position)
+    quotas = {name: fraction * len(positions) for name, positions in by_stratum.items()}
+    counts = {name: math.floor(quota) for name, quota in quotas.items()}
+    left = round(fraction * len(rows)) - sum(counts.values())
+    by_remainder = sorted(quotas, key=lambda name: (-(quotas[name] - counts[name]), -len(by_stratum[name]), name))
+    for name in by_remainder[:left]:
+        counts[name] += 1
+    kept = {position for name, positions in by_stratum.items()
+            for position in sorted(positions, key=lambda p: _rank(seed, p))[:counts[name]]}
+    return [row for position, row in enumerate(rows) if position in kept]
+
+
+def _rank(seed: int, position: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{position}".encode()).digest()
+
+
+def thin_file(source: Path, target: Path, fraction: float) -> tuple[int, int]:
+    """Write `keep_fraction` of the JSONL file `source`'s rows to `target` (atomically; `source` is left as it
+    is: it may be the user's own file). Returns the rows before and after."""
+    rows = [record for _, record in read_records(source)]
+    kept = keep_fraction(rows, fraction)
+    write_jsonl(kept, target)
+    return len(rows), len(kept)
