@@ -3,7 +3,8 @@
 The reference is the SFT model. Its log-probabilities are computed once per (reference weights, data,
 tokenization) and reused from MLflow (`tasks.training.reference_logps`), so no second copy of the model is kept in
 memory. With LoRA the reference is the adapter-disabled base, again without a copy. `dpo.loss_type` picks
-sigmoid (DPO), ipo or hinge; `dpo.sft_weight` adds an NLL term on the chosen responses.
+sigmoid (DPO), ipo or hinge; `dpo.sft_weight` adds an NLL term on the chosen responses; `dpo.balance_refusals`
+repeats pairs until as many prefer a refusal as prefer help (`tasks.data.sampling`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from trl import DPOConfig
 
 from models.prompting import prompt_formatter
 from tasks.core.config import PipelineConfig
+from tasks.core.hashing import md5_file
 from tasks.core.lineage import Lineage
 from tasks.core.tags import TAG_PREFIX
 from tasks.data.preferences import preference_dataset
+from tasks.data.sampling import balanced_file
 from tasks.data.validated import validated_file
 from tasks.registry.logged_models import load_chain, log_hf_model, model_chain
 from tasks.run.contract import StageResult, follower_result, stage_key, stage_run, work_dir
@@ -51,11 +54,11 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
                    parents={"sft": sft.model_uri}) as run:
         sft_chain = model_chain(sft.model_uri, stage_dir / "sft")
         model, tokenizer = load_chain(cfg, sft_chain)
-        # The SFT model is the reference: its files (weights and any adapters) key the log-prob cache.
-        reference_cache = _setup_reference_cache(cfg, sft_chain, data, stage_dir)
+        pairs, balance = _training_pairs(cfg, data, stage_dir)
+        # The SFT model is the reference: its files (weights and any adapters) and the pairs key the log-prob cache.
+        reference_cache = _setup_reference_cache(cfg, sft_chain, md5_file(pairs), stage_dir)
         started = time.perf_counter()
-        trainer = _setup_trainer(cfg, model, tokenizer, validated_file(data, "preferences_train", stage_dir / "data"),
-                                 stage_dir / "checkpoints", reference_cache)
+        trainer = _setup_trainer(cfg, model, tokenizer, pairs, stage_dir / "checkpoints", reference_cache)
         setup_seconds = time.perf_counter() - started
         hf_dir = train_and_save(trainer, tokenizer, stage_dir, sft.model_uri)
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
@@ -63,6 +66,7 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
         model_uri = log_hf_model(hf_dir, cfg, STAGE)
         metrics = {
             **_final_metrics(trainer),
+            **{f"dpo/pairs_{name}": float(count) for name, count in balance.items()},
             "dpo/reference_cache_hit": float(reference_cache.hit_run_id is not None),
             "dpo/reference_setup_seconds": setup_seconds,
         }
@@ -78,13 +82,22 @@ def run_dpo(cfg: PipelineConfig, lineage: Lineage, *, sft: StageResult, data: St
     )
 
 
-def _setup_reference_cache(cfg: PipelineConfig, reference_chain: list[str], data: StageResult, stage_dir: Path):
+def _training_pairs(cfg: PipelineConfig, data: StageResult, stage_dir: Path) -> tuple[Path, dict[str, int]]:
+    """The validated pairs, balanced with `dpo.balance_refusals` (and the balance's counts)."""
+    validated = validated_file(data, "preferences_train", stage_dir / "data")
+    if not cfg.dpo.balance_refusals:
+        return validated, {}
+    balanced = stage_dir / "balanced" / validated.name
+    return balanced, balanced_file(validated, balanced)
+
+
+def _setup_reference_cache(cfg: PipelineConfig, reference_chain: list[str], pairs_md5: str, stage_dir: Path):
     tokenization = {
         "max_length": cfg.validation.max_length,
         "prompt_format": cfg.model.prompt_format,
         "prompt_template": cfg.model.prompt_template,
     }
-    parts = reference_key(reference_chain, data.output_hashes["preferences_train"], tokenization)
+    parts = reference_key(reference_chain, pairs_md5, tokenization)
     if is_main_process():  # the process that tracks the stage's run
         mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
     return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")

@@ -91,6 +91,11 @@ class DPOSection(TrainingSection):
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty to the reference model.")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO, IPO or SLiC-style hinge loss.")
     sft_weight: float = Field(0.0, ge=0, description="Weight of an extra NLL term on the chosen responses (RPO).")
+    balance_refusals: bool = Field(False, description="Repeat the scarcer side's pairs until as many prefer a refusal "
+                                   "(harmful requests) as prefer help (benign and sound-harmful ones): the refusal "
+                                   "words are often the same on both sides, and the larger side would otherwise "
+                                   "push them up or down on every request (`tasks.data.sampling`). Pairs whose "
+                                   "row says no kind are on neither side.")
 
 
 class MonitorSection(Section):
