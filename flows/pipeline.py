@@ -95,7 +95,7 @@ def baseline_stages(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, St
 
 def evaluated_baseline(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str, StageResult],
                                                                        dict[str, StageResult]]:
-    """Steps 1-5 less the registration: what a study that registers nothing (a learning curve) trains too."""
+    """Steps 1-5 less the registration: what a study that registers no policy (a learning curve) trains too."""
     results = base_and_data(cfg, lineage)
     data = results["data"]
     results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
