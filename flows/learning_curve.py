@@ -25,7 +25,8 @@ def learning_curve(config_path: str, overrides: list[str] | None,
                    fractions: list[float]) -> list[tuple[float, ResultRow]]:
     """For each fraction, smallest first: the pipeline's stages with `data.train_fraction` set to it (validate,
     base model, SFT, reward model, each optimizer of `optimizers`), each model evaluated on the whole held-out
-    eval. Stages a fraction shares with another (the base model, its evaluation) come from the cache. Returns
+    eval. The base model comes from the cache after the first fraction; with `eval.base` its evaluation runs
+    again at each fraction (its key names that fraction's reward model) and only the first row is kept. Returns
     the points (fraction, row) and logs the curve's table and plot on the parent run."""
     install_log_redaction()
     cfg = load_config(config_path, overrides)

@@ -151,19 +151,24 @@ def trained_methods(cfg: PipelineConfig, lineage: Lineage, results: dict[str, St
     """Step 6 less the registration: each optimizer trains from `start` on `data` and is evaluated against the
     SFT baseline. Adds `<optimizer>` and `evaluate-<optimizer>` to `results`; returns the methods evaluated, the
     base model's and SFT's first."""
-    reward = results["reward"]
-    optimizer_inputs = {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
-                        stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
+    inputs = optimizer_inputs(results)
     declared = [*([Method(label="base", role="before")] if "evaluate-base" in results else []),
                 Method(label="sft", role="baseline", stages=("sft",), human_data=("sft_train",))]
     for name in cfg.optimizers:
         results[name] = policy = run_stage(name, train_cfg or cfg, lineage, sft=start, data=data,
-                                           **optimizer_inputs[name])
-        declared.append(Method(label=name, stages=("sft", *optimizer_inputs[name], name),
+                                           **inputs[name])
+        declared.append(Method(label=name, stages=("sft", *inputs[name], name),
                                human_data=("sft_train", "preferences_train")))
         results[f"evaluate-{name}"] = run_stage(stage.EVALUATE, cfg, lineage, policy=policy, label=name,
                                                 baseline=results["evaluate-sft"], **judged)
     return declared
+
+
+def optimizer_inputs(results: dict[str, StageResult]) -> dict[str, dict[str, StageResult | None]]:
+    """What each optimizer trains against besides the SFT model and data: the reward model, and the cost model."""
+    reward = results["reward"]
+    return {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
+            stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
 
 
 def base_and_data(cfg: PipelineConfig, lineage: Lineage) -> dict[str, StageResult]:

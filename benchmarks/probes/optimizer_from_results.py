@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.pipeline import optimizer_inputs
 from tasks.core import stage_names as stage
 from tasks.core.config import load_config
 from tasks.orchestration.comparison import measured_rows
@@ -49,7 +50,7 @@ def probe(results_file: Path, config: Path, overrides: list[str], optimizer: str
     cfg = load_config(config, overrides)
     configure_tracking(cfg)
     data, sft = results["data"], results["sft"]
-    inputs = {} if optimizer == "dpo" else {"reward": results["reward"]}
+    inputs = optimizer_inputs(results)[optimizer]
     with parent_run(f"{cfg.name}-probe-{label}", flow_lineage(cfg.section_hash(), cfg), cfg,
                     configs={"config.yaml": cfg}) as lineage:
         if cfg.data.train_fraction < 1:  # a learning-curve point for the optimizer alone: the SFT model as it was

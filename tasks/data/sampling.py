@@ -66,7 +66,7 @@ def _rank(seed: int, position: int) -> bytes:
 def thin_file(source: Path, target: Path, fraction: float) -> tuple[int, int]:
     """Write `keep_fraction` of the JSONL file `source`'s rows to `target` (atomically; `source` is left as it
     is: it may be the user's own file). Returns the rows before and after."""
-    rows = [record for _, record in read_records(source)]
+    rows = _records(source)
     kept = keep_fraction(rows, fraction)
     write_jsonl(kept, target)
     return len(rows), len(kept)
@@ -94,6 +94,10 @@ def balance_refusals(rows: Sequence[dict], seed: int = 0) -> tuple[list[dict], d
 
 def balanced_file(source: Path, target: Path) -> dict[str, int]:
     """Write `source`'s pairs balanced by `balance_refusals` to `target` (atomically); returns its counts."""
-    rows, counts = balance_refusals([record for _, record in read_records(source)])
+    rows, counts = balance_refusals(_records(source))
     write_jsonl(rows, target)
     return counts
+
+
+def _records(path: Path) -> list[dict]:
+    return [record for _, record in read_records(path)]
