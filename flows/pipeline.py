@@ -33,9 +33,11 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
        reads a dataset before it: validation runs before the base model when that model is made from the data.
     2. base_model: the pretrained model, or the tiny Llama built from config with its own tokenizer.
     3. sft: supervised fine-tuning on the demonstrations.
-    4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model; with `safe_ppo` among the
-       optimizers, cost: Safe RLHF's cost model on the same pairs' harmlessness, from the SFT model.
-    5. evaluate-sft: the baseline: perplexity, safety, reward and length of the SFT model; registered. With
+    4. reward: a Bradley-Terry reward model on the preference pairs, from the SFT model, where something uses it
+       (`PipelineConfig.trains_reward_model`); with `safe_ppo` among the optimizers, cost: Safe RLHF's cost model
+       on the same pairs' harmlessness, from the SFT model.
+    5. evaluate-sft: the baseline: perplexity, safety, (with a reward model) reward, and length of the SFT model;
+       registered. With
        `eval.base`, evaluate-base first measures the base model the same way (the "before").
     6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo and rloo: against the reward model;
        safe_ppo: against the reward model under the cost model's limit), evaluate it against the SFT baseline on
@@ -99,10 +101,11 @@ def evaluated_baseline(cfg: PipelineConfig, lineage: Lineage) -> tuple[dict[str,
     results = base_and_data(cfg, lineage)
     data = results["data"]
     results["sft"] = sft = run_stage(stage.SFT, cfg, lineage, base=results["base"], data=data)
-    results["reward"] = reward = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
+    if cfg.trains_reward_model():
+        results["reward"] = run_stage(stage.REWARD, cfg, lineage, sft=sft, data=data)
     if stage.SAFE_PPO in cfg.optimizers:
         results["cost"] = run_stage(stage.COST, cfg, lineage, sft=sft, data=data)
-    judged = {"data": data, "reward": reward, "reference": sft}
+    judged = {"data": data, "reward": results.get("reward"), "reference": sft}
     if cfg.eval.base:  # the "before": measured like the others, less the KL to a reference it precedes
         results["evaluate-base"] = judged["base"] = run_stage(stage.EVALUATE, cfg, lineage, policy=results["base"],
                                                              label="base", **{**judged, "reference": None})
@@ -166,7 +169,7 @@ def trained_methods(cfg: PipelineConfig, lineage: Lineage, results: dict[str, St
 
 def optimizer_inputs(results: dict[str, StageResult]) -> dict[str, dict[str, StageResult | None]]:
     """What each optimizer trains against besides the SFT model and data: the reward model, and the cost model."""
-    reward = results["reward"]
+    reward = results.get("reward")
     return {stage.DPO: {}, stage.PPO: {"reward": reward}, stage.RLOO: {"reward": reward},
             stage.SAFE_PPO: {"reward": reward, "cost": results.get("cost")}}
 

@@ -158,3 +158,15 @@ def test_each_config_folder_holds_one_schema_and_references_run_one_way(tmp_path
     (tmp_path / "loop.yaml").write_text(f"extends: {paths.CAI_DIR / 'demo.yaml'}\npipeline_config: x.yaml\n")
     with pytest.raises(ConfigError, match="key 'pipeline_config': unknown key"):
         load_cai_config(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize(("overrides", "trains"), [
+    (["optimizers=[dpo]"], False),  # DPO reads preferences, never the reward model
+    (["optimizers=[]"], False),
+    (["optimizers=[dpo,rloo]"], True),
+    (["optimizers=[safe_ppo]"], True),
+    (["optimizers=[dpo]", "iterate.labeler=reward"], True),  # feedback rounds labelled by it
+    (["optimizers=[dpo]", "reward.always=true"], True),  # every evaluation scored by it
+])
+def test_the_reward_model_is_trained_where_something_uses_it(overrides, trains):
+    assert load_config(paths.DEMO_CONFIG, overrides).trains_reward_model() is trains

@@ -47,8 +47,9 @@ def test_the_curve_trains_each_fraction_and_judges_it_on_the_whole_eval(prefect_
     read = {d.dataset.digest for run in runs if run.info.run_name == "sft" for d in run.inputs.dataset_inputs
             if d.dataset.name == "sft_train"}
     assert len(read) == 2
-    # A study, not a candidate: no policy registered, its reward models under a name of their own.
-    assert [model.name for model in client.search_registered_models()] == ["alignflow-reward-curve"]
+    # A study, not a candidate: no policy registered; and DPO trains against no reward model, so none was trained.
+    assert client.search_registered_models() == []
+    assert not any(run.info.run_name == "reward" for run in runs)
 
 
 def test_the_whole_data_keeps_the_validation_key_a_pipeline_run_gives_it(demo_data_dir, tmp_path):

@@ -62,7 +62,7 @@ def _pipeline_home(home: Path, services) -> Path:
         "optimizers": ["dpo"],
         "data": {"dir": str(home / "data")},
         "sft": {"epochs": 2},
-        "reward": {"epochs": 1},
+        "reward": {"epochs": 1, "always": True},  # DPO does not need it: trained, it is one more dispatched stage
         "dpo": {"epochs": 1},
         "eval": {"max_new_tokens": 12},
         # Only the champion gates: the first candidate is promoted, later ones must not fall behind it.

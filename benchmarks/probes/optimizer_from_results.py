@@ -51,12 +51,15 @@ def probe(results_file: Path, config: Path, overrides: list[str], optimizer: str
     configure_tracking(cfg)
     data, sft = results["data"], results["sft"]
     inputs = optimizer_inputs(results)[optimizer]
+    if any(value is None for value in inputs.values()):
+        raise SystemExit(f"{results_file} holds no {' or '.join(k for k, v in inputs.items() if v is None)} model "
+                         f"for {optimizer}: rerun that pipeline with it among its optimizers, or with reward.always")
     with parent_run(f"{cfg.name}-probe-{label}", flow_lineage(cfg.section_hash(), cfg), cfg,
                     configs={"config.yaml": cfg}) as lineage:
         if cfg.data.train_fraction < 1:  # a learning-curve point for the optimizer alone: the SFT model as it was
             data = STAGES[stage.VALIDATE].run(cfg, lineage, **({"base": results["base"]} if cfg.model.pretrained
                                                                else {}))
-        judged = {"data": data, "reward": results["reward"], "reference": sft, "base": results.get("evaluate-base")}
+        judged = {"data": data, "reward": results.get("reward"), "reference": sft, "base": results.get("evaluate-base")}
         results[label] = policy = STAGES[optimizer].run(cfg, lineage, sft=sft, data=data, **inputs)
         results[f"evaluate-{label}"] = STAGES[stage.EVALUATE].run(cfg, lineage, policy=policy, label=label,
                                                                   baseline=results["evaluate-sft"], **judged)

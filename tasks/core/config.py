@@ -283,6 +283,12 @@ class PipelineConfig(HashableConfig):
     cai: CAISection = Field(default_factory=CAISection)
     iterate: IterateSection = Field(default_factory=IterateSection)
 
+    def trains_reward_model(self) -> bool:
+        """Whether a run trains the reward model: something uses it (an optimizer trains against it, feedback
+        rounds label with it), or `reward.always` asks for its scores in every evaluation."""
+        return (self.reward.always or self.iterate.labeler == "reward"
+                or any(name in stage_names.REWARD_OPTIMIZERS for name in self.optimizers))
+
     @model_validator(mode="after")
     def _tiny_model_constraints(self) -> PipelineConfig:
         if self.model.pretrained is not None:

@@ -21,6 +21,8 @@ PROMOTE = "promote"
 STAGES = (BASE_MODEL, VALIDATE, SFT, REWARD, COST, DPO, PPO, RLOO, SAFE_PPO, EVALUATE, REGISTER, PROMOTE)
 # Preference optimizers a pipeline may run after SFT (`optimizers:`); each yields a candidate.
 OPTIMIZERS = (DPO, PPO, RLOO, SAFE_PPO)
+# Optimizers that train against the reward model.
+REWARD_OPTIMIZERS = (PPO, RLOO, SAFE_PPO)
 # Stages that train, and so can run on their own under `accelerate launch` (flows.stage_entry).
 TRAINING = (SFT, REWARD, COST, DPO, PPO, RLOO, SAFE_PPO)
 # Stages that may run on another worker: they read their inputs from MLflow URIs and write only to MLflow.

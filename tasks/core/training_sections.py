@@ -44,6 +44,11 @@ class SFTSection(TrainingSection):
 
 
 class RewardSection(TrainingSection):
+    always: bool = Field(
+        False, description="Train the reward model in every run, so every evaluation reports its reward means and "
+        "win rates. Otherwise it is trained only where it is used: an optimizer trains against it (ppo, rloo, "
+        "safe_ppo) or feedback rounds label with it (iterate.labeler: reward). On SmolLM2 it takes longer to "
+        "train than DPO, which never reads it.")
     center_rewards_coefficient: float | None = Field(
         None, ge=0, description="Pull mean reward towards zero (Eisenstein et al. 2023); None disables."
     )
