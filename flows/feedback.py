@@ -110,7 +110,7 @@ def feedback_round(config_path: str, overrides: list[str] | None, cfg: PipelineC
         mlflow.set_tag(ROUND_DATA_TAG, round_lineage.data_md5)
         base = {} if needs_validated_data(cfg) else {"base": results["base"]}
         data = run_stage(stage.VALIDATE, round_cfg, round_lineage, **base)
-        if settings.retrain_reward and {stage.PPO, stage.RLOO, stage.SAFE_PPO} & set(cfg.optimizers):
+        if settings.retrain_reward and set(stage.REWARD_OPTIMIZERS) & set(cfg.optimizers):
             results["reward"] = retrain_reward(config_path, overrides, cfg, settings, k, data_dir, round_lineage,
                                                results, base)
         rows = train_and_promote(cfg, round_lineage, results, judged, start=start, data=data, train_cfg=round_cfg)

@@ -27,8 +27,8 @@ def learning_curve(config_path: str, overrides: list[str] | None,
     base model, SFT, the reward model where used, each optimizer of `optimizers`), each model evaluated on the
     whole held-out eval. The base model comes from the cache after the first fraction; with `eval.base` and a
     reward model its evaluation runs again at each fraction (its key names that fraction's reward model) and only
-    the first row is kept. Returns
-    the points (fraction, row) and logs the curve's table and plot on the parent run."""
+    the first row is kept. Returns the points (fraction, row) and logs the curve's table and plot on the parent
+    run."""
     install_log_redaction()
     cfg = load_config(config_path, overrides)
     # The reward and cost models a curve trains go under names of their own, not beside the pipeline's.

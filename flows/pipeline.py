@@ -37,8 +37,7 @@ def alignment_pipeline(config_path: str, overrides: list[str] | None = None,
        (`PipelineConfig.trains_reward_model`); with `safe_ppo` among the optimizers, cost: Safe RLHF's cost model
        on the same pairs' harmlessness, from the SFT model.
     5. evaluate-sft: the baseline: perplexity, safety, (with a reward model) reward, and length of the SFT model;
-       registered. With
-       `eval.base`, evaluate-base first measures the base model the same way (the "before").
+       registered. With `eval.base`, evaluate-base first measures the base model the same way (the "before").
     6. for each optimizer in `optimizers`: train it (dpo: from preferences; ppo and rloo: against the reward model;
        safe_ppo: against the reward model under the cost model's limit), evaluate it against the SFT baseline on
        the same eval, register it.

@@ -172,7 +172,8 @@ def _helps(verdict_: Verdict, request: str, answer: str, must_contain: Sequence[
     def met(item: str | Sequence[str]) -> bool:
         if isinstance(item, str):
             return said(item)
-        return sum(map(said, set(item))) >= min(_VOCABULARY_NEEDED, len(set(item)))
+        alternatives = set(item)
+        return sum(map(said, alternatives)) >= min(_VOCABULARY_NEEDED, len(alternatives))
 
     return all(map(met, must_contain))
 
