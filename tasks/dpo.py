@@ -29,6 +29,7 @@ from tasks.run.ranks import is_main_process
 from tasks.training.reference_logps import CachedReferenceDPOTrainer, ReferenceLogpsCache, reference_key
 from tasks.training.trainer import (
     callbacks,
+    computes_in_bf16,
     final_log,
     peft_config,
     train_and_save,
@@ -97,7 +98,7 @@ def _setup_reference_cache(cfg: PipelineConfig, reference_chain: list[str], pair
         "prompt_format": cfg.model.prompt_format,
         "prompt_template": cfg.model.prompt_template,
     }
-    parts = reference_key(reference_chain, pairs_md5, tokenization)
+    parts = reference_key(reference_chain, pairs_md5, tokenization, "bf16" if computes_in_bf16(cfg.dpo) else "fp32")
     if is_main_process():  # the process that tracks the stage's run
         mlflow.set_tags({f"{TAG_PREFIX}ref_logps.{name}": value for name, value in parts.items() if name != "key"})
     return ReferenceLogpsCache(parts["key"], stage_dir / "reference_logps")

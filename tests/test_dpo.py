@@ -121,3 +121,25 @@ def test_lora_reference_is_the_adapter_disabled_base_not_a_copy(stages, tmp_path
             tmp_path / "ckpt2", ReferenceLogpsCache("plain-test", tmp_path / "ref2"))
     assert torch.allclose(torch.tensor(trainer.train_dataset["ref_chosen_logps"]),
                           torch.tensor(plain.train_dataset["ref_chosen_logps"]), atol=1e-4)
+
+
+def test_bf16_mixed_precision_computes_in_bf16_keeps_float32_weights_and_its_own_reference_logps(
+        stages, tmp_path, monkeypatch):
+    cfg, data, sft = stages()
+    assert run_dpo(cfg, LINEAGE, sft=sft, data=data).metrics["dpo/reference_cache_hit"] == 0.0
+    computed = set()
+    linear_forward = torch.nn.Linear.forward
+
+    def recording(self, x):
+        out = linear_forward(self, x)
+        computed.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    mixed = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"bf16": True})})
+    dpo = run_dpo(mixed, LINEAGE, sft=sft, data=data)
+    # fp32 reference log-probs are not reused for a policy computed in bf16
+    assert dpo.metrics["dpo/reference_cache_hit"] == 0.0
+    assert mlflow.get_run(dpo.run_id).data.tags["alignflow.ref_logps.precision"] == "bf16"
+    assert torch.bfloat16 in computed
+    assert {tensor.dtype for tensor in _weights(dpo.model_uri, tmp_path / "mixed").values()} == {torch.float32}

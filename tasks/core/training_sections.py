@@ -36,6 +36,11 @@ class TrainingSection(Section):
     save_steps: int = Field(20, gt=0, description="Write a checkpoint every N optimizer steps.")
     logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
     seed: int = Field(0, description="Training seed (data order, dropout).")
+    bf16: bool | None = Field(
+        None, description="Mixed precision: weights and optimizer state stay float32, the forward and backward "
+        "passes compute in bfloat16 (autocast). None: on a CUDA GPU that supports it, float32 elsewhere. On a CPU "
+        "with AVX512-BF16 a SmolLM2 LoRA step takes 3.5 s instead of 8 (docs/performance.md); "
+        "a CPU without it emulates bfloat16 slowly. A DPO stage's reference log-probs are computed the same way.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters via peft.")
 
 

@@ -1,8 +1,9 @@
 """Reference log-probabilities for DPO, computed once and kept as a versioned MLflow artifact.
 
 DPO compares the policy's log-probabilities of each chosen and rejected response with the frozen reference's.
-The reference numbers depend only on the reference weights, the preference data and the tokenization, so they
-are keyed by exactly those three hashes and the code that computes them (`tasks.core.code_version`: this module,
+The reference numbers depend only on the reference weights, the preference data, the tokenization and the
+precision they are computed in (bf16 mixed precision computes them in bf16, as the policy's), so they are keyed
+by exactly those and the code that computes them (`tasks.core.code_version`: this module,
 what it imports, and the versions of torch, transformers and TRL). A DPO run whose key matches an earlier run's
 downloads that run's artifact instead of running the reference model over the whole dataset; any other key
 computes afresh.
@@ -44,8 +45,9 @@ def folder_hash(folder: Path, patterns: tuple[str, ...]) -> str:
     return digest.hexdigest()
 
 
-def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict) -> dict[str, str]:
-    """The three hashes the cache is keyed by, and their combination with the code version under `key`.
+def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict, precision: str) -> dict[str, str]:
+    """What the cache is keyed by (three hashes and the `precision`, "bf16" or "fp32"), and their combination
+    with the code version under `key`.
 
     `reference_chain` is the reference model's folders: full weights, then any adapters merged over them (see
     `models.adapters`); the tokenizer is the last folder's. `tokenization` holds what turns rows into token ids
@@ -60,6 +62,7 @@ def reference_key(reference_chain: list[str], data_md5: str, tokenization: dict)
         "tokenizer": hashlib.md5(
             (folder_hash(folders[-1], _TOKENIZER_FILES) + json.dumps(tokenization, sort_keys=True)).encode()
         ).hexdigest(),
+        "precision": precision,
     }
     keyed = {**parts, "code": code_version(__name__)}
     parts["key"] = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()

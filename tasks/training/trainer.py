@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 def training_arguments(train: TrainingSection, output_dir: Path) -> dict[str, Any]:
     """Keyword arguments common to every TRL config class, from our `TrainingSection`."""
+    bf16 = computes_in_bf16(train)
     return {
         "output_dir": str(output_dir),
         "num_train_epochs": train.epochs,
@@ -50,12 +51,20 @@ def training_arguments(train: TrainingSection, output_dir: Path) -> dict[str, An
         "seed": train.seed,
         "data_seed": train.seed,
         "report_to": "none",  # MLflow logging is ours: metrics go to the stage's child run
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "bf16": bf16,
+        "use_cpu": bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
         "gradient_checkpointing": False,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": True,
     }
+
+
+def computes_in_bf16(train: TrainingSection) -> bool:
+    """Whether the stage trains in bf16 mixed precision (`TrainingSection.bf16`; None: where a GPU supports it)."""
+    if train.bf16 is not None:
+        return train.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
