@@ -253,3 +253,19 @@ def cost_model_loss(
         signs_right = torch.cat([unsafer_signs * unsafer_costs > 0, safer_signs * safer_costs > 0])  # (2N,)
         sign_accuracy = signs_right.to(safer_costs.dtype).mean()
     return loss, pair_accuracy, sign_accuracy
+
+
+# --- DPO (Rafailov et al. 2023) -----------------------------------------------------------------------------
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, reward_accuracy): DPO's sigmoid loss over N pairs of sequence log-probs (each (N,)), eq. 7:
+
+    margin_i = beta * ((pi_c - ref_c) - (pi_r - ref_r)); loss = mean over i of -log sigmoid(margin_i).
+    reward_accuracy (detached) is the share of pairs whose margin is positive. The pipeline trains DPO with TRL's
+    DPOTrainer (tasks/dpo.py); this is the same loss for timing `models/` steps (benchmarks/training_step_benchmark.py).
+    """
+    margins = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))  # (N,)
+    loss = -torch.nn.functional.logsigmoid(margins).mean()
+    return loss, (margins.detach() > 0).float().mean()

@@ -64,3 +64,20 @@ def test_cost_model_loss_pushes_unsafe_answers_up_and_safe_ones_down():
     loss.backward()
     # d/dc of -log sigmoid(c) at 0 is -1/2 (pairwise and classification alike): descent raises the unsafer cost
     assert unsafer.grad.item() == pytest.approx(-1.0) and safer.grad.item() == pytest.approx(1.0)
+
+
+# --- DPO's sigmoid loss (Rafailov et al. 2023, eq. 7) ------------------------------------------------------
+
+
+def test_dpo_loss_by_hand():
+    from models.losses import dpo_loss
+
+    # Pair 1: the policy moved up on chosen (-10 -> -8) and down on rejected (-12 -> -12 - ln 3 / 0.5 + 2):
+    #   margin = 0.5 * ((-8 + 10) - (-12 - 2 ln 3 + 2 + 12)) = 0.5 * (2 - 2 + 2 ln 3) = ln 3 -> -log sigmoid = ln(4/3)
+    # Pair 2: the policy is the reference: margin 0 -> ln 2 (and it is not counted as right)
+    policy_chosen = torch.tensor([-8.0, -5.0])
+    policy_rejected = torch.tensor([-12.0 - 2 * LN3 + 2.0, -7.0])
+    reference_chosen, reference_rejected = torch.tensor([-10.0, -5.0]), torch.tensor([-12.0, -7.0])
+    loss, accuracy = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
+    assert loss.item() == pytest.approx((math.log(4 / 3) + math.log(2)) / 2, abs=1e-6)
+    assert accuracy.item() == 0.5
