@@ -67,9 +67,11 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_adapter(model: PeftModel, tokenizer, folder: Path, base_model: str, revision: str | None = None) -> None:
-    """The trained adapters (safetensors), the tokenizer, and which base they were trained on, into `folder`."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_adapter(model: PeftModel, tokenizer, folder: Path, base_model: str, revision: str | None = None,
+                 state_dict: dict | None = None) -> None:
+    """The trained adapters (safetensors), the tokenizer, and which base they were trained on, into `folder`;
+    the adapters are read from `state_dict` (the whole model's, gathered from its shards) when given."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     (Path(folder) / BASE_FILE).write_text(json.dumps({"base_model": base_model, "revision": revision}, indent=2)
                                           + "\n", encoding="utf-8")

@@ -12,6 +12,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
+
 from models.adapters import is_peft_model, save_adapter
 from models.manifest import write_manifest
 
@@ -34,14 +38,28 @@ def partial_path(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
 
-def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None) -> Path:
+def gathered_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The full weights of a model whose parameters are sharded across processes (FSDP2: DTensor parameters),
+    gathered into the main process's memory (the others get an empty dict); None for a model that is not
+    sharded, whose parameters are already whole. Every process must call it: the gather is a collective, and a
+    process that does not join leaves the others waiting for ever."""
+    if not any(isinstance(parameter, DTensor) for parameter in model.parameters()):
+        return None
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None,
+                  state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The model (LoRA adapters merged into its weights) and its tokenizer as a Hugging Face folder, safetensors
-    only, with its manifest; `also(folder)` writes any extra file into the folder before it is renamed into place."""
+    only, with its manifest; `also(folder)` writes any extra file into the folder before it is renamed into place.
+    `state_dict`: the weights to write, when the model's own are sharded (`gathered_state_dict`)."""
     if hasattr(model, "merge_and_unload"):
+        if state_dict is not None:
+            raise ValueError("a sharded LoRA model is saved as its adapters (save_trained_model with a base model)")
         model = model.merge_and_unload()
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(folder)
         if also is not None:
             also(folder)
@@ -58,14 +76,16 @@ def _remove(path: Path) -> None:
 
 
 def save_trained_model(model, tokenizer, out_dir: Path, base_model: str | None, revision: str | None = None,
-                       also: Callable[[Path], object] | None = None) -> Path:
+                       also: Callable[[Path], object] | None = None,
+                       state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """What a training stage keeps: with LoRA, only the adapters and the name of the base they were trained on
-    (megabytes, not a copy of the model); otherwise the whole model. Written aside and renamed into place."""
+    (megabytes, not a copy of the model); otherwise the whole model. Written aside and renamed into place.
+    `state_dict`: the model's weights gathered from the processes it is sharded over (`gathered_state_dict`)."""
     if base_model is None or not is_peft_model(model):
-        return save_hf_model(model, tokenizer, out_dir, also)
+        return save_hf_model(model, tokenizer, out_dir, also, state_dict)
 
     def write(folder: Path) -> None:
-        save_adapter(model, tokenizer, folder, base_model, revision)
+        save_adapter(model, tokenizer, folder, base_model, revision, state_dict)
         if also is not None:
             also(folder)
         write_manifest(folder)

@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 import torch
+from accelerate.utils import DistributedType
 from peft import LoraConfig
 from transformers import TrainerCallback
 
@@ -19,7 +20,7 @@ from models.checkpoints import (
     last_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
-from models.saving import save_trained_model
+from models.saving import gathered_state_dict, save_trained_model
 from models.timing import TRAIN, phase
 from tasks.core.errors import ConfigError
 from tasks.core.tags import RESUMED_FROM_TAG
@@ -96,13 +97,25 @@ def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str, revisio
     (the URI the stage started from) as their base; otherwise the whole model. Returns that folder.
     `before_save(trainer)` runs between the two (an RL stage's monitors put back the last healthy weights).
 
-    Under a multi-process launch every process trains and the main one alone saves: the others get None."""
+    Under a multi-process launch every process trains and joins the gathering of sharded weights (FSDP2), and the
+    main one alone saves: the others get None."""
     _train_resuming(trainer, stage_dir / "checkpoints")
     if before_save is not None:
         before_save(trainer)
+    weights = gathered_weights(trainer)
     if not is_main_process():
         return None
-    return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision)
+    return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision,
+                              state_dict=weights)
+
+
+def gathered_weights(trainer) -> dict | None:
+    """The trained model's full weights where they are sharded (FSDP2, ZeRO-3), gathered on every process into the
+    main one's memory; None where every process holds them whole (one process, DDP)."""
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        return accelerator.get_state_dict(trainer.model_wrapped)  # untested here: ZeRO-3 needs GPUs
+    return gathered_state_dict(trainer.model)
 
 
 def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:
