@@ -48,6 +48,14 @@ def gathered_state_dict(model) -> dict[str, torch.Tensor] | None:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def submodule_weights(state_dict: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    """The entries of a gathered `state_dict` under one submodule (`prefix`, e.g. "policy."), named as that
+    submodule's own state dict names them; None for None (weights that were never sharded)."""
+    if state_dict is None:
+        return None
+    return {name.removeprefix(prefix): tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
+
+
 def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None,
                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The model (LoRA adapters merged into its weights) and its tokenizer as a Hugging Face folder, safetensors

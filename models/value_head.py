@@ -160,11 +160,13 @@ def _value_head_from_score(scorer: PreTrainedModel) -> ValueHead:
     return head
 
 
-def save_value_head(head: ValueHead, path: Path) -> Path:
-    """Write the head's weights to `path` as safetensors; returns `path`."""
+def save_value_head(head: ValueHead, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the head's weights (or `state_dict`, the head's gathered from its shards) to `path` as safetensors;
+    returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in head.state_dict().items()}
+    weights = head.state_dict() if state_dict is None else state_dict
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
     save_file(tensors, str(path), metadata={"format": "pt", "hidden_size": str(head.hidden_size)})
     return path
 

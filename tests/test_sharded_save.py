@@ -52,3 +52,15 @@ def test_sharded_lora_adapters_are_gathered_and_saved_as_adapters(tmp_path):
     adapters = {name.replace(".default.", "."): tensor for name, tensor in whole.items() if "lora_" in name}
     assert saved.keys() == adapters.keys() and len(saved) == 8  # A and B of q_proj and v_proj in two layers
     assert all(torch.equal(saved[name], adapters[name]) for name in saved)
+
+
+def test_ppo_saves_its_sharded_policy_adapters_and_value_head_from_the_gathered_weights(tmp_path):
+    _launch(tmp_path, "ppo")
+    whole = load_file(str(tmp_path / "whole.safetensors"))
+    saved = load_file(str(tmp_path / "saved" / "adapter_model.safetensors"))
+    adapters = {name.removeprefix("policy.").replace(".default.", "."): tensor for name, tensor in whole.items()
+                if "lora_" in name}
+    assert saved.keys() == adapters.keys() and all(torch.equal(saved[name], adapters[name]) for name in saved)
+    head = load_file(str(tmp_path / "saved" / "value_head.safetensors"))
+    assert head.keys() == {"linear.weight", "linear.bias"}
+    assert all(torch.equal(head[name], whole[f"value_head.{name}"]) for name in head)

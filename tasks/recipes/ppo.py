@@ -34,7 +34,7 @@ from models.metrics import correlation
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
-from models.saving import save_trained_model
+from models.saving import gathered_state_dict, save_trained_model, submodule_weights
 from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_head
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
@@ -73,9 +73,10 @@ def run_ppo_stage(stage: str, cfg: PipelineConfig, lineage: Lineage, *, key: str
                                                source=data.outputs["preferences_train"], cost=cost,
                                                lagrangian=lagrangian)
         metrics = _train(cfg, stage, trainer, prompts, probe, stage_dir / "checkpoints")
+        weights = gathered_state_dict(trainer.model)  # every process joins where the weights are sharded (FSDP2)
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(stage, key)
-        hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri)
+        hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri, weights)
         model_uri = log_hf_model(hf_dir, cfg, stage)
         mlflow.log_metrics(metrics)
     return StageResult(stage=stage, run_id=run.info.run_id, cache_key=key, model_uri=model_uri, metrics=metrics,
@@ -266,9 +267,11 @@ def _log_step(cfg: PipelineConfig, stage: str, step: int, metrics: dict[str, flo
                          artifact_file=f"samples/step_{step + 1:05d}.json")
 
 
-def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path, base_model: str) -> Path:
+def _save_final(trainer: PPOTrainer, tokenizer, out_dir: Path, base_model: str, weights: dict | None) -> Path:
     """The policy in Hugging Face format (with LoRA, its adapters naming `base_model`), with its value head
-    beside it. Written aside, renamed."""
+    beside it; from `weights` where they were gathered from shards. Written aside, renamed."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return save_trained_model(model.policy, tokenizer, out_dir, base_model,
-                              also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors"))
+    policy, head = submodule_weights(weights, "policy."), submodule_weights(weights, "value_head.")
+    return save_trained_model(model.policy, tokenizer, out_dir, base_model, state_dict=policy,
+                              also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors",
+                                                                  head))

@@ -1,8 +1,9 @@
 """A worker of tests/test_sharded_save.py, started twice by torchrun (CPU, gloo): it shards a tiny Llama (with
-LoRA adapters, or without) over both processes with FSDP2, gathers its weights on both, saves them from the main
-process with `models.saving.save_trained_model`, and writes the unsharded model's own weights beside, to compare.
+LoRA adapters, without, or with LoRA under a value head as PPO trains it) over both processes with FSDP2, gathers
+its weights on both, saves them from the main process as the stages do, and writes the unsharded model's own
+weights beside, to compare.
 
-    python -m torch.distributed.run --nproc_per_node 2 -m tests.helpers.sharded_save_worker OUT_DIR lora|full
+    python -m torch.distributed.run --nproc_per_node 2 -m tests.helpers.sharded_save_worker OUT_DIR lora|full|ppo
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from torch.distributed.fsdp import fully_shard
 
-from models.saving import gathered_state_dict, save_trained_model
+from models.saving import gathered_state_dict, save_trained_model, submodule_weights
 from models.tiny import build_tiny_llama, train_tokenizer
+from models.value_head import PolicyWithValueHead, ValueHead, save_value_head
 
 
 def main(out: Path, variant: str) -> None:
@@ -25,19 +27,27 @@ def main(out: Path, variant: str) -> None:
     tokenizer = train_tokenizer(["a tiny corpus for a tiny tokenizer"] * 4, vocab_size=300, model_max_length=64)
     model = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64, max_position_embeddings=64, init_seed=0)
-    if variant == "lora":  # B initialised at random too: an all-zero adapter would compare equal by accident
+    if variant != "full":  # B initialised at random too: an all-zero adapter would compare equal by accident
         torch.manual_seed(1)
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    layers = model.model.layers if variant == "full" else model.get_base_model().model.layers
+    if variant == "ppo":
+        model = PolicyWithValueHead(model, ValueHead(32, init_seed=2))
     whole = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    layers = model.get_base_model().model.layers if variant == "lora" else model.model.layers
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
     sharded = sum(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
     weights = gathered_state_dict(model)  # both processes: a collective
     if dist.get_rank() == 0:
-        save_trained_model(model, tokenizer, out / "saved", base_model="tiny-base" if variant == "lora" else None,
-                           state_dict=weights)
+        if variant == "ppo":  # as tasks.recipes.ppo saves the policy and its value head
+            save_trained_model(model.policy, tokenizer, out / "saved", base_model="tiny-base",
+                               state_dict=submodule_weights(weights, "policy."),
+                               also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors",
+                                                                   submodule_weights(weights, "value_head.")))
+        else:
+            save_trained_model(model, tokenizer, out / "saved", base_model=None if variant == "full" else "tiny-base",
+                               state_dict=weights)
         save_file({name: tensor.contiguous() for name, tensor in whole.items()}, str(out / "whole.safetensors"))
         (out / "sharded_parameters.txt").write_text(str(sharded))
     dist.barrier()
