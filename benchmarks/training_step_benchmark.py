@@ -16,7 +16,9 @@ LoRA r 16 on every projection of the top half of the layers, 48-token prompts, 6
 - PPO: `models.ppo.PPOTrainer.step` on 16 prompts: sample 64 tokens at temperature 1 (`models.generation.decode`,
   no EOS: random weights never stop early), policy + value head and reference (adapters disabled) forwards, a
   rule reward (no reward model), 2 epochs of minibatches of 8. A sample is an answer. Its rollout and update
-  shares come from the step's own clock.
+  shares come from the step's own clock. In bf16 only what goes through the prepared model runs under autocast
+  (the update's forwards and backwards, the rollout's policy and value forward): sampling and the reference's
+  forward use the unwrapped policy and stay float32, as in the pipeline's PPO.
 
 Model FLOPs count 2 per weight per token for a forward, and 2 more per weight per token backward where gradients
 flow (the adapted top layers and the LM head; a frozen weight gets no weight gradient); the LM head only where

@@ -53,7 +53,11 @@ def submodule_weights(state_dict: dict[str, torch.Tensor] | None, prefix: str) -
     submodule's own state dict names them; None for None (weights that were never sharded)."""
     if state_dict is None:
         return None
-    return {name.removeprefix(prefix): tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
+    found = {name.removeprefix(prefix): tensor for name, tensor in state_dict.items() if name.startswith(prefix)}
+    if not found:  # saving an empty dict would write an empty model without a word
+        raise ValueError(f"no weights under {prefix!r} in the gathered state dict (its names start with "
+                         f"{sorted({name.split('.')[0] for name in state_dict})})")
+    return found
 
 
 def save_hf_model(model, tokenizer, out_dir: Path, also: Callable[[Path], object] | None = None,

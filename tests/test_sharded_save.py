@@ -2,8 +2,9 @@
 writes, and what it wrote loads back equal to the unsharded weights (tests/helpers/sharded_save_worker.py).
 
 accelerate 1.15 starts FSDP only on GPUs (on CPU it falls back to DDP), so no stage runs sharded here: this
-drives the save path the training stages share (`tasks.training.trainer.train_and_save`) on a model sharded by
-torch's own `fully_shard`, as accelerate's FSDP2 plugin shards it."""
+drives the stages' gather (`tasks.training.trainer.gathered_weights`) and their saves (`save_trained_model`, as
+`train_and_save` calls it, and PPO's `_save_final`) on a model sharded by torch's own `fully_shard`, as
+accelerate's FSDP2 plugin shards it."""
 
 from __future__ import annotations
 

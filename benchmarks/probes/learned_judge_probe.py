@@ -48,7 +48,8 @@ def rule_features(rows: list[dict]) -> csr_matrix:
 
 _WORDS = re.compile(r"[a-z0-9']+")
 _PRAISE = re.compile(r"\b(?:experience|journey|exciting|delightful|rewarding|fun way|great way)\b")
-_LIST = re.compile(r"(?:^|\n)\s*(?:\d+[.)]|[-*\u2022])\s|:")
+_LIST = re.compile(  # a numbered or bulleted line, or any colon (": 1 cup of ...")
+    r"(?:^|\n)\s*(?:\d+[.)]|[-*\u2022])\s|:")
 _STEPS = re.compile(r"\b(?:first|then|next|start by|use|try|make sure)\b")
 
 

@@ -38,8 +38,8 @@ class TrainingSection(Section):
     seed: int = Field(0, description="Training seed (data order, dropout).")
     bf16: bool | None = Field(
         None, description="Mixed precision: weights and optimizer state stay float32, the forward and backward "
-        "passes compute in bfloat16 (autocast). None: on a CUDA GPU that supports it, float32 elsewhere. On a CPU "
-        "with AVX512-BF16 a SmolLM2-shaped LoRA DPO step takes 2.0 s instead of 4.7 (docs/performance.md); "
+        "passes compute in bfloat16 (autocast). None: where the launcher asks for bf16 or a CUDA GPU supports it. "
+        "Without CUDA it trains on the CPU, where AVX512-BF16 makes it about twice as fast (docs/performance.md) and "
         "a CPU without it emulates bfloat16 slowly. A DPO stage's reference log-probs are computed the same way.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters via peft.")
 

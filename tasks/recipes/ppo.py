@@ -34,7 +34,7 @@ from models.metrics import correlation
 from models.ppo import PPOHyperparams, PPOTrainer, sample_prompts
 from models.prompting import prompt_formatter
 from models.reward import reward_scores
-from models.saving import gathered_state_dict, save_trained_model, submodule_weights
+from models.saving import save_trained_model, submodule_weights
 from models.value_head import PolicyWithValueHead, SeparateCritic, save_value_head
 from tasks.core.config import PipelineConfig
 from tasks.core.lineage import Lineage
@@ -51,7 +51,7 @@ from tasks.training.curves import log_reward_and_kl
 from tasks.training.monitoring import MonitoredTraining
 from tasks.training.probes import probe_kl, run_probe
 from tasks.training.rewards import ComposedReward, kinds_by_prompt
-from tasks.training.trainer import peft_config
+from tasks.training.trainer import gathered_weights, peft_config
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run_ppo_stage(stage: str, cfg: PipelineConfig, lineage: Lineage, *, key: str
                                                source=data.outputs["preferences_train"], cost=cost,
                                                lagrangian=lagrangian)
         metrics = _train(cfg, stage, trainer, prompts, probe, stage_dir / "checkpoints")
-        weights = gathered_state_dict(trainer.model)  # every process joins where the weights are sharded (FSDP2)
+        weights = gathered_weights(trainer.accelerator, trainer.model)  # every process: a collective where sharded
         if run is None:  # another process of a launch: it trained; the main one saves, logs and reports
             return follower_result(stage, key)
         hf_dir = _save_final(trainer, tokenizer, stage_dir / "hf_model", sft.model_uri, weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +63,17 @@ def training_arguments(train: TrainingSection, output_dir: Path) -> dict[str, An
 
 
 def computes_in_bf16(train: TrainingSection) -> bool:
-    """Whether the stage trains in bf16 mixed precision (`TrainingSection.bf16`; None: where a GPU supports it)."""
+    """Whether the stage trains in bf16 mixed precision: `TrainingSection.bf16`, or where it is None, a launcher
+    that asks for bf16 (`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION, which
+    transformers follows) or a GPU that supports it. A stage set to float32 under a bf16 launcher is an error:
+    transformers would train it in bf16 whatever the stage says."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if train.bf16 is False and launcher != "no":
+        raise ConfigError(f"bf16: false, but the launcher asks for mixed precision {launcher!r} "
+                          "(ACCELERATE_MIXED_PRECISION): launch with --mixed_precision no, or drop bf16: false")
     if train.bf16 is not None:
         return train.bf16
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return launcher == "bf16" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def peft_config(lora: LoraSection, num_layers: int) -> LoraConfig | None:
@@ -102,20 +110,20 @@ def train_and_save(trainer, tokenizer, stage_dir: Path, base_model: str, revisio
     _train_resuming(trainer, stage_dir / "checkpoints")
     if before_save is not None:
         before_save(trainer)
-    weights = gathered_weights(trainer)
+    weights = gathered_weights(trainer.accelerator, trainer.model_wrapped)
     if not is_main_process():
         return None
     return save_trained_model(trainer.model, tokenizer, stage_dir / "hf_model", base_model, revision,
                               state_dict=weights)
 
 
-def gathered_weights(trainer) -> dict | None:
+def gathered_weights(accelerator, model) -> dict | None:
     """The trained model's full weights where they are sharded (FSDP2, ZeRO-3), gathered on every process into the
-    main one's memory; None where every process holds them whole (one process, DDP)."""
-    accelerator = trainer.accelerator
+    main one's memory; None where every process holds them whole (one process, DDP). `model` is what the
+    accelerator prepared (a DeepSpeed engine under DeepSpeed). Every process must call it."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        return accelerator.get_state_dict(trainer.model_wrapped)  # untested here: ZeRO-3 needs GPUs
-    return gathered_state_dict(trainer.model)
+        return accelerator.get_state_dict(model)  # 16-bit weights (zero3_save_16bit_model); untested: needs GPUs
+    return gathered_state_dict(model)
 
 
 def _train_resuming(trainer, checkpoint_dir: Path) -> int | None:

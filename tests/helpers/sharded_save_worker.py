@@ -1,7 +1,7 @@
 """A worker of tests/test_sharded_save.py, started twice by torchrun (CPU, gloo): it shards a tiny Llama (with
 LoRA adapters, without, or with LoRA under a value head as PPO trains it) over both processes with FSDP2, gathers
-its weights on both, saves them from the main process as the stages do, and writes the unsharded model's own
-weights beside, to compare.
+its weights on both with the stages' `gathered_weights`, saves them from the main process as the trainer stages
+do (`save_trained_model`) or as PPO does (`_save_final`), and writes the unsharded model's own weights beside.
 
     python -m torch.distributed.run --nproc_per_node 2 -m tests.helpers.sharded_save_worker OUT_DIR lora|full|ppo
 """
@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from torch.distributed.fsdp import fully_shard
 
-from models.saving import gathered_state_dict, save_trained_model, submodule_weights
+from models.saving import save_trained_model
 from models.tiny import build_tiny_llama, train_tokenizer
-from models.value_head import PolicyWithValueHead, ValueHead, save_value_head
+from models.value_head import PolicyWithValueHead, ValueHead
+from tasks.recipes.ppo import _save_final
+from tasks.training.trainer import gathered_weights
 
 
 def main(out: Path, variant: str) -> None:
@@ -38,13 +42,12 @@ def main(out: Path, variant: str) -> None:
         fully_shard(layer)
     fully_shard(model)
     sharded = sum(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
-    weights = gathered_state_dict(model)  # both processes: a collective
+    accelerator = Accelerator(cpu=True)
+    weights = gathered_weights(accelerator, model)  # both processes: a collective
     if dist.get_rank() == 0:
-        if variant == "ppo":  # as tasks.recipes.ppo saves the policy and its value head
-            save_trained_model(model.policy, tokenizer, out / "saved", base_model="tiny-base",
-                               state_dict=submodule_weights(weights, "policy."),
-                               also=lambda folder: save_value_head(model.value_head, folder / "value_head.safetensors",
-                                                                   submodule_weights(weights, "value_head.")))
+        if variant == "ppo":  # PPO's own save, handed what its trainer holds: the accelerator and the model
+            _save_final(SimpleNamespace(accelerator=accelerator, model=model), tokenizer, out / "saved", "tiny-base",
+                        weights)
         else:
             save_trained_model(model, tokenizer, out / "saved", base_model=None if variant == "full" else "tiny-base",
                                state_dict=weights)
