@@ -1,6 +1,7 @@
 """Which process of a multi-process launch (`accelerate launch`, torchrun, mpirun) tracks, saves and reports.
 
-Every process runs the stage and trains: their collectives must match. The main process alone takes the stage's
+Every process runs the stage, trains and joins the gathering of sharded weights before the final save: their
+collectives must match. The main process alone takes the stage's
 work-folder lock, opens its MLflow run, writes the final model, logs it and the metrics, and returns the stage's
 result; the others track, save and log nothing (see `tasks.run.contract.stage_run`).
 """
