@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -159,10 +160,8 @@ def _dpo_steps(model, tokenizer, accelerator, steps: int) -> tuple[float, float,
         optimizer.zero_grad()
         walls.append(_synchronized(accelerator.device) - started)
     trunk, head, backprop = _weights(accelerator.unwrap_model(model))
-    rows, width = 2 * PAIRS, PROMPT_TOKENS + ANSWER_TOKENS
-    flops = rows * (2 * trunk * width + 2 * head * (ANSWER_TOKENS + 1)) + rows * (
-        2 * backprop * width + 2 * head * (ANSWER_TOKENS + 1))
-    return _median(walls[1:]), flops, PAIRS, {}
+    flops = 2 * PAIRS * (_forward_flops(trunk, head) + _backward_flops(backprop, head))
+    return statistics.median_high(walls[1:]), flops, PAIRS, {}
 
 
 def _ppo_steps(model, tokenizer, accelerator, steps: int) -> tuple[float, float, int, dict]:
@@ -191,14 +190,23 @@ def _ppo_steps(model, tokenizer, accelerator, steps: int) -> tuple[float, float,
         rollouts.append(metrics["rollout_seconds"])
         updates.append(metrics["update_seconds"])
     trunk, head, backprop = _weights(model)
-    rows, width = PROMPTS_PER_STEP, PROMPT_TOKENS + ANSWER_TOKENS
-    sampling = rows * (2 * trunk * PROMPT_TOKENS + 2 * (trunk + head) * ANSWER_TOKENS)
-    forward = rows * (2 * trunk * width + 2 * head * (ANSWER_TOKENS + 1))
-    backward = rows * (2 * backprop * width + 2 * head * (ANSWER_TOKENS + 1))
-    flops = sampling + 2 * forward + hp.ppo_epochs * (forward + backward)  # rollout: policy and reference
-    wall = _median(walls[1:])
-    return wall, flops, PROMPTS_PER_STEP, {"rollout_share": _median(rollouts[1:]) / wall,
-                                           "update_share": _median(updates[1:]) / wall}
+    sampling = 2 * trunk * PROMPT_TOKENS + 2 * (trunk + head) * ANSWER_TOKENS
+    forward, backward = _forward_flops(trunk, head), _backward_flops(backprop, head)
+    # per answer: sampling, the rollout's policy and reference forwards, then each epoch's forward and backward
+    flops = PROMPTS_PER_STEP * (sampling + 2 * forward + hp.ppo_epochs * (forward + backward))
+    wall = statistics.median_high(walls[1:])
+    return wall, flops, PROMPTS_PER_STEP, {"rollout_share": statistics.median_high(rollouts[1:]) / wall,
+                                           "update_share": statistics.median_high(updates[1:]) / wall}
+
+
+def _forward_flops(trunk: int, head: int) -> int:
+    """One row's forward: every trunk weight at every position, the LM head at the answer's (and the last)."""
+    return 2 * trunk * (PROMPT_TOKENS + ANSWER_TOKENS) + 2 * head * (ANSWER_TOKENS + 1)
+
+
+def _backward_flops(backprop: int, head: int) -> int:
+    """One row's backward: input gradients through the adapted layers and the LM head (no frozen weight's own)."""
+    return 2 * backprop * (PROMPT_TOKENS + ANSWER_TOKENS) + 2 * head * (ANSWER_TOKENS + 1)
 
 
 def _peak_flops(device: str, precision: str, peak_tflops: float | None) -> float | None:
@@ -221,11 +229,6 @@ def _device_name(device: str) -> str:
     import torch
 
     return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
 
 
 def table(rows: list[dict]) -> str:
